@@ -1,0 +1,173 @@
+"""The ``train`` section of a profile, as dataclasses.
+
+Every number the trainer uses lives here (and in ``conf/train.yaml`` / ``conf/tiny.yaml``):
+model sizes, loss weights, optimiser settings, intervals, seeds. Model presets (``medium``,
+``large``) are named sets of :class:`DenoiserConfig` overrides; :func:`resolve_preset` applies
+the chosen one, and the resolved config is what checkpoints record.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, from_dict, load_section, to_dict
+
+
+@dataclass
+class DenoiserConfig:
+    """ConvNeXt-1D denoiser size (the latent dim comes from the cache manifest)."""
+
+    width: int = 512
+    depth: int = 4
+    kernel_size: int = 7
+    mlp_ratio: int = 4
+    norm_eps: float = 1e-6
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Latent-sequence discriminator: 1x1 mixing, dilated grouped temporal convs, 1-ch head."""
+
+    channels: int = 256
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    kernel_size: int = 3
+    groups: int = 8
+    negative_slope: float = 0.2
+
+
+@dataclass
+class LossConfig:
+    """Weights of the GAN objective (losses are logged as ``group/name``)."""
+
+    adversarial: float = 1.0       # G: -D(fake)
+    feature_matching: float = 2.0  # G: L1 between D features of fake and real
+    latent_l1: float = 10.0        # G: L1(denoised, clean)
+    r1_gamma: float = 20.0         # D: (gamma / 2) * E ||grad_x D(real)||^2
+
+
+@dataclass
+class OptimConfig:
+    """AdamW for G and D, linear learning-rate warm-up, gradient-norm clipping."""
+
+    lr_g: float = 4e-4
+    lr_d: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000
+    grad_clip: float = 10.0
+
+
+@dataclass
+class DataConfig:
+    """How windows are read from the cache."""
+
+    batch_size: int = 16
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    shuffle_buffer: int = 256         # webdataset: samples held for shuffling per stream
+    epoch_windows: int | None = None  # webdataset: windows per rank per epoch (default: all / world)
+    stats_windows: int = 512          # train windows sampled for the latent mean / std
+    val_batch_size: int = 32
+    val_max_windows: int | None = None  # cap on val windows per validation (None: all)
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` section of a profile."""
+
+    name: str | None = None           # run name; default run dir is runs/<name>
+    preset: str | None = None         # key of ``presets`` applied to ``denoiser``
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 20000
+    seed: int = 0
+    log_every: int = 50
+    val_every: int = 500
+    checkpoint_every: int = 500       # steps between writes of latest.pt
+    milestones: list[int] = field(default_factory=list)  # steps that also keep step_<N>.pt
+    device: str = "auto"              # auto | cpu | cuda | cuda:N (torchrun sets the index)
+    bf16: bool = True                 # bf16 autocast, CUDA only
+    num_threads: int = 0              # torch intra-op threads on CPU (0: torch's default)
+    progress: bool = True             # tqdm bar on the main rank
+
+    @property
+    def run_name(self) -> str:
+        """``name``, else the preset, else ``run``."""
+        return self.name or self.preset or "run"
+
+
+def resolve_preset(cfg: TrainConfig, preset: str | None = None) -> TrainConfig:
+    """Apply a model preset to ``cfg.denoiser``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    preset : str or None
+        Overrides ``cfg.preset`` when given.
+
+    Returns
+    -------
+    TrainConfig
+        A copy whose ``denoiser`` carries the preset's values and whose ``preset`` names it.
+
+    Raises
+    ------
+    ConfigError
+        When the preset is not defined in ``cfg.presets``.
+    """
+    name = preset or cfg.preset
+    if not name:
+        return cfg
+    if name not in cfg.presets:
+        raise ConfigError(
+            f"train.preset {name!r} is not defined; known presets: {sorted(cfg.presets) or 'none'}"
+        )
+    merged = {**to_dict(cfg.denoiser), **dict(cfg.presets[name] or {})}
+    denoiser = from_dict(DenoiserConfig, merged, f"train.presets.{name}")
+    return dataclasses.replace(cfg, preset=name, denoiser=denoiser)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject values the trainer cannot run with, naming the key."""
+    positive = {
+        "steps": cfg.steps, "log_every": cfg.log_every, "val_every": cfg.val_every,
+        "checkpoint_every": cfg.checkpoint_every, "data.batch_size": cfg.data.batch_size,
+        "data.val_batch_size": cfg.data.val_batch_size, "data.stats_windows": cfg.data.stats_windows,
+        "denoiser.width": cfg.denoiser.width, "denoiser.depth": cfg.denoiser.depth,
+        "discriminator.channels": cfg.discriminator.channels,
+    }
+    for key, value in positive.items():
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"train.data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    if cfg.discriminator.channels % cfg.discriminator.groups:
+        raise ConfigError(
+            f"train.discriminator.channels ({cfg.discriminator.channels}) must be divisible by "
+            f"groups ({cfg.discriminator.groups})"
+        )
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"train.optim.betas must hold two numbers, got {cfg.optim.betas!r}")
+    if cfg.denoiser.kernel_size % 2 == 0 or cfg.discriminator.kernel_size % 2 == 0:
+        raise ConfigError("train.denoiser.kernel_size and train.discriminator.kernel_size must be odd")
+
+
+def load_train_config(path: str | Path | None, preset: str | None = None) -> TrainConfig:
+    """Read the ``train`` section of a profile, apply the preset, and check it.
+
+    Parameters
+    ----------
+    path : str, Path or None
+        YAML profile (``None``: defaults).
+    preset : str or None
+        Overrides the profile's ``train.preset``.
+    """
+    cfg = resolve_preset(load_section(path, "train", TrainConfig), preset)
+    validate(cfg)
+    return cfg

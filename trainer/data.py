@@ -1,0 +1,457 @@
+"""Cached latents → batches for the trainer, through the cache manifest only.
+
+Both storages of ``pipeline/manifest.py`` are read, rows of *done* shards only:
+
+- **zarr**: ``<cache>/<split>.zarr`` with arrays ``noisy`` / ``clean`` ``(N, D, F)``; a map-style
+  dataset reads single windows (one inner chunk each), and :class:`EpochBatchSampler` deals a
+  seeded permutation of all windows (across shards) to ranks, batch by batch.
+- **webdataset**: ``<cache>/<split>-%06d.tar`` with ``{__key__, noisy.npy, clean.npy,
+  meta.json}`` samples; :class:`WebDatasetStream` splits shards by node and worker, shuffles
+  through a seeded buffer and yields a fixed number of batches per epoch.
+
+Every random choice derives from ``(seed, epoch, ...)``, and both paths can start at any step:
+the batch at step ``s`` is the same whether the run got there in one go or resumed (given the
+same world size and worker count). Batches are dicts ``{"noisy", "clean"}`` of
+``Tensor[B x D x F]`` in the cache dtype; ``.npy`` members decode with ``allow_pickle=False``.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from pipeline.manifest import ManifestError, done_shards, latent_shape
+from trainer.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+TRAIN, VAL = "train", "val"
+FIELDS = ("noisy", "clean")
+Batch = dict[str, torch.Tensor]
+
+# Tags that keep the seeded streams of different purposes apart.
+_TAG_EPOCH, _TAG_SHARDS, _TAG_SLOT, _TAG_STATS = 101, 202, 303, 404
+
+
+class CacheDataError(RuntimeError):
+    """A cache file could not be read (the message names the file and the reason)."""
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """What the manifest says about one split of the cache.
+
+    ``rows`` (zarr) are the global row indices of done shards; ``shards`` / ``shard_windows``
+    (webdataset) are the done shard files and their window counts.
+    """
+
+    split: str
+    storage: str
+    latent_dim: int
+    frames: int
+    dtype: str
+    windows: int
+    zarr_path: Path | None = None
+    rows: np.ndarray | None = None
+    shards: tuple[Path, ...] = ()
+    shard_windows: tuple[int, ...] = ()
+
+
+def open_split(cache_dir: str | Path, manifest: dict[str, Any], split: str) -> SplitSource:
+    """Describe ``split`` of a cache from its manifest (done shards only).
+
+    Raises
+    ------
+    ManifestError
+        The split is absent or has no finished window, or a shard file is missing.
+    """
+    cache_dir = Path(cache_dir)
+    info = manifest.get("splits", {}).get(split)
+    if info is None:
+        raise ManifestError(f"{cache_dir}: the cache has no {split!r} split")
+    done = done_shards(manifest, split)
+    windows = sum(int(s["windows"]) for s in done)
+    if windows == 0:
+        raise ManifestError(f"{cache_dir}: the {split!r} split has no finished windows yet")
+    latent_dim, frames = latent_shape(manifest)
+    common = dict(split=split, storage=manifest["storage"], latent_dim=latent_dim,
+                  frames=frames, dtype=str(manifest.get("dtype", "float16")), windows=windows)
+    if manifest["storage"] == "zarr":
+        path = cache_dir / info.get("path", f"{split}.zarr")
+        if not path.exists():
+            raise ManifestError(f"{path}: zarr store named by the manifest is missing")
+        per = int(info["windows_per_shard"])
+        rows = np.concatenate([np.arange(int(s["index"]) * per, int(s["index"]) * per
+                                         + int(s["windows"])) for s in done]).astype(np.int64)
+        return SplitSource(**common, zarr_path=path, rows=rows)
+    files = []
+    for s in done:
+        name = s.get("file") or info["pattern"] % int(s["index"])
+        path = cache_dir / name
+        if not path.is_file():
+            raise ManifestError(f"{path}: shard marked done in the manifest is missing")
+        files.append(path)
+    return SplitSource(**common, shards=tuple(files),
+                       shard_windows=tuple(int(s["windows"]) for s in done))
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+# --- zarr ------------------------------------------------------------------------------------
+
+
+class ZarrWindows(Dataset):
+    """Map-style access to the windows of a zarr split.
+
+    ``dataset[i]`` is ``{"noisy", "clean"}`` of ``Tensor[D x F]``; ``dataset.__getitems__(idx)``
+    (used by the DataLoader for a whole batch) stacks them to ``Tensor[B x D x F]``. The store is
+    opened lazily in each process (DataLoader workers included).
+    """
+
+    def __init__(self, path: Path, rows: np.ndarray):
+        self.path = Path(path)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self._arrays: tuple[int, dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _open(self) -> dict[str, Any]:
+        pid = os.getpid()
+        if self._arrays is None or self._arrays[0] != pid:
+            import zarr
+
+            try:
+                group = zarr.open_group(str(self.path), mode="r")
+                self._arrays = (pid, {name: group[name] for name in FIELDS})
+            except Exception as exc:  # zarr raises many types for a broken store
+                raise CacheDataError(f"{self.path}: cannot open latent arrays ({exc})") from exc
+        return self._arrays[1]
+
+    def _read(self, i: int) -> dict[str, np.ndarray]:
+        row = int(self.rows[i])
+        arrays = self._open()
+        try:
+            return {name: np.asarray(arrays[name][row]) for name in FIELDS}
+        except Exception as exc:
+            raise CacheDataError(f"{self.path}: cannot read window row {row} ({exc})") from exc
+
+    def __getitem__(self, i: int) -> Batch:
+        return {k: torch.from_numpy(v) for k, v in self._read(i).items()}
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        items = [self._read(i) for i in indices]
+        return {name: torch.from_numpy(np.stack([it[name] for it in items])) for name in FIELDS}
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Endless seeded batches of dataset indices, starting at any batch.
+
+    Epoch ``e`` is a permutation of all ``n`` windows drawn from ``(seed, e)``, dealt to ranks
+    round-robin (each rank gets ``n // world``) and cut into ``batch_size`` batches (a last
+    partial batch is dropped). Batch ``k`` of this rank's stream is the same whatever ``start``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start: int = 0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world, self.start = rank, world, start
+        self.batches_per_epoch = (n // world) // batch_size
+        if self.batches_per_epoch < 1:
+            raise ManifestError(
+                f"the train split has {n} windows: fewer than batch_size {batch_size} x "
+                f"{world} rank(s); lower train.data.batch_size or build a larger cache"
+            )
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """This rank's indices for ``epoch`` (length ``batches_per_epoch * batch_size``)."""
+        perm = _rng(self.seed, _TAG_EPOCH, epoch).permutation(self.n)
+        mine = perm[self.rank::self.world][: self.n // self.world]
+        return mine[: self.batches_per_epoch * self.batch_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step, cached = self.start, (None, None)
+        while True:
+            epoch, b = divmod(step, self.batches_per_epoch)
+            if cached[0] != epoch:
+                cached = (epoch, self.epoch_indices(epoch))
+            yield cached[1][b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            step += 1
+
+    def __len__(self) -> int:  # one epoch; the sampler itself is endless
+        return self.batches_per_epoch
+
+
+# --- webdataset ------------------------------------------------------------------------------
+
+
+def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
+    """Samples of a webdataset tar: ``{"__key__": str, "<field>.<ext>": bytes, ...}``.
+
+    Files are grouped by key (the base name up to its first dot), in archive order.
+
+    Raises
+    ------
+    CacheDataError
+        The file is not a readable tar archive (message names it).
+    """
+    current: dict[str, Any] | None = None
+    try:
+        with tarfile.open(path, mode="r|*") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                key, _, field = base.partition(".")
+                prefix = member.name[: len(member.name) - len(base)] + key
+                if current is not None and current["__key__"] != prefix:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": prefix}
+                current[field] = tf.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise CacheDataError(f"{path}: unreadable webdataset shard ({exc})") from exc
+    if current is not None:
+        yield current
+
+
+def decode_sample(sample: dict[str, Any], source: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """``{noisy.npy, clean.npy}`` bytes → arrays ``[D x F]`` (no pickle), shape checked."""
+    out = {}
+    for name in FIELDS:
+        blob = sample.get(f"{name}.npy")
+        if blob is None:
+            raise CacheDataError(f"{source}: sample {sample['__key__']!r} has no {name}.npy")
+        try:
+            arr = np.load(io.BytesIO(blob), allow_pickle=False)
+        except ValueError as exc:
+            raise CacheDataError(f"{source}: sample {sample['__key__']!r}: bad {name}.npy ({exc})") from exc
+        if tuple(arr.shape) != shape:
+            raise CacheDataError(f"{source}: sample {sample['__key__']!r}: {name} has shape "
+                                 f"{tuple(arr.shape)}, the manifest says {shape}")
+        out[name] = arr
+    return out
+
+
+def _tagged_samples(shards: Iterable[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Raw samples of ``shards`` in order; an unreadable shard is logged and skipped."""
+    for path in shards:
+        try:
+            for sample in iter_tar_samples(path):
+                yield path, sample
+        except CacheDataError as exc:
+            log.warning("skipping shard: %s", exc)
+
+
+def _shuffled(samples: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Shuffle an endless stream through a buffer of ``size`` items."""
+    buf: list[Any] = []
+    for item in samples:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(len(buf)))
+        buf[j], item = item, buf[j]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class WebDatasetStream(IterableDataset):
+    """Endless seeded batches from webdataset shards, split by node and worker.
+
+    The stream of this rank is cut into ``epoch_batches`` batches per epoch and numbered
+    globally; with ``W`` workers (``W = 1`` without workers) batch ``g`` comes from stream slot
+    ``g mod W``. Slot ``j`` of epoch ``e`` reads the shards ``perm_e[(rank * W + j)::(world * W)]``
+    (``perm_e`` a ``(seed, e)`` permutation; when there are fewer shards than streams it draws
+    shards with replacement instead), in a loop if it needs more windows than they hold, through
+    a shuffle buffer seeded by ``(seed, e, rank, j)``. Starting at batch ``start`` skips the
+    earlier samples of the slot without decoding them, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, source: SplitSource, batch_size: int, seed: int, epoch_batches: int,
+                 shuffle_buffer: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.epoch_batches, self.shuffle_buffer = epoch_batches, shuffle_buffer
+        self.rank, self.world, self.start = rank, world, start
+        self.shape = (source.latent_dim, source.frames)
+
+    def _slot_shards(self, epoch: int, slot: int, slots: int, cycle: int) -> list[Path]:
+        shards = list(self.source.shards)
+        perm = _rng(self.seed, _TAG_SHARDS, epoch).permutation(len(shards))
+        streams = self.world * slots
+        if len(shards) >= streams:
+            mine = [shards[i] for i in perm[(self.rank * slots + slot)::streams]]
+            if cycle:
+                mine = [mine[i] for i in _rng(self.seed, _TAG_SHARDS, epoch, cycle, self.rank,
+                                               slot).permutation(len(mine))]
+            return mine
+        pick = _rng(self.seed, _TAG_SHARDS, epoch, cycle, self.rank, slot).integers(
+            len(shards), size=max(1, len(shards)))
+        return [shards[i] for i in pick]
+
+    def _slot_samples(self, epoch: int, slot: int, slots: int) -> Iterator[tuple[Path, dict]]:
+        def endless() -> Iterator[tuple[Path, dict]]:
+            cycle = 0
+            while True:
+                got = 0
+                for item in _tagged_samples(self._slot_shards(epoch, slot, slots, cycle)):
+                    got += 1
+                    yield item
+                if got == 0 and cycle > 0:
+                    raise CacheDataError(f"{self.source.shards[0].parent}: no readable "
+                                         f"{self.source.split} shard for this stream")
+                cycle += 1
+
+        rng = _rng(self.seed, _TAG_SLOT, epoch, self.rank, slot)
+        return _shuffled(endless(), self.shuffle_buffer, rng)
+
+    def _batch(self, items: list[tuple[Path, dict]]) -> Batch:
+        decoded = [decode_sample(sample, path, self.shape) for path, sample in items]
+        return {name: torch.from_numpy(np.stack([d[name] for d in decoded])) for name in FIELDS}
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, slots = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader asks worker 0 first, so worker w serves the slot of batch start + w.
+        g = self.start + worker
+        slot = g % slots
+        E, B = self.epoch_batches, self.batch_size
+        while True:
+            epoch = g // E
+            first = epoch * E + (slot - epoch * E) % slots   # first batch of this slot in epoch
+            samples = self._slot_samples(epoch, slot, slots)
+            for _ in range(((g - first) // slots) * B):        # resume: skip, no decoding
+                next(samples)
+            while g < (epoch + 1) * E:
+                yield self._batch([next(samples) for _ in range(B)])
+                g += slots
+
+
+# --- loaders ---------------------------------------------------------------------------------
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def wds_epoch_batches(source: SplitSource, cfg: DataConfig, world: int) -> int:
+    """Batches per rank per epoch of the webdataset path (fixed epoch length)."""
+    per_rank = cfg.epoch_windows or source.windows // world
+    batches = per_rank // cfg.batch_size
+    if batches < 1:
+        raise ManifestError(
+            f"the train split has {source.windows} windows: fewer than batch_size "
+            f"{cfg.batch_size} x {world} rank(s); lower train.data.batch_size"
+        )
+    return batches
+
+
+def train_batches(source: SplitSource, cfg: DataConfig, seed: int, rank: int = 0,
+                  world: int = 1, start: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
+    """Endless training batches for this rank, beginning with the batch of step ``start``.
+
+    Returns an iterator of ``{"noisy", "clean"}`` ``Tensor[B x D x F]`` (cache dtype).
+    """
+    workers = cfg.num_workers
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = dict(persistent_workers=True, prefetch_factor=cfg.prefetch_factor)
+    if source.storage == "zarr":
+        sampler = EpochBatchSampler(len(source.rows), cfg.batch_size, seed, rank, world, start)
+        loader = DataLoader(ZarrWindows(source.zarr_path, source.rows), batch_sampler=sampler,
+                            num_workers=workers, collate_fn=_identity, pin_memory=pin_memory,
+                            **extra)
+    else:
+        stream = WebDatasetStream(source, cfg.batch_size, seed, wds_epoch_batches(source, cfg, world),
+                                  cfg.shuffle_buffer, rank, world, start)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_identity,
+                            pin_memory=pin_memory, **extra)
+    return iter(loader)
+
+
+def val_batches(source: SplitSource, cfg: DataConfig, rank: int = 0,
+                world: int = 1) -> Iterator[Batch]:
+    """This rank's share of the validation split, in a fixed order, in ``val_batch_size`` batches.
+
+    ``cfg.val_max_windows`` caps the windows used (the first ones of the split, in order).
+    """
+    cap = cfg.val_max_windows
+    B = cfg.val_batch_size
+    if source.storage == "zarr":
+        rows = source.rows[:cap] if cap else source.rows
+        data = ZarrWindows(source.zarr_path, rows[rank::world])
+        for start in range(0, len(data), B):
+            yield data.__getitems__(list(range(start, min(start + B, len(data)))))
+        return
+    my_cap = None if not cap else len(range(rank, cap, world))
+    shards = source.shards[rank::world]
+    pending: list[tuple[Path, dict]] = []
+    seen = 0
+    for item in _tagged_samples(shards):
+        if my_cap is not None and seen >= my_cap:
+            break
+        pending.append(item)
+        seen += 1
+        if len(pending) == B:
+            yield _decode_batch(pending, source)
+            pending = []
+    if pending:
+        yield _decode_batch(pending, source)
+
+
+def _decode_batch(items: list[tuple[Path, dict]], source: SplitSource) -> Batch:
+    shape = (source.latent_dim, source.frames)
+    decoded = [decode_sample(sample, path, shape) for path, sample in items]
+    return {name: torch.from_numpy(np.stack([d[name] for d in decoded])) for name in FIELDS}
+
+
+def latent_stats(source: SplitSource, n_windows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of clean and noisy latents over up to ``n_windows`` windows.
+
+    zarr: a seeded sample of windows; webdataset: the first windows of a seeded shard order.
+
+    Returns
+    -------
+    mean, std : Tensor[D]
+        float32.
+    """
+    total = np.zeros(source.latent_dim, dtype=np.float64)
+    total_sq = np.zeros(source.latent_dim, dtype=np.float64)
+    count = 0
+    for window in _stats_windows(source, n_windows, seed):
+        for name in FIELDS:
+            x = window[name].astype(np.float64)
+            total += x.sum(axis=1)
+            total_sq += (x * x).sum(axis=1)
+            count += x.shape[1]
+    mean = total / count
+    var = np.maximum(total_sq / count - mean * mean, 0.0)
+    return torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float()
+
+
+def _stats_windows(source: SplitSource, n_windows: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    rng = _rng(seed, _TAG_STATS)
+    if source.storage == "zarr":
+        data = ZarrWindows(source.zarr_path, source.rows)
+        picks = np.sort(rng.choice(len(data), size=min(n_windows, len(data)), replace=False))
+        for i in picks:
+            yield data._read(int(i))
+        return
+    shards = [source.shards[i] for i in rng.permutation(len(source.shards))]
+    shape = (source.latent_dim, source.frames)
+    for n, (path, sample) in enumerate(_tagged_samples(shards)):
+        if n >= n_windows:
+            return
+        yield decode_sample(sample, path, shape)

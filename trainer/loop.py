@@ -1,0 +1,397 @@
+"""``fit()``: the GAN training loop on cached latents.
+
+Per step: G denoises the noisy batch once; D steps first on real (clean) vs the detached fake
+(hinge + R1), then G steps through the updated D (adversarial + feature matching + latent L1).
+Separate AdamW optimisers, linear learning-rate warm-up, gradient-norm clipping, bf16 autocast
+on CUDA, DistributedDataParallel under ``torchrun``.
+
+A run directory holds ``latest.pt`` / ``best.pt`` / ``step_<N>.pt``, ``metrics.jsonl``,
+``tensorboard/``, ``config.json`` and, at the end, ``summary.json``. Calling :func:`fit` again on
+the same run directory resumes from ``latest.pt`` (``restart=True`` moves the old run aside into
+``restarted-<time>/`` and starts over). The trainer never imports the codec: dimensions come
+from the cache manifest.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.nn.utils import clip_grad_norm_
+from tqdm import tqdm
+
+from pipeline.config import to_dict
+from pipeline.manifest import latent_shape, load_manifest, write_json_atomic
+from trainer import checkpoint as ckpt_io
+from trainer.config import TrainConfig, validate
+from trainer.data import TRAIN, VAL, Batch, SplitSource, latent_stats, open_split, train_batches, val_batches
+from trainer.distributed import DistEnv, all_reduce_sum, barrier, distributed_session, unwrap, wrap
+from trainer.losses import discriminator_losses, generator_losses
+from trainer.models import Denoiser, Discriminator, count_parameters
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+RESTART_PREFIX = "restarted-"
+RUN_ARTIFACTS = (ckpt_io.LATEST, ckpt_io.BEST, METRICS_FILE, TENSORBOARD_DIR, CONFIG_FILE,
+                 SUMMARY_FILE)
+MODEL_SECTIONS = ("denoiser", "discriminator")
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warm-up multiplier for the update made at ``step`` (0-based): ``(step+1)/warmup``."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+class RunLogger:
+    """``metrics.jsonl`` plus TensorBoard scalars, on the main rank only.
+
+    On resume from step ``s`` the records after ``s`` (written by a run that was killed before
+    its next checkpoint) are dropped, so the log matches the weights.
+    """
+
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / METRICS_FILE
+        self._fh = None
+        self._tb = None
+        if not enabled:
+            return
+        self._truncate_after(start_step)
+        self._fh = open(self.path, "a")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
+                                 purge_step=start_step if start_step > 0 else None)
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a line torn by a kill
+                continue
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._fh.write(json.dumps({"step": step, "time": round(time.time(), 3), **scalars}) + "\n")
+        self._fh.flush()
+        for key, value in scalars.items():
+            self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()
+        if self._tb:
+            self._tb.close()
+
+
+class Trainer:
+    """One training run: models, optimisers, data streams, logging and checkpoints.
+
+    Build it with :func:`fit` (or directly, for tests that inspect the models), then call
+    :meth:`prepare` and :meth:`train`.
+    """
+
+    def __init__(self, cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path, env: DistEnv):
+        self.cfg, self.env = cfg, env
+        self.cache_dir, self.run_dir = Path(cache_dir), Path(run_dir)
+        self.manifest = load_manifest(self.cache_dir)
+        if not self.manifest.get("complete"):
+            log.warning("%s: cache build not complete; training on its finished shards only",
+                        self.cache_dir)
+        self.train_src: SplitSource = open_split(self.cache_dir, self.manifest, TRAIN)
+        self.val_src: SplitSource = open_split(self.cache_dir, self.manifest, VAL)
+        latent_dim, _ = latent_shape(self.manifest)
+        torch.manual_seed(cfg.seed)
+        self.denoiser = Denoiser(latent_dim, **to_dict(cfg.denoiser)).to(env.device)
+        self.discriminator = Discriminator(latent_dim, **to_dict(cfg.discriminator)).to(env.device)
+        betas = tuple(cfg.optim.betas)
+        self.opt_g = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.optim.lr_g, betas=betas,
+                                       weight_decay=cfg.optim.weight_decay)
+        self.opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.optim.lr_d,
+                                       betas=betas, weight_decay=cfg.optim.weight_decay)
+        self.g: torch.nn.Module = self.denoiser
+        self.d: torch.nn.Module = self.discriminator
+        self.step = 0
+        self.val: dict[str, float] = {}
+        self.best_val = math.inf
+        self.digest = ckpt_io.manifest_digest(self.manifest)
+        self.logger: RunLogger | None = None
+        self._batches: Iterator[Batch] | None = None
+
+    # --- setup -------------------------------------------------------------------------------
+    def prepare(self, restart: bool = False) -> None:
+        """Resume from ``latest.pt`` (or start fresh), wrap for DDP, open data and logs."""
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_io.remove_stale_temps(self.run_dir)
+            if restart:
+                self._move_previous_run()
+        barrier(self.env)
+        latest = self.run_dir / ckpt_io.LATEST
+        if latest.is_file():
+            self._resume(ckpt_io.load_checkpoint(latest, self.env.device), latest)
+        else:
+            mean, std = latent_stats(self.train_src, self.cfg.data.stats_windows, self.cfg.seed)
+            self.denoiser.set_latent_stats(mean, std)
+        self.g = wrap(self.denoiser, self.env)
+        self.d = wrap(self.discriminator, self.env)
+        if self.env.is_main:
+            write_json_atomic(self.run_dir / CONFIG_FILE, {
+                "config": to_dict(self.cfg), "cache_dir": str(self.cache_dir),
+                "codec_identity": self.manifest["codec"]["identity"],
+                "cache_manifest_digest": self.digest, "world_size": self.env.world_size,
+                "denoiser_parameters": count_parameters(self.denoiser),
+                "discriminator_parameters": count_parameters(self.discriminator),
+            })
+        self.logger = RunLogger(self.run_dir, self.step, self.env.is_main)
+        self._batches = train_batches(self.train_src, self.cfg.data, self.cfg.seed, self.env.rank,
+                                      self.env.world_size, self.step,
+                                      pin_memory=self.env.device.type == "cuda")
+
+    def _move_previous_run(self) -> None:
+        old = [p for p in self.run_dir.iterdir()
+               if p.name in RUN_ARTIFACTS or (p.name.startswith("step_") and p.suffix == ".pt")]
+        if not old:
+            return
+        dest = self.run_dir / f"{RESTART_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+        dest.mkdir()
+        for path in old:
+            path.rename(dest / path.name)
+        log.info("--restart: previous run moved to %s", dest)
+
+    def _resume(self, ckpt: dict[str, Any], path: Path) -> None:
+        identity = self.manifest["codec"]["identity"]
+        if ckpt.get("codec_identity") != identity:
+            raise ckpt_io.CheckpointError(
+                f"{path}: trained on latents of another codec ({ckpt.get('codec_identity')}) than "
+                f"this cache ({identity}); use --restart or another run directory"
+            )
+        saved = ckpt.get("config", {})
+        for section in MODEL_SECTIONS:
+            if saved.get(section) != to_dict(getattr(self.cfg, section)):
+                raise ckpt_io.CheckpointError(
+                    f"{path}: the run's {section} ({saved.get(section)}) differs from the config "
+                    f"({to_dict(getattr(self.cfg, section))}); use --restart or another run directory"
+                )
+        if ckpt.get("cache_manifest_digest") != self.digest:
+            log.warning("%s: the cache manifest changed since this run started; resuming anyway",
+                        self.cache_dir)
+        self.denoiser.load_state_dict(ckpt["denoiser"])
+        self.discriminator.load_state_dict(ckpt["discriminator"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.step = int(ckpt["step"])
+        self.val = dict(ckpt.get("val") or {})
+        self.best_val = float(ckpt.get("best_val", math.inf))
+        ckpt_io.restore_rng(ckpt["rng"])
+        log.info("resumed %s at step %d", path, self.step)
+
+    # --- one step ----------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.bf16 and self.env.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _set_lr(self) -> None:
+        f = warmup_factor(self.step, self.cfg.optim.warmup_steps)
+        for opt, base in ((self.opt_g, self.cfg.optim.lr_g), (self.opt_d, self.cfg.optim.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * f
+
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One D update then one G update on ``batch`` (``Tensor[B x D x F]`` noisy / clean).
+
+        Returns the detached losses (``d/...``, ``g/...``) and both gradient norms.
+        """
+        dev = self.env.device
+        noisy = batch["noisy"].to(dev, torch.float32, non_blocking=True)
+        clean = batch["clean"].to(dev, torch.float32, non_blocking=True)
+        self._set_lr()
+        clip = self.cfg.optim.grad_clip
+        with self._autocast():
+            fake = self.g(noisy)
+            real_n = self.denoiser.normalize(clean)
+            fake_n = self.denoiser.normalize(fake)
+            d_losses = discriminator_losses(self.d, real_n, fake_n, self.cfg.loss)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_losses["d/loss"].backward()
+        d_norm = clip_grad_norm_(self.discriminator.parameters(), clip)
+        self.opt_d.step()
+
+        self.discriminator.requires_grad_(False)
+        try:
+            with self._autocast():
+                g_losses = generator_losses(self.discriminator, real_n, fake_n, fake, clean,
+                                            self.cfg.loss)
+            self.opt_g.zero_grad(set_to_none=True)
+            g_losses["g/loss"].backward()
+        finally:
+            self.discriminator.requires_grad_(True)
+        g_norm = clip_grad_norm_(self.denoiser.parameters(), clip)
+        self.opt_g.step()
+        out = {k: v.detach() for k, v in {**d_losses, **g_losses}.items()}
+        out["d/grad_norm"], out["g/grad_norm"] = d_norm.detach(), g_norm.detach()
+        return out
+
+    # --- validation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Latent L1(denoised, clean), L1(noisy, clean) and their ratio (gain) on the val split.
+
+        Each rank takes its share of the split; the sums are added over ranks.
+        """
+        sums = torch.zeros(3, dtype=torch.float64, device=self.env.device)
+        for batch in val_batches(self.val_src, self.cfg.data, self.env.rank, self.env.world_size):
+            noisy = batch["noisy"].to(self.env.device, torch.float32)
+            clean = batch["clean"].to(self.env.device, torch.float32)
+            with self._autocast():
+                denoised = self.denoiser(noisy).float()
+            sums[0] += (denoised - clean).abs().sum(dtype=torch.float64)
+            sums[1] += (noisy - clean).abs().sum(dtype=torch.float64)
+            sums[2] += clean.numel()
+        all_reduce_sum(sums, self.env)
+        l1, noisy_l1, n = sums.tolist()
+        return {"val/latent_l1": l1 / n, "val/noisy_l1": noisy_l1 / n,
+                "val/gain": l1 / noisy_l1 if noisy_l1 > 0 else float("nan")}
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self, light: bool = False) -> dict[str, Any]:
+        """The checkpoint dict (``light``: without optimiser states, for ``best.pt``)."""
+        return {
+            "format_version": ckpt_io.FORMAT_VERSION,
+            "model_args": dict(self.denoiser.model_args),
+            "disc_args": dict(self.discriminator.model_args),
+            "denoiser": self.denoiser.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": None if light else self.opt_g.state_dict(),
+            "opt_d": None if light else self.opt_d.state_dict(),
+            "step": self.step,
+            "rng": ckpt_io.capture_rng(),
+            "config": to_dict(self.cfg),
+            "codec_identity": self.manifest["codec"]["identity"],
+            "cache_manifest_digest": self.digest,
+            "val": dict(self.val),
+            "best_val": self.best_val,
+            "data": {"storage": self.train_src.storage, "world_size": self.env.world_size,
+                     "num_workers": self.cfg.data.num_workers},
+        }
+
+    def _save(self, name: str, light: bool = False) -> None:
+        if self.env.is_main:
+            ckpt_io.save_atomic(self.checkpoint(light), self.run_dir / name)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run until ``cfg.steps``; returns the final metrics (see :func:`fit`)."""
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (self.env.is_main and cfg.progress), desc=self.run_dir.name)
+        sums: dict[str, torch.Tensor] = {}
+        count, t_last, steps_per_s = 0, time.perf_counter(), float("nan")
+        try:
+            while self.step < cfg.steps:
+                losses = self.train_step(next(self._batches))
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0) + value.float()
+                count += 1
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.perf_counter()
+                    steps_per_s = count / max(now - t_last, 1e-9)
+                    self._log_train(sums, count, steps_per_s, bar)
+                    sums, count, t_last = {}, 0, now
+                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                    self._validate_and_keep_best(bar)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self._save(ckpt_io.LATEST)
+                if self.step in cfg.milestones:
+                    self._save(ckpt_io.milestone_name(self.step))
+        finally:
+            bar.close()
+            self._batches = None
+            if self.logger:
+                self.logger.close()
+        if not self.val:
+            self.val = self.validate()
+        summary = {"step": self.step, **self.val, "best/latent_l1": self.best_val,
+                   "train/steps_per_s": steps_per_s, "run_dir": str(self.run_dir)}
+        if self.env.is_main:
+            write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
+        return summary
+
+    def _log_train(self, sums: dict[str, torch.Tensor], count: int, steps_per_s: float,
+                   bar: tqdm) -> None:
+        scalars = {k: float(v) / count for k, v in sums.items()}
+        bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite {bad} by step {self.step}; the last good weights are in "
+                f"{self.run_dir / ckpt_io.LATEST} (lower the learning rates or check the cache)"
+            )
+        scalars["lr/g"] = self.opt_g.param_groups[0]["lr"]
+        scalars["lr/d"] = self.opt_d.param_groups[0]["lr"]
+        scalars["perf/steps_per_s"] = steps_per_s
+        self.logger.log(self.step, scalars)
+        bar.set_postfix({"g/l1": f"{scalars['g/latent_l1']:.4f}", "d": f"{scalars['d/loss']:.3f}",
+                         **({"gain": f"{self.val['val/gain']:.3f}"} if self.val else {})})
+
+    def _validate_and_keep_best(self, bar: tqdm) -> None:
+        self.val = self.validate()
+        self.logger.log(self.step, self.val)
+        if self.val["val/latent_l1"] < self.best_val:
+            self.best_val = self.val["val/latent_l1"]
+            self._save(ckpt_io.BEST, light=True)
+        bar.set_postfix({"gain": f"{self.val['val/gain']:.3f}"})
+
+
+def fit(cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path,
+        restart: bool = False) -> dict[str, Any]:
+    """Train the denoiser on a latent cache; resume from ``<run_dir>/latest.pt`` when present.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        Resolved train config (preset applied; see :func:`trainer.config.load_train_config`).
+    cache_dir : str or Path
+        A cache written by ``cleancodec cache`` (its manifest gives D, F, dtype, codec identity).
+    run_dir : str or Path
+        Checkpoints and logs.
+    restart : bool
+        Move an existing run in ``run_dir`` aside and start from step 0.
+
+    Returns
+    -------
+    dict
+        ``step``, ``val/latent_l1``, ``val/noisy_l1``, ``val/gain`` (1.0 = no change),
+        ``best/latent_l1``, ``train/steps_per_s``, ``run_dir``.
+    """
+    validate(cfg)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    with distributed_session(cfg.device) as env:
+        trainer = Trainer(cfg, cache_dir, run_dir, env)
+        trainer.prepare(restart)
+        return trainer.train()

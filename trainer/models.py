@@ -1,0 +1,233 @@
+"""The latent denoiser (generator) and the latent-sequence discriminator.
+
+Shapes: latents are ``Tensor[B x D x F]`` (D = the codec's latent dim from the cache manifest,
+F = frames at 50 frames/s).
+
+Both models work internally on *normalised* latents: DAC latents are far from unit scale, so
+each model holds the cache's per-channel mean and std as buffers (set once from the training
+data with :meth:`Denoiser.set_latent_stats`, then saved in the state dict). Callers pass raw
+latents and the :class:`Denoiser` returns raw latents.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+STD_FLOOR = 1e-5  # smallest per-channel std used for normalisation (constant channels)
+
+
+class LatentStats(nn.Module):
+    """Per-channel mean / std buffers and the normalisation they define."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(latent_dim))
+        self.register_buffer("std", torch.ones(latent_dim))
+
+    @torch.no_grad()
+    def set(self, mean: Tensor, std: Tensor) -> None:
+        """Store ``mean`` / ``std`` (each ``Tensor[D]``); std is floored at ``STD_FLOOR``."""
+        self.mean.copy_(mean.to(self.mean))
+        self.std.copy_(std.to(self.std).clamp_min(STD_FLOOR))
+
+    def normalize(self, z: Tensor) -> Tensor:
+        """``Tensor[B x D x F]`` raw latents → zero-mean, unit-std latents per channel."""
+        return (z - self.mean[:, None]) / self.std[:, None]
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2 global response normalisation over time, channels last.
+
+    ``x: Tensor[B x F x C]`` → same shape. Starts as the identity (gamma = beta = 0).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True)   # [B, 1, C]
+        n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
+        return self.gamma * (x * n) + self.beta + x
+
+
+class ConvNeXtBlock1d(nn.Module):
+    """Depthwise conv → LayerNorm → Linear(W→rW) → GELU → GRN → Linear(rW→W), plus residual.
+
+    ``x: Tensor[B x W x F]`` → ``Tensor[B x W x F]``.
+    """
+
+    def __init__(self, width: int, kernel_size: int = 7, mlp_ratio: int = 4, eps: float = 1e-6):
+        super().__init__()
+        self.dwconv = nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2, groups=width)
+        self.norm = nn.LayerNorm(width, eps=eps)
+        self.pw1 = nn.Linear(width, mlp_ratio * width)
+        self.act = nn.GELU()
+        self.grn = GlobalResponseNorm(mlp_ratio * width, eps=eps)
+        self.pw2 = nn.Linear(mlp_ratio * width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.dwconv(x).transpose(1, 2)       # [B, F, W]
+        h = self.pw2(self.grn(self.act(self.pw1(self.norm(h)))))
+        return x + h.transpose(1, 2)
+
+
+class Denoiser(nn.Module):
+    """Noisy latents → clean latents.
+
+    A 1x1 conv stem ``D → W``, ``depth`` ConvNeXt-1D blocks, a LayerNorm and a 1x1 conv
+    ``W → D`` initialised to zero, added to the input (global residual), so the model is the
+    identity at step 0. The residual is predicted in normalised units and scaled back by the
+    cache std: ``out = z + std * head(blocks(stem(normalize(z))))``.
+
+    Parameters
+    ----------
+    latent_dim : int
+        D, the codec latent dim (1024 for DAC-16k).
+    width : int
+        W, channels inside the blocks.
+    depth : int
+        Number of ConvNeXt blocks.
+    kernel_size : int
+        Depthwise temporal kernel (odd).
+    mlp_ratio : int
+        Inner expansion of each block.
+    norm_eps : float
+        LayerNorm / GRN epsilon.
+    """
+
+    def __init__(self, latent_dim: int, width: int, depth: int, kernel_size: int = 7,
+                 mlp_ratio: int = 4, norm_eps: float = 1e-6):
+        super().__init__()
+        self.model_args: dict[str, Any] = {
+            "latent_dim": int(latent_dim), "width": int(width), "depth": int(depth),
+            "kernel_size": int(kernel_size), "mlp_ratio": int(mlp_ratio),
+            "norm_eps": float(norm_eps),
+        }
+        self.stats = LatentStats(latent_dim)
+        self.stem = nn.Conv1d(latent_dim, width, 1)
+        self.blocks = nn.Sequential(
+            *(ConvNeXtBlock1d(width, kernel_size, mlp_ratio, norm_eps) for _ in range(depth))
+        )
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
+        self.head = nn.Conv1d(width, latent_dim, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Per-channel statistics of the cache (``Tensor[D]`` each)."""
+        self.stats.set(mean, std)
+
+    def normalize(self, z: Tensor) -> Tensor:
+        """Raw ``Tensor[B x D x F]`` → normalised latents (what the discriminator sees)."""
+        return self.stats.normalize(z)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Denoise raw latents.
+
+        Parameters
+        ----------
+        z : Tensor[B x D x F]
+            Noisy pre-quantisation latents.
+
+        Returns
+        -------
+        Tensor[B x D x F]
+            Denoised latents (raw scale, same dtype as the computation).
+        """
+        h = self.stem(self.normalize(z))
+        h = self.blocks(h)
+        h = self.norm(h.transpose(1, 2)).transpose(1, 2)
+        return z + self.head(h) * self.stats.std[:, None]
+
+
+def _sn_conv(c_in: int, c_out: int, kernel_size: int = 1, dilation: int = 1,
+             groups: int = 1) -> nn.Module:
+    pad = dilation * (kernel_size - 1) // 2
+    return spectral_norm(nn.Conv1d(c_in, c_out, kernel_size, padding=pad, dilation=dilation,
+                                   groups=groups))
+
+
+class DiscriminatorBlock(nn.Module):
+    """Dilated grouped temporal conv → LeakyReLU → 1x1 conv → LeakyReLU, plus residual."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int, groups: int,
+                 negative_slope: float):
+        super().__init__()
+        self.temporal = _sn_conv(channels, channels, kernel_size, dilation, groups)
+        self.mix = _sn_conv(channels, channels, 1)
+        self.act = nn.LeakyReLU(negative_slope)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.act(self.mix(self.act(self.temporal(x))))
+
+
+class Discriminator(nn.Module):
+    """Scores latent sequences: real (clean) high, fake (denoised) low.
+
+    Per-frame 1x1 channel mixing ``D → C``, a stack of dilated grouped temporal convs with
+    residuals, and a 1-channel head averaged over time. Spectral norm on every conv.
+
+    Parameters
+    ----------
+    latent_dim : int
+        D.
+    channels : int
+        C, hidden channels (divisible by ``groups``).
+    dilations : list of int
+        One residual block per dilation.
+    kernel_size : int
+        Temporal kernel (odd).
+    groups : int
+        Groups of the temporal convs.
+    negative_slope : float
+        LeakyReLU slope.
+    """
+
+    def __init__(self, latent_dim: int, channels: int = 256, dilations: list[int] | tuple[int, ...]
+                 = (1, 2, 4, 8), kernel_size: int = 3, groups: int = 8,
+                 negative_slope: float = 0.2):
+        super().__init__()
+        self.model_args: dict[str, Any] = {
+            "latent_dim": int(latent_dim), "channels": int(channels),
+            "dilations": [int(d) for d in dilations], "kernel_size": int(kernel_size),
+            "groups": int(groups), "negative_slope": float(negative_slope),
+        }
+        self.stem = _sn_conv(latent_dim, channels, 1)
+        self.act = nn.LeakyReLU(negative_slope)
+        self.blocks = nn.ModuleList(
+            DiscriminatorBlock(channels, kernel_size, d, groups, negative_slope) for d in dilations
+        )
+        self.head = _sn_conv(channels, 1, 1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Score normalised latents.
+
+        Parameters
+        ----------
+        z : Tensor[B x D x F]
+            Latents normalised with the cache statistics (:meth:`Denoiser.normalize`).
+
+        Returns
+        -------
+        score : Tensor[B]
+            Head output averaged over time.
+        features : list of Tensor[B x C x F]
+            Activations after the stem and after each block (for feature matching).
+        """
+        h = self.act(self.stem(z))
+        features = [h]
+        for block in self.blocks:
+            h = block(h)
+            features.append(h)
+        return self.head(h).mean(dim=(1, 2)), features
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
