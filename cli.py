@@ -32,5 +32,101 @@ def resolve_codec_choice(codec: str | None, codec_weights: str | None) -> str | 
     return codec_weights or codec
 
 
+# --- denoise and evaluate (infer/) -----------------------------------------------------------
+
+
+@main.command("denoise")
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
+@click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path())
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile with `codec` and `denoise` sections (e.g. conf/denoise.yaml).")
+@codec_options
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Trainer checkpoint. Default: the newest best.pt under runs/.")
+@click.option("--bypass", is_flag=True, default=None,
+              help="Codec alone (encode → quantize → decode): the quality ceiling.")
+@click.option("--mix", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Share of the dry input blended back in (0 = none, 1 = dry only).")
+@click.option("--output-sr", type=click.IntRange(min=1), default=None,
+              help="Output sample rate (e.g. 16000). Default: each input's own rate.")
+@click.option("--skip-existing", is_flag=True, default=None,
+              help="Leave outputs that already exist untouched.")
+@click.option("--allow-codec-mismatch", is_flag=True, default=None,
+              help="Use a checkpoint trained on another codec's latents.")
+@click.option("--batch-size", type=click.IntRange(min=0), default=None,
+              help="Chunks per forward (0 = auto: 1 on CPU, 16 on GPU).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (codec and denoiser).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def denoise_command(input_path, output_path, conf, codec, codec_weights, checkpoint, bypass, mix,
+                    output_sr, skip_existing, allow_codec_mismatch, batch_size, device, quiet):
+    """Denoise INPUT (a file or a folder, recursively) into OUTPUT.
+
+    OUTPUT mirrors INPUT's tree and file names (default: INPUT_denoised beside it); every
+    output keeps its input's length, sample rate, channels and sample format. Exits non-zero
+    when any file failed.
+    """
+    from infer.run import run_denoise
+
+    overrides = {"checkpoint": checkpoint, "bypass": bypass, "mix": mix, "output_sr": output_sr,
+                 "skip_existing": skip_existing, "allow_codec_mismatch": allow_codec_mismatch,
+                 "batch_size": batch_size}
+    try:
+        summary, output = run_denoise(input_path, output_path, conf,
+                                      resolve_codec_choice(codec, codec_weights), overrides,
+                                      device, progress=not quiet)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(summary.lines()))
+    click.echo(f"output: {output}")
+    if summary.failed:
+        raise SystemExit(1)
+
+
+@main.command("evaluate")
+@click.option("--enhanced", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of enhanced files.")
+@click.option("--clean", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Clean references. Without it: reference-free mode (DNSMOS only).")
+@click.option("--noisy", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Noisy inputs: scored too, as the baseline row.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Where per_file.csv, summary.json, results.md and spectrograms/ go.")
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile with an `evaluate` section.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Scoring processes (0 = auto).")
+@click.option("--spectrograms", type=click.IntRange(min=0), default=None,
+              help="How many files get a spectrogram PNG.")
+@click.option("--personalized", "dnsmos_personalized", is_flag=True, default=None,
+              help="DNSMOS personalised models instead of the standard ones.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate_command(enhanced, clean, noisy, out, conf, workers, spectrograms,
+                     dnsmos_personalized, quiet):
+    """Score enhanced speech: DNSMOS, PESQ-WB, STOI, SI-SDR, speaker similarity.
+
+    Files pair by relative path or by the DNS test-set `fileid_N` convention.
+    """
+    from infer.evaluate import run_evaluate
+
+    overrides = {"workers": workers, "spectrograms": spectrograms,
+                 "dnsmos_personalized": dnsmos_personalized}
+    try:
+        result = run_evaluate(enhanced, out, clean, noisy, conf, overrides, progress=not quiet)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(result.table)
+    for kind, paths in result.summary["unmatched"].items():
+        if paths:
+            click.echo(f"unmatched ({kind.replace('_', ' ')}): {len(paths)}: "
+                       + ", ".join(paths[:10]) + (" …" if len(paths) > 10 else ""))
+    for name, err in result.summary["failed"].items():
+        click.echo(f"FAILED {name}: {err}")
+    click.echo(f"per-file scores: {result.paths['csv']}\nsummary: {result.paths['summary']}\n"
+               f"table: {result.paths['table']}")
+    if result.paths["spectrograms"]:
+        click.echo(f"spectrograms: {result.paths['spectrograms'][0].parent}/ "
+                   f"({len(result.paths['spectrograms'])} PNG)")
+
+
 if __name__ == "__main__":
     main()
