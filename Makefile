@@ -20,6 +20,7 @@ INPUT ?=
 OUTPUT ?=
 CHECKPOINT ?=
 PYTEST_ARGS ?=
+DEMO ?= data/demo
 
 codec_opt = $(if $(CODEC),--codec $(CODEC))
 conf_or = $(if $(CONF),$(CONF),$(1))
@@ -37,6 +38,10 @@ install:
 	$(VENV)/bin/pip install --no-deps descript-audio-codec==1.0.0 descript-audiotools==0.7.2
 	$(VENV)/bin/pip install -e '.[dev]'
 	$(PY) -c "import pipeline.codec as c; c.import_dac(); print('cleancodec installed; dac imports fine')"
+
+# demo corpus (real speech + noise from Debian packages): DEMO=dir to build it elsewhere
+demo-data:
+	$(CLI) demo-data --conf $(call conf_or,conf/demo_data.yaml) --out $(DEMO)
 
 cache:
 	$(CLI) cache --conf $(call conf_or,conf/cache.yaml) $(codec_opt) \

@@ -32,6 +32,44 @@ def resolve_codec_choice(codec: str | None, codec_weights: str | None) -> str | 
     return codec_weights or codec
 
 
+# --- demo data (pipeline/demo_data.py) -------------------------------------------------------
+
+
+@main.command("demo-data")
+@click.option("--conf", type=click.Path(dir_okay=False), default="conf/demo_data.yaml",
+              show_default=True, help="Profile with a `demo_data` section.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Corpus folder. Default: demo_data.out_dir (data/demo).")
+@click.option("--deb-cache", type=click.Path(file_okay=False), default=None,
+              help="Where downloaded .debs are kept. Default: <out>/.debs.")
+@click.option("--no-apt-update", is_flag=True,
+              help="Never run `apt-get update`; only say when it is needed.")
+def demo_data_command(conf, out_dir, deb_cache, no_apt_update):
+    """Build the demo corpus: real speech and noise from Debian packages, generated noise,
+    speaker-disjoint splits and a DNS-style test set. Reruns only do what is missing; exits
+    non-zero when a part could not be built (the message says what to do)."""
+    from pipeline.config import ConfigError, load_section
+    from pipeline.demo.config import DemoDataConfig
+    from pipeline.demo.summary import summary
+    from pipeline.demo_data import build_demo_data
+
+    try:
+        cfg = load_section(conf, "demo_data", DemoDataConfig)
+        if no_apt_update:
+            cfg.apt_update = "never"
+        report = build_demo_data(cfg, out_dir, deb_cache)
+    except (ConfigError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary(report.rows, report.skipped))
+    click.echo(f"\n{report.root}: built {len(report.built)} part(s), reused {len(report.reused)}"
+               f" in {report.seconds:.1f} s"
+               + (f"; removed {report.removed_stale} stale file(s)" if report.removed_stale else ""))
+    for failure in report.failures:
+        click.echo(f"FAILED {failure}", err=True)
+    if report.failures:
+        raise SystemExit(1)
+
+
 # --- denoise and evaluate (infer/) -----------------------------------------------------------
 
 
