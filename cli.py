@@ -32,6 +32,53 @@ def resolve_codec_choice(codec: str | None, codec_weights: str | None) -> str | 
     return codec_weights or codec
 
 
+# --- cache (pipeline/build.py) --------------------------------------------------------------
+
+
+@main.command("cache")
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile with `codec` and `cache` sections (e.g. conf/cache.yaml).")
+@codec_options
+@click.option("--clean", type=click.Path(file_okay=False), default=None,
+              help="Clean speech folder (recursive). Default: cache.clean of the profile.")
+@click.option("--noise", type=click.Path(file_okay=False), default=None,
+              help="Noise folder (recursive). Default: cache.noise of the profile.")
+@click.option("--rir", type=click.Path(file_okay=False), default=None,
+              help="Room impulse responses (optional; used with cache.mix.reverb_prob).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="data/cache",
+              show_default=True, help="Cache folder.")
+@click.option("--storage", type=click.Choice(["zarr", "webdataset"]), default=None,
+              help="Storage format. Default: cache.storage of the profile (zarr).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Encoding processes on this machine (each loads its own codec).")
+@click.option("--overwrite", is_flag=True,
+              help="Delete a cache built with another codec/config in --out and rebuild.")
+@click.option("--verify", is_flag=True,
+              help="On resume, re-hash every finished shard (default: check sizes).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storage, workers,
+                  overwrite, verify, quiet):
+    """Mix clean speech with noise, encode both with DAC, and write the sharded latent cache.
+
+    Resumable: rerun the same command after an interruption and only unfinished shards are
+    built. Under torchrun each rank builds its share of the shards. Bad input files are
+    skipped and listed in <out>/rejected.tsv; exits non-zero only when no usable input remains.
+    """
+    from pipeline.build import BuildError, run_cache
+    from pipeline.codec import CodecWeightsError
+    from pipeline.config import ConfigError
+
+    try:
+        summary = run_cache(conf, resolve_codec_choice(codec, codec_weights), clean, noise, rir,
+                            out_dir, storage, workers, overwrite, verify, progress=not quiet)
+    except (BuildError, CodecWeightsError, ConfigError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if summary.rank == 0:
+        click.echo(summary.text())
+    if not summary.complete and summary.rank == 0:
+        raise SystemExit(1)
+
+
 # --- demo data (pipeline/demo_data.py) -------------------------------------------------------
 
 

@@ -1,0 +1,390 @@
+"""Cache storage: zarr v3 (sharding codec) and webdataset tars — writers and readers.
+
+zarr (``<cache>/<split>.zarr``, one group per split)::
+
+    clean, noisy   (N, D, F)  float16|float32, inner chunk (1, D, F) = one window,
+                              shard (windows_per_shard, D, F) = one build shard
+    snr_db f4 · level_dbfs f4 · reverb u1 · window_seed u8 · clean_source i4 · noise_source i4
+    clean_offset i8 · noise_offset i8 · rir_source i4 (-1: dry) · clipped u1      (N,) each,
+                              chunk (windows_per_shard,) = one build shard
+
+Each build shard therefore owns exactly one file per array, so shards are written
+independently (by workers or ranks). A shard is first written into a scratch copy of the arrays
+(same metadata) under ``<cache>/.tmp/``; its files are then fsynced and renamed into place, so a
+killed build never leaves a half-written file under a live name.
+
+webdataset (``<cache>/<split>-%06d.tar``, one tar per build shard): samples
+``{__key__: "<split>-<shard:06d>-<i:06d>", clean.npy, noisy.npy, meta.json}``; ``.npy`` are
+``(D, F)`` arrays of the cache dtype, ``meta.json`` the same fields with source paths as strings.
+Tars are written to a ``.partial`` name and renamed; member times are fixed so the bytes are a
+pure function of the content. Nothing is pickled; readers load ``.npy`` with
+``allow_pickle=False``.
+
+This module must stay free of codec imports: the trainer reads caches through it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.manifest import done_shards, load_manifest
+
+META_FIELDS: dict[str, str] = {
+    "snr_db": "float32",
+    "level_dbfs": "float32",
+    "reverb": "uint8",
+    "window_seed": "uint64",
+    "clean_source": "int32",
+    "noise_source": "int32",
+    "clean_offset": "int64",
+    "noise_offset": "int64",
+    "rir_source": "int32",
+    "clipped": "uint8",
+}
+SOURCE_FIELDS = {"clean_source": "clean", "noise_source": "noise", "rir_source": "rir"}
+LATENT_ARRAYS = ("clean", "noisy")
+DTYPES = ("float16", "float32")
+COMPRESSORS = ("blosc-zstd", "zstd", "none")
+WDS_PATTERN = "{split}-%06d.tar"
+TMP_DIR = ".tmp"
+TAR_MTIME = 0.0
+TAR_OWNER = "cleancodec"
+HASH_BLOCK = 1 << 20
+
+
+@dataclass
+class ShardFile:
+    """One file of a written shard: path relative to the cache dir, sha256, size."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def combined_sha256(files: list[ShardFile]) -> str:
+    """One digest for a shard: sha256 over its files' (path, sha256) in order."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.path}\t{f.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def _fsync_replace(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fh:
+        os.fsync(fh.fileno())
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
+def zarr_split_path(cache_dir: str | Path, split: str) -> Path:
+    return Path(cache_dir) / f"{split}.zarr"
+
+
+def wds_shard_path(cache_dir: str | Path, split: str, index: int) -> Path:
+    return Path(cache_dir) / (WDS_PATTERN.format(split=split) % index)
+
+
+def scratch_dir(cache_dir: str | Path) -> Path:
+    """Where shards are staged before they are renamed into place."""
+    return Path(cache_dir) / TMP_DIR
+
+
+def _compressors(name: str, level: int) -> Any:
+    if name == "blosc-zstd":
+        return zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
+    if name == "zstd":
+        return zarr.codecs.ZstdCodec(level=level)
+    if name == "none":
+        return None
+    raise ValueError(f"compressor must be one of {COMPRESSORS}, got {name!r}")
+
+
+# --- zarr writing ----------------------------------------------------------------------------
+
+
+def create_zarr_split(path: str | Path, windows: int, latent_dim: int, frames: int,
+                      windows_per_shard: int, dtype: str = "float16",
+                      compressor: str = "blosc-zstd", level: int = 3,
+                      attributes: dict[str, Any] | None = None) -> Path:
+    """Create the empty ``<split>.zarr`` group (metadata only) atomically.
+
+    Arrays: ``clean``/``noisy`` ``(windows, latent_dim, frames)`` with inner chunks of one
+    window and shards of ``windows_per_shard`` windows; the :data:`META_FIELDS` arrays
+    ``(windows,)`` chunked by ``windows_per_shard``. Built in a sibling temp folder, then renamed.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3,
+                                attributes=attributes or {})
+        for name in LATENT_ARRAYS:
+            group.create_array(
+                name, shape=(windows, latent_dim, frames), dtype=dtype,
+                chunks=(1, latent_dim, frames), shards=(windows_per_shard, latent_dim, frames),
+                compressors=_compressors(compressor, level), fill_value=0.0,
+                dimension_names=("window", "channel", "frame"))
+        for name, meta_dtype in META_FIELDS.items():
+            group.create_array(name, shape=(windows,), dtype=meta_dtype,
+                               chunks=(windows_per_shard,), fill_value=0,
+                               dimension_names=("window",))
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _array_names() -> tuple[str, ...]:
+    return (*LATENT_ARRAYS, *META_FIELDS)
+
+
+def _writable_every_chunk(array: zarr.Array) -> zarr.Array:
+    """The array with ``write_empty_chunks`` on: a shard of all-zero metadata (e.g. no reverb)
+    must still produce its file, or it could not be renamed into place and checksummed."""
+    return array.with_config({"write_empty_chunks": True})
+
+
+def write_zarr_shard(cache_dir: str | Path, split: str, shard_index: int,
+                     windows_per_shard: int, clean: np.ndarray, noisy: np.ndarray,
+                     meta: dict[str, np.ndarray]) -> list[ShardFile]:
+    """Write build shard ``shard_index`` of ``split`` and return its files.
+
+    clean, noisy: ``[n x D x F]`` in the array dtype, ``n <= windows_per_shard`` (only the last
+    shard of a split is short). meta: :data:`META_FIELDS` arrays of shape ``[n]``.
+    The shard is staged in a scratch copy of the arrays, then each file is renamed into place.
+    """
+    cache_dir = Path(cache_dir)
+    live = zarr_split_path(cache_dir, split)
+    stage = scratch_dir(cache_dir) / f"{split}-{shard_index:06d}-{uuid.uuid4().hex}"
+    start = shard_index * windows_per_shard
+    data = {"clean": clean, "noisy": noisy, **meta}
+    missing = set(_array_names()) - set(data)
+    if missing:
+        raise ValueError(f"shard metadata lacks {sorted(missing)}")
+    moves: list[tuple[Path, Path]] = []
+    try:
+        for name in _array_names():
+            (stage / name).mkdir(parents=True)
+            shutil.copyfile(live / name / "zarr.json", stage / name / "zarr.json")
+            array = _writable_every_chunk(
+                zarr.open_array(zarr.storage.LocalStore(stage / name), mode="r+"))
+            values = np.asarray(data[name], dtype=array.dtype)
+            array[start:start + len(values)] = values
+            coords = (shard_index,) + (0,) * (array.ndim - 1)
+            key = array.metadata.encode_chunk_key(coords)
+            moves.append((stage / name / key, live / name / key))
+        files = []
+        for src, dst in moves:
+            digest, size = sha256_file(src), src.stat().st_size
+            _fsync_replace(src, dst)
+            files.append(ShardFile(dst.relative_to(cache_dir).as_posix(), digest, size))
+        return files
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def set_zarr_attributes(cache_dir: str | Path, split: str, attributes: dict[str, Any]) -> None:
+    """Replace the group attributes of ``<split>.zarr`` atomically (new ``zarr.json`` renamed in)."""
+    cache_dir = Path(cache_dir)
+    stage = scratch_dir(cache_dir) / f"{split}-attrs-{uuid.uuid4().hex}"
+    try:
+        zarr.open_group(zarr.storage.LocalStore(stage), mode="w", zarr_format=3,
+                        attributes=attributes)
+        _fsync_replace(stage / "zarr.json", zarr_split_path(cache_dir, split) / "zarr.json")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# --- webdataset writing ----------------------------------------------------------------------
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``.npy`` serialisation of a plain numeric array (never pickled)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def wds_key(split: str, shard_index: int, i: int) -> str:
+    return f"{split}-{shard_index:06d}-{i:06d}"
+
+
+def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: np.ndarray,
+                    noisy: np.ndarray, metas: list[dict[str, Any]]) -> ShardFile:
+    """Write one webdataset tar (``<split>-<shard:06d>.tar``) and return its file record.
+
+    clean, noisy: ``[n x D x F]`` in the cache dtype; metas: ``n`` JSON-able dicts.
+    Written to ``.<name>.<uuid>.partial``, fsynced, then renamed.
+    """
+    import webdataset as wds
+
+    cache_dir = Path(cache_dir)
+    path = wds_shard_path(cache_dir, split, shard_index)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as fh:
+            writer = wds.TarWriter(fh, user=TAR_OWNER, group=TAR_OWNER, encoder=False,
+                                   mtime=TAR_MTIME)
+            for i, meta in enumerate(metas):
+                writer.write({
+                    "__key__": wds_key(split, shard_index, i),
+                    "clean.npy": npy_bytes(clean[i]),
+                    "noisy.npy": npy_bytes(noisy[i]),
+                    "meta.json": json.dumps(meta, sort_keys=True).encode(),
+                })
+            writer.close()
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+        _fsync_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ShardFile(path.relative_to(cache_dir).as_posix(), digest, size)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def done_rows(manifest: dict[str, Any], split: str) -> np.ndarray:
+    """Row indices (int64 ``[n]``) of ``split`` that belong to done shards."""
+    wps = int(manifest["splits"][split]["windows_per_shard"])
+    parts = [np.arange(s["index"] * wps, s["index"] * wps + int(s["windows"]))
+             for s in done_shards(manifest, split)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+class ZarrCacheReader:
+    """Random access to the windows of one split of a zarr cache (done shards only).
+
+    ``reader[i]`` → ``(clean [D x F], noisy [D x F], meta)`` in the cache dtype; ``meta`` holds
+    the :data:`META_FIELDS` values plus ``clean_path`` / ``noise_path`` / ``rir_path`` (relative
+    source paths, ``None`` for no RIR) and ``row`` (the row in the arrays).
+    """
+
+    def __init__(self, cache_dir: str | Path, split: str,
+                 manifest: dict[str, Any] | None = None):
+        self.cache_dir = Path(cache_dir)
+        self.manifest = manifest or load_manifest(cache_dir)
+        if self.manifest["storage"] != "zarr":
+            raise ValueError(f"{cache_dir}: cache storage is {self.manifest['storage']!r}, not zarr")
+        if split not in self.manifest["splits"]:
+            raise KeyError(f"{cache_dir}: no split {split!r} in the manifest")
+        self.split = split
+        self.rows = done_rows(self.manifest, split)
+        self._group = None
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            store = zarr.storage.LocalStore(zarr_split_path(self.cache_dir, self.split),
+                                            read_only=True)
+            self._group = zarr.open_group(store, mode="r")
+        return self._group
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _meta(self, row: int) -> dict[str, Any]:
+        meta: dict[str, Any] = {name: self.group[name][row].item() for name in META_FIELDS}
+        meta.update(source_paths(self.manifest, meta))
+        meta["row"] = int(row)
+        return meta
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        row = int(self.rows[i])
+        return self.group["clean"][row], self.group["noisy"][row], self._meta(row)
+
+    def read_all(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Every done window at once: ``clean, noisy [n x D x F]`` and metadata ``[n]`` arrays."""
+        idx = self.rows
+        take = (lambda name: self.group[name].get_orthogonal_selection((idx,)))
+        return take("clean"), take("noisy"), {name: take(name) for name in META_FIELDS}
+
+
+def source_paths(manifest: dict[str, Any], meta: dict[str, Any]) -> dict[str, str | None]:
+    """``clean_path`` / ``noise_path`` / ``rir_path`` for a window's source indices."""
+    sources = manifest.get("sources", {})
+    out: dict[str, str | None] = {}
+    for field_name, kind in SOURCE_FIELDS.items():
+        index = int(meta[field_name])
+        out[f"{kind}_path"] = sources.get(kind, [])[index] if index >= 0 else None
+    return out
+
+
+def wds_shard_paths(cache_dir: str | Path, split: str,
+                    manifest: dict[str, Any] | None = None) -> list[Path]:
+    """Tar paths of the done shards of ``split``, in shard order."""
+    manifest = manifest or load_manifest(cache_dir)
+    return [wds_shard_path(cache_dir, split, s["index"]) for s in done_shards(manifest, split)]
+
+
+def iter_wds_samples(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
+    """Samples of webdataset tars, in order: dicts with ``key``, ``clean``, ``noisy``
+    (``[D x F]`` arrays, loaded without pickle) and ``meta`` (dict)."""
+    import webdataset as wds
+
+    urls = [str(p) for p in paths]
+    if not urls:
+        return
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    for sample in dataset:
+        yield {
+            "key": sample["__key__"],
+            "clean": np.load(io.BytesIO(sample["clean.npy"]), allow_pickle=False),
+            "noisy": np.load(io.BytesIO(sample["noisy.npy"]), allow_pickle=False),
+            "meta": json.loads(sample["meta.json"]),
+        }
+
+
+def read_split(cache_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """All done windows of a split, either storage: ``clean, noisy [n x D x F]`` and a list of
+    per-window metadata dicts (source paths as strings). Meant for small caches and tests."""
+    manifest = load_manifest(cache_dir)
+    if manifest["storage"] == "zarr":
+        reader = ZarrCacheReader(cache_dir, split, manifest)
+        if len(reader) == 0:
+            return _empty(manifest), _empty(manifest), []
+        clean, noisy, meta = reader.read_all()
+        metas = []
+        for i in range(len(reader)):
+            row = {name: meta[name][i].item() for name in META_FIELDS}
+            paths = source_paths(manifest, row)
+            for field_name, kind in SOURCE_FIELDS.items():
+                row[field_name] = paths[f"{kind}_path"]
+            metas.append(row)
+        return clean, noisy, metas
+    samples = list(iter_wds_samples(wds_shard_paths(cache_dir, split, manifest)))
+    if not samples:
+        return _empty(manifest), _empty(manifest), []
+    return (np.stack([s["clean"] for s in samples]), np.stack([s["noisy"] for s in samples]),
+            [{k: v for k, v in s["meta"].items() if k in META_FIELDS} for s in samples])
+
+
+def _empty(manifest: dict[str, Any]) -> np.ndarray:
+    from pipeline.manifest import latent_shape
+
+    return np.zeros((0, *latent_shape(manifest)), dtype=manifest["dtype"])
