@@ -6,6 +6,7 @@ knobs, so a profile that lists no sources is an error rather than a silent empty
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,7 @@ class SessionConfig:
     seconds: float = 30.0  # target length of one session file
     gap_min_seconds: float = 0.25  # pause inserted between consecutive prompts
     gap_max_seconds: float = 0.7
-    trim_threshold_db: float = -50.0  # frame level (dBFS) under which leading/trailing frames are cut
+    trim_threshold_db: float = -50.0  # leading/trailing frames under this level (dBFS) are cut
     trim_frame_ms: float = 10.0
     trim_pad_ms: float = 60.0  # silence kept on each side of the trimmed prompt
     min_prompt_seconds: float = 0.15  # shorter prompts after trimming are skipped as empty
@@ -128,7 +129,7 @@ class DemoDataConfig:
     deb_cache: str | None = None  # default: <out_dir>/.debs
     seed: int = 0
     sample_rate: int = 16000
-    apt_update: str = "auto"  # auto: run `apt-get update` once when a package is not found (root only)
+    apt_update: str = "auto"  # auto: `apt-get update` once if a package is not found (as root)
     speech: list[SpeechSource] = field(default_factory=list)
     noise_packages: list[NoisePackage] = field(default_factory=list)
     sessions: SessionConfig = field(default_factory=SessionConfig)
@@ -138,6 +139,10 @@ class DemoDataConfig:
     testset: TestSetConfig = field(default_factory=TestSetConfig)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict) and f.name in _NESTED:
+                setattr(self, f.name, _as(_NESTED[f.name], value, f"demo_data.{f.name}"))
         self.speech = [_as(SpeechSource, s, f"demo_data.speech[{i}]")
                        for i, s in enumerate(self.speech)]
         self.noise_packages = [_as(NoisePackage, s, f"demo_data.noise_packages[{i}]")
@@ -153,6 +158,10 @@ class DemoDataConfig:
     @property
     def enabled_noise_packages(self) -> list[NoisePackage]:
         return [p for p in self.noise_packages if p.enabled]
+
+
+_NESTED = {"sessions": SessionConfig, "real_noise": RealNoiseConfig,
+           "generated": GeneratedNoiseConfig, "splits": SplitConfig, "testset": TestSetConfig}
 
 
 def _as(cls: type, value: Any, where: str) -> Any:

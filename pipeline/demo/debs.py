@@ -69,6 +69,7 @@ class AptFetcher:
         if found is not None:
             return found
         self._require_apt(package)
+        print(f"fetching {package} (apt-get download) into {self.cache_dir}", flush=True)
         ok, err = self._download(package)
         if not ok and self._looks_stale(err) and self._may_update():
             self._update(package)
@@ -155,7 +156,7 @@ def unpack_deb(deb: Path, dest: Path, package: str) -> Path:
 def _dpkg_deb(args: list[str], package: str, deb: Path) -> subprocess.CompletedProcess:
     if shutil.which("dpkg-deb") is None:
         raise PackageError(package, "dpkg-deb is not available on this machine",
-                           "install dpkg (`apt-get install dpkg`; it is part of every Debian system)")
+                           "install dpkg (`apt-get install dpkg`; every Debian system has it)")
     try:
         proc = subprocess.run(["dpkg-deb", *args], capture_output=True, text=True,
                               timeout=DPKG_TIMEOUT_S)

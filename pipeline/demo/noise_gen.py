@@ -120,7 +120,7 @@ def stationary(kind: str, rng: np.random.Generator, n: int, sample_rate: int,
 
 
 def slow_envelope(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
-    """Random level changes (± ``ENVELOPE_DEPTH_DB``) at ``ENVELOPE_RATE_HZ``, linear gain ``[n]``."""
+    """Slow random level changes (0 to -``ENVELOPE_DEPTH_DB`` dB) as a linear gain ``[n]``."""
     rate = rng.uniform(*ENVELOPE_RATE_HZ)
     knots = max(2, int(np.ceil(n / sample_rate * rate)) + 2)
     db = rng.uniform(-ENVELOPE_DEPTH_DB, 0.0, size=knots)
@@ -194,7 +194,7 @@ def babble(rng: np.random.Generator, n: int, sample_rate: int, sources: list[Bab
 def generate(kind: str, rng: np.random.Generator, n: int, sample_rate: int,
              cfg: GeneratedNoiseConfig, babble_sources: list[BabbleSource] | None = None
              ) -> tuple[np.ndarray, set[str]]:
-    """One generated noise file of ``kind`` → (float32 ``[n]`` at ``cfg.level_dbfs``, inputs used)."""
+    """One noise file of ``kind`` → (float32 ``[n]`` at ``cfg.level_dbfs``, input files used)."""
     used: set[str] = set()
     if kind == "babble":
         raw, used = babble(rng, n, sample_rate, babble_sources or [], cfg)

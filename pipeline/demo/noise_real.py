@@ -114,7 +114,7 @@ def segment(audio: np.ndarray, segment_samples: int) -> list[np.ndarray]:
     """Cut ``audio`` into ``ceil(T / segment_samples)`` equal parts (each at most that long)."""
     n = max(1, math.ceil(len(audio) / segment_samples))
     bounds = np.linspace(0, len(audio), n + 1).astype(int)
-    return [audio[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [audio[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def event_sequence(sounds: list[np.ndarray], length: int, sample_rate: int,

@@ -109,7 +109,8 @@ def choose_clean(segments: list[CleanSegment], root: Path, length: int, sample_r
     for idx in order:
         seg = segments[int(idx)]
         audio = _read(root, seg.row.path, seg.start, seg.start + length)
-        if len(audio) == length and active_fraction(audio, sample_rate, vad) >= cfg.min_active_fraction:
+        enough = active_fraction(audio, sample_rate, vad) >= cfg.min_active_fraction
+        if len(audio) == length and enough:
             chosen.append((seg, audio))
             if len(chosen) == cfg.clips:
                 break
@@ -173,8 +174,9 @@ def _write_clip(k: int, seg: CleanSegment, clean: np.ndarray, noise_rows: list[I
     noisy_rel = f"{TESTSET_DIR}/noisy/{noisy_name(k, noise_tag(noise_row), snr, level)}"
     write_audio_atomic(root / clean_rel, res.clean, sample_rate, subtype=PCM_SUBTYPE)
     write_audio_atomic(root / noisy_rel, res.noisy, sample_rate, subtype=PCM_SUBTYPE)
+    clipped = "yes" if res.clipped else "no"
     origin = (f"clean={seg.row.path}@{seg.start / sample_rate:.2f}s "
-              f"noise={noise_row.path} snr={snr} tl={level} clipped={'yes' if res.clipped else 'no'}")
+              f"noise={noise_row.path} snr={snr} tl={level} clipped={clipped}")
     common = dict(split="test", kind=noise_row.kind, speaker=seg.row.speaker,
                   language=seg.row.language, duration_s=len(clean) / sample_rate,
                   source_package=seg.row.source_package, source_version=seg.row.source_version,
