@@ -1,0 +1,47 @@
+"""Shared, session-scoped fixtures (built once per test session)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+# --- trainer: small latent caches built by the real pipeline ----------------------------------
+
+TINY_TRAIN_WINDOWS = 128
+TINY_VAL_WINDOWS = 32
+TINY_WINDOWS_PER_SHARD = 32
+TINY_WINDOW_SECONDS = 1.0
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_cache(tmp_path_factory) -> Callable[[str], Path]:
+    """Factory ``storage -> cache dir``: a cache built by ``pipeline.build.build_cache`` with the
+    tiny random-init DAC (latent dim 64) from the seeded synthetic corpus.
+
+    1 s windows, 128 train / 32 val windows in shards of 32. Val speakers are held out; noise
+    files are shared between the splits (``split_noise: false``) so that a few hundred steps
+    can show a held-out gain. Each storage is built once per session, on first use.
+    """
+    root = tmp_path_factory.mktemp("tiny_latent_cache")
+    built: dict[str, Path] = {}
+
+    def get(storage: str = "zarr") -> Path:
+        if storage not in built:
+            from pipeline.build import CacheConfig, build_cache
+            from pipeline.codec import CodecConfig
+            from pipeline.mix import MixConfig
+
+            cfg = CacheConfig(storage=storage, corpus="synthetic",
+                              synthetic_dir=str(root / "corpus"),
+                              train_windows=TINY_TRAIN_WINDOWS, val_windows=TINY_VAL_WINDOWS,
+                              windows_per_shard=TINY_WINDOWS_PER_SHARD, split_noise=False,
+                              mix=MixConfig(window_seconds=TINY_WINDOW_SECONDS))
+            out = root / storage
+            build_cache(cfg, CodecConfig(weights="random", random_arch="tiny"), out_dir=out,
+                        progress=False)
+            built[storage] = out
+        return built[storage]
+
+    return get
