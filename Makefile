@@ -48,6 +48,13 @@ cache:
 		$(if $(CLEAN),--clean $(CLEAN)) $(if $(NOISE),--noise $(NOISE)) \
 		$(if $(RIR),--rir $(RIR)) --out $(OUT)
 
+# train: CACHE (default data/cache), RUN (default runs/<name>), CONF (default conf/train.yaml),
+# optional PRESET=medium|large, STEPS=N, RESTART=1. Rerunning resumes from $(RUN)/latest.pt.
+train:
+	$(CLI) train --conf $(call conf_or,conf/train.yaml) --cache $(CACHE) \
+		$(if $(RUN),--run $(RUN)) $(if $(PRESET),--preset $(PRESET)) \
+		$(if $(STEPS),--steps $(STEPS)) $(if $(RESTART),--restart)
+
 test:
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

@@ -79,6 +79,55 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
         raise SystemExit(1)
 
 
+# --- train (trainer/loop.py) -----------------------------------------------------------------
+
+
+@main.command("train")
+@click.option("--conf", type=click.Path(dir_okay=False), default="conf/train.yaml",
+              show_default=True, help="Profile with a `train` section.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default="data/cache",
+              show_default=True, help="Latent cache written by `cleancodec cache`.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder (checkpoints, metrics.jsonl, tensorboard/). Default: runs/<name>.")
+@click.option("--preset", default=None, help="Model preset of the profile (medium | large).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Total steps (default: train.steps of the profile).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Windows per step per process (default: train.data.batch_size).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers per process (default: train.data.num_workers).")
+@click.option("--device", default=None, help="auto | cpu | cuda (default: train.device).")
+@click.option("--restart", is_flag=True,
+              help="Start over: move the run folder's previous files into restarted-<time>/.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, device, restart,
+                  quiet):
+    """Train the latent denoiser (GAN) on a latent cache; never loads the codec.
+
+    Rerunning the same command resumes from <run>/latest.pt. Launch with
+    `torchrun --nproc_per_node N -m cli train ...` for multi-GPU (DDP).
+    """
+    from pipeline.config import ConfigError
+    from pipeline.manifest import ManifestError
+    from trainer.checkpoint import CheckpointError
+    from trainer.config import apply_overrides, load_train_config
+    from trainer.data import CacheDataError
+    from trainer.loop import fit
+
+    try:
+        cfg = apply_overrides(load_train_config(conf, preset), steps=steps, batch_size=batch_size,
+                              num_workers=workers, device=device, progress=False if quiet else None)
+        result = fit(cfg, cache_dir, run_dir or f"runs/{cfg.run_name}", restart=restart)
+    except (ConfigError, ManifestError, CheckpointError, CacheDataError, FloatingPointError,
+            OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"step {result['step']}: val latent L1 {result['val/latent_l1']:.6g} "
+        f"(noisy {result['val/noisy_l1']:.6g}), gain {result['val/gain']:.4f} "
+        f"(1.0 = no change), best L1 {result['best/latent_l1']:.6g}\nrun: {result['run_dir']}"
+    )
+
+
 # --- demo data (pipeline/demo_data.py) -------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ class LossConfig:
 
     adversarial: float = 1.0       # G: -D(fake)
     feature_matching: float = 2.0  # G: L1 between D features of fake and real
-    latent_l1: float = 10.0        # G: L1(denoised, clean)
+    latent_l1: float = 10.0        # G: L1(denoised, clean), on normalised latents
     r1_gamma: float = 20.0         # D: (gamma / 2) * E ||grad_x D(real)||^2
 
 
@@ -156,6 +156,19 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"train.optim.betas must hold two numbers, got {cfg.optim.betas!r}")
     if cfg.denoiser.kernel_size % 2 == 0 or cfg.discriminator.kernel_size % 2 == 0:
         raise ConfigError("train.denoiser.kernel_size and train.discriminator.kernel_size must be odd")
+
+
+def apply_overrides(cfg: TrainConfig, steps: int | None = None, batch_size: int | None = None,
+                    num_workers: int | None = None, device: str | None = None,
+                    progress: bool | None = None) -> TrainConfig:
+    """A copy of ``cfg`` with the command-line overrides that are not ``None``."""
+    top = {k: v for k, v in {"steps": steps, "device": device, "progress": progress}.items()
+           if v is not None}
+    data = {k: v for k, v in {"batch_size": batch_size, "num_workers": num_workers}.items()
+            if v is not None}
+    cfg = dataclasses.replace(cfg, **top, data=dataclasses.replace(cfg.data, **data))
+    validate(cfg)
+    return cfg
 
 
 def load_train_config(path: str | Path | None, preset: str | None = None) -> TrainConfig:

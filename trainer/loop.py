@@ -139,6 +139,7 @@ class Trainer:
         self.digest = ckpt_io.manifest_digest(self.manifest)
         self.logger: RunLogger | None = None
         self._batches: Iterator[Batch] | None = None
+        self._postfix: dict[str, str] = {}
 
     # --- setup -------------------------------------------------------------------------------
     def prepare(self, restart: bool = False) -> None:
@@ -243,8 +244,7 @@ class Trainer:
         self.discriminator.requires_grad_(False)
         try:
             with self._autocast():
-                g_losses = generator_losses(self.discriminator, real_n, fake_n, fake, clean,
-                                            self.cfg.loss)
+                g_losses = generator_losses(self.discriminator, real_n, fake_n, self.cfg.loss)
             self.opt_g.zero_grad(set_to_none=True)
             g_losses["g/loss"].backward()
         finally:
@@ -307,7 +307,7 @@ class Trainer:
         """Run until ``cfg.steps``; returns the final metrics (see :func:`fit`)."""
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (self.env.is_main and cfg.progress), desc=self.run_dir.name)
+                   disable=not (self.env.is_main and cfg.progress), desc=f"train {cfg.run_name}")
         sums: dict[str, torch.Tensor] = {}
         count, t_last, steps_per_s = 0, time.perf_counter(), float("nan")
         try:
@@ -355,8 +355,8 @@ class Trainer:
         scalars["lr/d"] = self.opt_d.param_groups[0]["lr"]
         scalars["perf/steps_per_s"] = steps_per_s
         self.logger.log(self.step, scalars)
-        bar.set_postfix({"g/l1": f"{scalars['g/latent_l1']:.4f}", "d": f"{scalars['d/loss']:.3f}",
-                         **({"gain": f"{self.val['val/gain']:.3f}"} if self.val else {})})
+        self._postfix.update({"g/l1": f"{scalars['g/latent_l1']:.4f}", "d": f"{scalars['d/loss']:.3f}"})
+        bar.set_postfix(self._postfix)
 
     def _validate_and_keep_best(self, bar: tqdm) -> None:
         self.val = self.validate()
@@ -364,7 +364,8 @@ class Trainer:
         if self.val["val/latent_l1"] < self.best_val:
             self.best_val = self.val["val/latent_l1"]
             self._save(ckpt_io.BEST, light=True)
-        bar.set_postfix({"gain": f"{self.val['val/gain']:.3f}"})
+        self._postfix["val_gain"] = f"{self.val['val/gain']:.3f}"
+        bar.set_postfix(self._postfix)
 
 
 def fit(cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path,

@@ -89,33 +89,35 @@ def discriminator_losses(disc: DiscriminatorFn, real: Tensor, fake: Tensor,
     return out
 
 
-def generator_losses(disc: DiscriminatorFn, real_norm: Tensor, fake_norm: Tensor,
-                     fake: Tensor, clean: Tensor, weights: LossConfig) -> dict[str, Tensor]:
+def generator_losses(disc: DiscriminatorFn, real: Tensor, fake: Tensor,
+                     weights: LossConfig) -> dict[str, Tensor]:
     """G step: adversarial + feature matching (through D) + latent L1 to clean.
+
+    All three terms work on latents normalised with the cache statistics, so the weights do not
+    depend on the codec's latent scale (random-init and pretrained DAC latents differ by orders
+    of magnitude); the latent L1 is thus a per-channel, std-weighted L1.
 
     Parameters
     ----------
     disc : callable
         The discriminator module itself (not its DDP wrapper; its parameters are frozen by the
         caller for this step).
-    real_norm, fake_norm : Tensor[B x D x F]
-        Normalised clean and denoised latents (``fake_norm`` keeps its graph to G).
-    fake, clean : Tensor[B x D x F]
-        Raw denoised and clean latents for the latent L1.
+    real, fake : Tensor[B x D x F]
+        Normalised clean and denoised latents (``fake`` keeps its graph to G).
 
     Returns
     -------
     dict
         ``g/adversarial``, ``g/feature_matching``, ``g/latent_l1`` and the weighted ``g/loss``.
     """
-    n = real_norm.shape[0]
-    scores, features = disc(torch.cat([real_norm.detach(), fake_norm], dim=0))
+    n = real.shape[0]
+    scores, features = disc(torch.cat([real.detach(), fake], dim=0))
     real_feats = [f[:n] for f in features]
     fake_feats = [f[n:] for f in features]
     out = {
         "g/adversarial": adversarial_g(scores[n:].float()),
         "g/feature_matching": feature_matching(fake_feats, real_feats),
-        "g/latent_l1": latent_l1(fake, clean),
+        "g/latent_l1": latent_l1(fake, real),
     }
     out["g/loss"] = (weights.adversarial * out["g/adversarial"]
                      + weights.feature_matching * out["g/feature_matching"]
