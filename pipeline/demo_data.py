@@ -71,6 +71,7 @@ class BuildReport:
     reused: list[str] = field(default_factory=list)
     removed_stale: int = 0
     seconds: float = 0.0
+    unit_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each part
 
     @property
     def ok(self) -> bool:
@@ -128,6 +129,7 @@ def _run_unit(ctx: _Ctx, unit: str, fp: str | None,
     if fp is None:  # an input unit failed: this one cannot be built
         ctx.report.failures.append(f"{unit}: not built because a unit it depends on failed")
         return
+    t0 = time.perf_counter()
     state = load_unit(ctx.root, unit, fp)
     if state is None:
         try:
@@ -140,6 +142,7 @@ def _run_unit(ctx: _Ctx, unit: str, fp: str | None,
         ctx.report.built.append(unit)
     else:
         ctx.report.reused.append(unit)
+    ctx.report.unit_seconds[unit] = time.perf_counter() - t0
     ctx.fingerprints[unit] = fp
     ctx.report.rows += state.rows
     ctx.report.skipped += state.skipped

@@ -6,6 +6,7 @@ The slow test at the end builds the real corpus from Debian's packages through a
 from __future__ import annotations
 
 import csv
+import os
 import dataclasses
 import shutil
 import subprocess
@@ -520,6 +521,61 @@ def test_missing_package_is_reported_with_a_remedy_and_the_rest_is_built(
     assert not list(out.glob(".unpack-*"))
 
 
+FAKE_APT = """#!/bin/sh
+# stand-in for apt-get: logs its calls; "download" fails as with stale package lists until
+# "update" has run, or always with a network error when $FAKE_APT_MODE is "offline"
+echo "$*" >> "$FAKE_APT_LOG"
+if [ "$1" = "update" ]; then touch "$FAKE_APT_STATE/updated"; exit 0; fi
+pkg="$3"
+if [ "$FAKE_APT_MODE" = "offline" ]; then
+  echo "E: Failed to fetch http://deb.debian.org/x  Temporary failure resolving" >&2; exit 100
+fi
+if [ -f "$FAKE_APT_STATE/updated" ]; then echo deb > "${pkg}_1.0_all.deb"; exit 0; fi
+echo "E: Unable to locate package $pkg" >&2; exit 100
+"""
+
+
+@pytest.fixture
+def fake_apt(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "apt-get"
+    script.write_text(FAKE_APT)
+    script.chmod(0o755)
+    log = tmp_path / "apt.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_APT_LOG", str(log))
+    monkeypatch.setenv("FAKE_APT_STATE", str(tmp_path))
+    return lambda: log.read_text().splitlines() if log.exists() else []
+
+
+def test_stale_package_lists_are_updated_once_when_root(fake_apt, tmp_path, monkeypatch):
+    monkeypatch.setattr(debs, "is_root", lambda: True)
+    fetcher = debs.AptFetcher(tmp_path / "cache", "auto")
+    deb = fetcher.fetch("voice-q")
+    assert deb == tmp_path / "cache" / "voice-q_1.0_all.deb" and deb.is_file()
+    assert fake_apt() == ["download -q voice-q", "update -q", "download -q voice-q"]
+    assert fetcher.fetch("voice-q") == deb and len(fake_apt()) == 3  # cached: apt not called
+    assert not list((tmp_path / "cache").glob(".download-*"))
+
+
+def test_stale_package_lists_say_what_to_run_when_not_root(fake_apt, tmp_path, monkeypatch):
+    monkeypatch.setattr(debs, "is_root", lambda: False)
+    with pytest.raises(debs.PackageError,
+                       match=r"voice-q: apt cannot find[\s\S]*sudo apt-get update"):
+        debs.AptFetcher(tmp_path / "cache", "auto").fetch("voice-q")
+    assert fake_apt() == ["download -q voice-q"]
+
+
+def test_network_failure_names_the_package_and_leaves_nothing(fake_apt, tmp_path, monkeypatch):
+    monkeypatch.setattr(debs, "is_root", lambda: True)
+    monkeypatch.setenv("FAKE_APT_MODE", "offline")
+    with pytest.raises(debs.PackageError, match="voice-q: apt-get download failed.*resolving"):
+        debs.AptFetcher(tmp_path / "cache", "auto").fetch("voice-q")
+    assert fake_apt() == ["download -q voice-q"]  # not a stale list: no update attempted
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_corrupt_cached_deb_is_removed_and_named(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -585,6 +641,6 @@ def test_real_demo_corpus_from_debian_packages(tmp_path):
     assert {"music", "vinyl", "babble", "hum", "pink", "white", "brown", "crackle",
             "nonstationary"} <= kinds
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    assert size < 260e6, f"corpus is {size / 1e6:.0f} MB"
+    assert size < 250 * 2**20, f"corpus is {size / 2**20:.0f} MiB"
     again = build_demo_data(cfg, out, cache)
     assert again.built == [] and again.ok
