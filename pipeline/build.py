@@ -1017,9 +1017,9 @@ def _prepare(cfg: CacheConfig, codec: Any, inputs: Inputs, out_dir: Path, overwr
             previous = None
     record = scan_corpus(files, cfg, constants["sample_rate"], workers, previous)
     rejected = rejections(record, inputs)
-    plan = make_plan(cfg, record, inputs, constants)
     write_json_atomic(out_dir / CORPUS_FILE, record)
-    _write_rejected(out_dir, rejected)
+    _write_rejected(out_dir, rejected)  # before planning, so "no usable input" still lists why
+    plan = make_plan(cfg, record, inputs, constants)
     if existing is None:
         manifest = new_manifest(cfg, plan, constants, inputs, record, codec_settings,
                                 len(rejected))
@@ -1144,6 +1144,7 @@ def _build_shards(prepared: _Prepared, codec: Any, codec_cfg: Any, ctx: RankCont
 
     def on_done(split: str, record: dict[str, Any]) -> None:
         nonlocal built
+        record["rank"] = ctx.rank
         ledger.mark_done(split, record)
         bar.update(record["windows"])
         built += 1

@@ -274,7 +274,8 @@ def scan_audio(path: str | Path, sample_rate: int) -> ScanResult:
             if len(block):
                 peak = max(peak, float(np.max(np.abs(block))))
     except Exception as exc:  # libsndfile raises several types for corrupt/non-audio input
-        return ScanResult(reason=f"cannot decode as audio ({type(exc).__name__}: {exc})")
+        detail = str(exc).replace(f"Error opening {str(path)!r}: ", "")
+        return ScanResult(reason=f"cannot decode as audio ({type(exc).__name__}: {detail})")
     if frames == 0:
         return ScanResult(reason="empty (0 samples)")
     cut = _declared_vs_actual_bytes(info.extra_info)
