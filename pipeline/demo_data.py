@@ -55,6 +55,8 @@ DEB_CACHE_DIR = ".debs"
 GENERATED_SOURCE = "generated"
 GENERATED_LICENSE = "CC0-1.0"
 PCM_SUBTYPE = "PCM_16"
+UNPACK_PREFIX = ".unpack-"
+LEFTOVER_AGE_S = 3600  # temp files/folders older than this are from a killed run
 AUDIO_DIRS = ("clean", "noise", TESTSET_DIR)
 UNIT_ERRORS = (PackageError, G722Unavailable, OSError, ValueError, RuntimeError)
 
@@ -105,6 +107,7 @@ def build_demo_data(cfg: DemoDataConfig, out_dir: str | Path | None = None,
     root = Path(out_dir or cfg.out_dir)
     root.mkdir(parents=True, exist_ok=True)
     cache = Path(deb_cache or cfg.deb_cache or root / DEB_CACHE_DIR)
+    sweep_leftovers(root, cache)
     ctx = _Ctx(cfg, root, AptFetcher(cache, cfg.apt_update), BuildReport(root))
     for src in cfg.enabled_speech:
         _run_unit(ctx, f"speech/{src.package}", _speech_fp(ctx, src),
@@ -162,10 +165,14 @@ class _Unpacked:
 
     def __enter__(self) -> tuple[Path, str]:
         deb = self.ctx.fetcher.fetch(self.package)
-        self.tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=self.ctx.root))
-        unpack_deb(deb, self.tmp, self.package)
-        _keep_copyright(self.tmp, self.ctx.root, self.package)
-        return self.tmp, deb_version(deb, self.package)
+        self.tmp = Path(tempfile.mkdtemp(prefix=UNPACK_PREFIX, dir=self.ctx.root))
+        try:
+            unpack_deb(deb, self.tmp, self.package)
+            _keep_copyright(self.tmp, self.ctx.root, self.package)
+            return self.tmp, deb_version(deb, self.package)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -308,6 +315,32 @@ def splits_description(cfg: DemoDataConfig, rows: list[IndexRow]) -> dict:
             "noise_files": sum(r.role == "noise" for r in mine),
         }
     return out
+
+
+def sweep_leftovers(root: Path, cache: Path, max_age_s: float = LEFTOVER_AGE_S) -> int:
+    """Remove temporary files and folders a killed build left behind (older than ``max_age_s``).
+
+    Interrupted builds clean up after themselves; only a hard kill leaves ``.unpack-*`` folders,
+    ``.download-*`` folders or ``.<name>.tmp`` files. Younger ones may belong to a build running
+    right now and are left alone.
+    """
+    now = time.time()
+    candidates = [*root.glob(f"{UNPACK_PREFIX}*"), *Path(cache).glob(".download-*")]
+    for sub in AUDIO_DIRS:
+        candidates += list((root / sub).rglob(".*.tmp")) if (root / sub).is_dir() else []
+    removed = 0
+    for path in candidates:
+        try:
+            if now - path.stat().st_mtime < max_age_s:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def remove_unindexed(root: Path, rows: list[IndexRow]) -> int:

@@ -31,7 +31,7 @@ from pipeline.demo.noise_real import copyright_licenses, event_sequence, kind_of
 from pipeline.demo.speech import load_prompts, plan_sessions, trim_silence
 from pipeline.demo.splits import SplitLeak, check_disjoint, hold_out
 from pipeline.demo.testset import noisy_name, pair_by_fileid, parse_noisy_name
-from pipeline.demo_data import build_demo_data
+from pipeline.demo_data import build_demo_data, sweep_leftovers
 from pipeline.mix import rms_dbfs, snr_db, window_rng
 
 SR = 16000
@@ -574,6 +574,39 @@ def test_network_failure_names_the_package_and_leaves_nothing(fake_apt, tmp_path
         debs.AptFetcher(tmp_path / "cache", "auto").fetch("voice-q")
     assert fake_apt() == ["download -q voice-q"]  # not a stale list: no update attempted
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_corrupt_cached_deb_fails_its_part_only_and_leaves_no_unpacked_files(
+        tiny_packages, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_packages, cache)
+    next(cache.glob("voice-c_*.deb")).write_bytes(b"!<arch>\ntruncated download")
+    cfg = load_section(_tiny_cfg(tmp_path), "demo_data", DemoDataConfig)
+    report = build_demo_data(cfg, tmp_path / "demo", cache)
+    failure = "\n".join(report.failures)
+    assert "voice-c: voice-c_1.0-1_all.deb is not a readable .deb" in failure
+    assert "testset: not built because" in failure  # needs the test speaker
+    assert "speech/voice-a" in report.built and not list(cache.glob("voice-c_*"))
+    assert not list((tmp_path / "demo").glob(".unpack-*"))
+
+
+def test_leftovers_of_a_killed_build_are_swept_when_old(tmp_path):
+    root, cache = tmp_path / "demo", tmp_path / "cache"
+    old_dirs = [root / ".unpack-abc", cache / ".download-x"]
+    old_file = root / "clean/a/.a_000.wav.x.tmp"
+    for d in old_dirs:
+        d.mkdir(parents=True)
+    old_file.parent.mkdir(parents=True)
+    old_file.write_bytes(b"half")
+    young = root / ".unpack-now"
+    young.mkdir()
+    keep = root / "clean/a/a_000.wav"
+    keep.write_bytes(b"done")
+    old = [*old_dirs, old_file]
+    for p in [*old, keep]:
+        os.utime(p, (1, 1))
+    assert sweep_leftovers(root, cache) == 3
+    assert not any(p.exists() for p in old) and young.exists() and keep.exists()
 
 
 def test_corrupt_cached_deb_is_removed_and_named(tmp_path):
