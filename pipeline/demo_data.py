@@ -36,7 +36,9 @@ from tqdm import tqdm
 
 from pipeline.audio import write_audio_atomic
 from pipeline.demo import noise_gen
-from pipeline.demo.config import SPLITS, DemoDataConfig, split_of_speaker, validate
+from pipeline.demo.config import (
+    SPLITS, DemoDataConfig, NoisePackage, SpeechSource, split_of_speaker, validate,
+)
 from pipeline.demo.debs import AptFetcher, PackageError, deb_version, unpack_deb
 from pipeline.demo.g722_codec import G722Unavailable
 from pipeline.demo.index import (
@@ -151,7 +153,7 @@ def _run_unit(ctx: _Ctx, unit: str, fp: str | None,
     ctx.report.skipped += state.skipped
 
 
-def _speech_fp(ctx: _Ctx, src) -> str:
+def _speech_fp(ctx: _Ctx, src: SpeechSource) -> str:
     split = split_of_speaker(ctx.cfg)[src.speaker]
     return fingerprint(dataclasses.asdict(src), dataclasses.asdict(ctx.cfg.sessions), split,
                        ctx.cfg.seed, ctx.cfg.sample_rate)
@@ -183,13 +185,17 @@ def _keep_copyright(tree: Path, root: Path, package: str) -> None:
     if src.is_file():
         dest = root / LICENSES_DIR / f"{package}.copyright"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         os.close(fd)
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
-def _speech(ctx: _Ctx, unit: str, src) -> tuple[list[IndexRow], list[Skipped]]:
+def _speech(ctx: _Ctx, unit: str, src: SpeechSource) -> tuple[list[IndexRow], list[Skipped]]:
     cfg = ctx.cfg
     with _Unpacked(ctx, src.package) as (tree, version):
         files = list_files(tree, src.files, src.exclude)
@@ -206,7 +212,8 @@ def _speech(ctx: _Ctx, unit: str, src) -> tuple[list[IndexRow], list[Skipped]]:
     return rows, skipped
 
 
-def _noise_package(ctx: _Ctx, unit: str, pkg) -> tuple[list[IndexRow], list[Skipped]]:
+def _noise_package(ctx: _Ctx, unit: str,
+                   pkg: NoisePackage) -> tuple[list[IndexRow], list[Skipped]]:
     cfg = ctx.cfg
     with _Unpacked(ctx, pkg.package) as (tree, version):
         copyright_file = tree / "usr/share/doc" / pkg.package / "copyright"
