@@ -18,6 +18,12 @@ CACHE ?= data/cache
 RUN ?=
 INPUT ?=
 OUTPUT ?=
+OUTPUT_SR ?=
+BYPASS ?=
+MIX ?=
+ENHANCED ?=
+NOISY ?=
+EVAL_OUT ?=
 CHECKPOINT ?=
 PYTEST_ARGS ?=
 DEMO ?= data/demo
@@ -54,6 +60,46 @@ train:
 	$(CLI) train --conf $(call conf_or,conf/train.yaml) --cache $(CACHE) \
 		$(if $(RUN),--run $(RUN)) $(if $(PRESET),--preset $(PRESET)) \
 		$(if $(STEPS),--steps $(STEPS)) $(if $(RESTART),--restart)
+
+# denoise: INPUT=file|dir (required), OUTPUT (default <INPUT>_denoised beside it), CHECKPOINT
+# (default: the newest best.pt under runs/), CONF (default conf/denoise.yaml), CODEC, BYPASS=1
+# (codec alone), MIX=0..1 (dry input blended back), OUTPUT_SR=16000 (keep 16 kHz).
+denoise:
+	@test -n "$(INPUT)" || { echo "usage: make denoise INPUT=file|dir [OUTPUT=path]" \
+		"[CHECKPOINT=runs/<name>/best.pt] [CONF=...] [CODEC=random|PATH] [BYPASS=1] [MIX=0.2]" >&2; exit 2; }
+	$(CLI) denoise "$(INPUT)" $(if $(OUTPUT),"$(OUTPUT)") --conf $(call conf_or,conf/denoise.yaml) \
+		$(codec_opt) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(BYPASS),--bypass) \
+		$(if $(MIX),--mix $(MIX)) $(if $(OUTPUT_SR),--output-sr $(OUTPUT_SR))
+
+# evaluate: ENHANCED=dir (required), CLEAN=dir (omit: reference-free DNSMOS only), NOISY=dir
+# (scored as the baseline), EVAL_OUT (default <ENHANCED>_eval), CONF (default conf/denoise.yaml).
+evaluate:
+	@test -n "$(ENHANCED)" || { echo "usage: make evaluate ENHANCED=dir [CLEAN=dir] [NOISY=dir]" \
+		"[EVAL_OUT=dir]" >&2; exit 2; }
+	$(CLI) evaluate --enhanced "$(ENHANCED)" $(if $(CLEAN),--clean "$(CLEAN)") \
+		$(if $(NOISY),--noisy "$(NOISY)") --out "$(or $(EVAL_OUT),$(patsubst %/,%,$(ENHANCED))_eval)" \
+		--conf $(call conf_or,conf/denoise.yaml)
+
+# demo: demo corpus → small cache → short training (medium) → denoise a test-set excerpt →
+# evaluate. Needs DAC weights; CODEC=random runs the same chain as a pipeline check. Outputs go
+# to runs/demo_<dac|random|custom>/ (cache: data/demo_cache_<...>), so codecs never mix.
+demo_tag = $(if $(CODEC),$(if $(filter random,$(CODEC)),random,custom),dac)
+DEMO_WORK ?= runs/demo_$(demo_tag)
+DEMO_CACHE ?= data/demo_cache_$(demo_tag)
+demo_conf = $(call conf_or,conf/demo.yaml)
+
+demo:
+	@$(PY) -m infer.demo preflight --conf $(demo_conf) $(codec_opt)
+	$(CLI) demo-data --conf conf/demo_data.yaml --out $(DEMO)
+	$(CLI) cache --conf $(demo_conf) $(codec_opt) --clean $(DEMO)/clean --noise $(DEMO)/noise \
+		--out $(DEMO_CACHE)
+	$(CLI) train --conf $(demo_conf) --cache $(DEMO_CACHE) --run $(DEMO_WORK)/train
+	$(PY) -m infer.demo testset --conf $(demo_conf) --corpus $(DEMO) --out $(DEMO_WORK)/testset
+	$(CLI) denoise $(DEMO_WORK)/testset/noisy $(DEMO_WORK)/denoised --conf $(demo_conf) \
+		$(codec_opt) --checkpoint $(DEMO_WORK)/train/best.pt
+	$(CLI) evaluate --clean $(DEMO_WORK)/testset/clean --noisy $(DEMO_WORK)/testset/noisy \
+		--enhanced $(DEMO_WORK)/denoised --out $(DEMO_WORK)/eval --conf $(demo_conf)
+	@echo "demo done: denoised audio in $(DEMO_WORK)/denoised, report in $(DEMO_WORK)/eval"
 
 test:
 	$(PY) -m pytest -q $(PYTEST_ARGS)
