@@ -463,6 +463,7 @@ def test_offline_build_from_local_packages(tiny_packages, tmp_path):
         noisy, _ = sf.read(noisy_path, dtype="float32")
         assert len(clean) == len(noisy) == 2 * SR
         assert snr_db(clean, noisy - clean) == pytest.approx(info.snr_db, abs=0.3)
+        assert rms_dbfs(noisy) == pytest.approx(info.level_dbfs, abs=0.6)
         assert noisy_path.name.split("_")[2] in test_noise
     ts = [r for r in rows if r.role.startswith("testset")]
     assert {r.speaker for r in ts} == {"c"} and len(ts) == 8
@@ -668,8 +669,13 @@ def test_real_demo_corpus_from_debian_packages(tmp_path):
     pairs = pair_by_fileid(out / "testset/clean", out / "testset/noisy")
     assert len(pairs) == cfg.testset.clips
     for c, n in pairs:
-        assert sf.info(c).frames == sf.info(n).frames == int(cfg.testset.seconds * SR)
-        assert 0 <= parse_noisy_name(n.name).snr_db <= 20
+        clean, _ = sf.read(c, dtype="float32")
+        noisy, _ = sf.read(n, dtype="float32")
+        info = parse_noisy_name(n.name)
+        assert len(clean) == len(noisy) == int(cfg.testset.seconds * SR)
+        assert 0 <= info.snr_db <= 20
+        assert snr_db(clean, noisy - clean) == pytest.approx(info.snr_db, abs=0.3)
+        assert rms_dbfs(noisy) == pytest.approx(info.level_dbfs, abs=0.6)
     kinds = {r.kind for r in rows if r.role == "noise"}
     assert {"music", "vinyl", "babble", "hum", "pink", "white", "brown", "crackle",
             "nonstationary"} <= kinds

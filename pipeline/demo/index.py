@@ -24,7 +24,7 @@ from pipeline.manifest import write_json_atomic
 INDEX_NAME = "index.csv"
 SKIPPED_NAME = "skipped.csv"
 STATE_DIR = ".state"
-STATE_VERSION = 1  # bump when the content a unit produces changes for the same config
+STATE_VERSION = 2  # bump when the content a unit produces changes for the same config
 
 
 @dataclass

@@ -6,7 +6,8 @@ Names follow the DNS Challenge 2020 synthetic test set (``clean_fileid_12.wav`` 
 SNR (dB) and target level (dBFS) are integers in the noisy name, so evaluation code written for
 the DNS test set runs on this one unchanged. Clips are cut from *test* speakers only and mixed
 with *test* noise files only, with :func:`pipeline.mix.mix`; every draw for clip ``k`` comes
-from :func:`pipeline.mix.window_rng` ``(seed, "test", k)``.
+from :func:`pipeline.mix.window_rng` ``(seed, "test", k)``. As in the DNS synthesiser, a
+mixture the clipping guard had to scale down is named with its actual level.
 """
 from __future__ import annotations
 
@@ -170,6 +171,8 @@ def _write_clip(k: int, seg: CleanSegment, clean: np.ndarray, noise_rows: list[I
     snr = int(rng.integers(cfg.snr_min_db, cfg.snr_max_db + 1))
     level = int(rng.integers(cfg.level_min_dbfs, cfg.level_max_dbfs + 1))
     res = mix(clean, noise, snr, level, cfg=mix_cfg, sample_rate=sample_rate)
+    if res.clipped:  # the clipping guard lowered the mixture: name its real level, as DNS does
+        level = int(round(rms_dbfs(res.noisy)))
     clean_rel = f"{TESTSET_DIR}/clean/{clean_name(k)}"
     noisy_rel = f"{TESTSET_DIR}/noisy/{noisy_name(k, noise_tag(noise_row), snr, level)}"
     write_audio_atomic(root / clean_rel, res.clean, sample_rate, subtype=PCM_SUBTYPE)
