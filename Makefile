@@ -49,10 +49,13 @@ install:
 demo-data:
 	$(CLI) demo-data --conf $(call conf_or,conf/demo_data.yaml) --out $(DEMO)
 
+# cache: CLEAN, NOISE, RIR (default: the profile's folders, data/demo), OUT (default data/cache),
+# optional WORKERS=N, OVERWRITE=1. Rerunning resumes an interrupted build.
 cache:
 	$(CLI) cache --conf $(call conf_or,conf/cache.yaml) $(codec_opt) \
 		$(if $(CLEAN),--clean $(CLEAN)) $(if $(NOISE),--noise $(NOISE)) \
-		$(if $(RIR),--rir $(RIR)) --out $(OUT)
+		$(if $(RIR),--rir $(RIR)) --out $(OUT) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(OVERWRITE),--overwrite)
 
 # train: CACHE (default data/cache), RUN (default runs/<name>), CONF (default conf/train.yaml),
 # optional PRESET=medium|large, STEPS=N, RESTART=1. Rerunning resumes from $(RUN)/latest.pt.

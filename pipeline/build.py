@@ -65,6 +65,7 @@ MARKER_DIR = ".markers"
 RIR_CACHE_SIZE = 256
 SECONDS_PER_HOUR = 3600.0
 DEMO_HINT_PARTS = ("data", "demo")
+OPERATIONAL_KEYS = frozenset({"rank_timeout_minutes"})  # config keys that never change content
 VERSION_PACKAGES = ("cleancodec", "torch", "descript-audio-codec", "zarr", "numcodecs",
                     "webdataset", "numpy", "soundfile", "soxr", "scipy")
 
@@ -173,6 +174,8 @@ class BuildSummary:
     complete: bool
     random_init: bool
     rank: int = 0
+    world: int = 1
+    shard_seconds: float = 0.0  # wall time of the mix → encode → write phase alone
 
     def text(self) -> str:
         """Human-readable multi-line summary."""
@@ -181,7 +184,9 @@ class BuildSummary:
             + ", ".join(f"{split} {n} windows" for split, n in self.windows.items()),
             f"  audio {self.audio_hours:.3f} h · {self.bytes / 1e6:.1f} MB on disk · "
             f"{self.bytes_per_audio_hour / 1e9:.3f} GB per audio-hour",
-            f"  shards built {self.shards_built}, reused {self.shards_reused} · "
+            f"  shards built {self.shards_built}"
+            + (f" by rank {self.rank} of {self.world}" if self.world > 1 else "")
+            + f", reused {self.shards_reused} · "
             f"{self.elapsed_s:.1f} s · silent draws skipped {self.silent_draws_skipped}",
             f"  rejected inputs: {len(self.rejected)}"
             + (f" (see {self.out_dir / REJECTED_FILE})" if self.rejected else ""),
@@ -378,10 +383,11 @@ class ShardTask:
     windows: int
 
 
-def _scan_files(files: list[corpus_mod.AudioFile], sample_rate: int,
-                workers: int) -> list[corpus_mod.ScanResult]:
+def _scan_files(files: list[corpus_mod.AudioFile], sample_rate: int, workers: int,
+                progress: bool) -> list[corpus_mod.ScanResult]:
     paths = [str(f.path) for f in files]
-    bar = dict(desc="checking inputs", unit="file", total=len(paths), leave=False)
+    bar = dict(desc="checking inputs", unit="file", total=len(paths), leave=False,
+               disable=not progress)
     if workers > 1 and len(paths) > 1:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             results = pool.map(corpus_mod.scan_audio, paths, [sample_rate] * len(paths),
@@ -408,7 +414,8 @@ def discover(inputs: Inputs, cfg: CacheConfig) -> list[corpus_mod.AudioFile]:
 
 
 def scan_corpus(files: list[corpus_mod.AudioFile], cfg: CacheConfig, sample_rate: int,
-                workers: int, previous: dict[str, Any] | None) -> dict[str, Any]:
+                workers: int, previous: dict[str, Any] | None,
+                progress: bool = True) -> dict[str, Any]:
     """Check every file (reusing ``previous`` results for the same fingerprint) and split them.
 
     Returns the ``corpus.json`` record: fingerprint, and per role a list of entries
@@ -418,7 +425,7 @@ def scan_corpus(files: list[corpus_mod.AudioFile], cfg: CacheConfig, sample_rate
     fp = corpus_mod.fingerprint(files)
     if previous and previous.get("fingerprint") == fp and previous.get("sample_rate") == sample_rate:
         return previous
-    results = _scan_files(files, sample_rate, workers)
+    results = _scan_files(files, sample_rate, workers, progress)
     record: dict[str, Any] = {"fingerprint": fp, "sample_rate": sample_rate,
                               "seed": cfg.seed, "files": {}}
     for role in ROLES:
@@ -679,20 +686,19 @@ class Ledger:
                               {"split": split, "record": record})
             return
         self._apply(split, record)
-        self.fold_markers(save=False)
-        save_manifest(self.cache_dir, self.manifest)
+        self.sync()
 
-    def fold_markers(self, save: bool = True) -> int:
-        """Apply marker files of other ranks to the manifest (then delete them)."""
+    def sync(self) -> int:
+        """Fold in other ranks' marker files, save the manifest, then delete those markers
+        (in that order, so a kill at any point loses no finished shard)."""
         markers = sorted(self.marker_dir.glob("*.json")) if self.marker_dir.is_dir() else []
         for path in markers:
             try:
                 entry = json.loads(path.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # unreadable marker: that shard is simply redone
                 continue
             self._apply(entry["split"], entry["record"])
-        if markers and save:
-            save_manifest(self.cache_dir, self.manifest)
+        save_manifest(self.cache_dir, self.manifest)
         for path in markers:
             path.unlink(missing_ok=True)
         return len(markers)
@@ -786,7 +792,7 @@ def compare_build(manifest: dict[str, Any], wanted: dict[str, Any]) -> list[str]
         diffs.append(f"codec settings: cache {manifest.get('codec_settings')}, "
                      f"this run {wanted['codec_settings']}")
     have_cfg, want_cfg = _flatten(manifest.get("config", {})), _flatten(wanted["config"])
-    for key in sorted(set(have_cfg) | set(want_cfg)):
+    for key in sorted((set(have_cfg) | set(want_cfg)) - OPERATIONAL_KEYS):
         if have_cfg.get(key) != want_cfg.get(key):
             diffs.append(f"config {key}: cache {have_cfg.get(key)!r}, this run {want_cfg.get(key)!r}")
     for role, path in wanted["inputs"].items():
@@ -994,7 +1000,7 @@ class _Prepared:
 
 
 def _prepare(cfg: CacheConfig, codec: Any, inputs: Inputs, out_dir: Path, overwrite: bool,
-             workers: int, verify: bool) -> _Prepared:
+             workers: int, verify: bool, progress: bool) -> _Prepared:
     existing = _check_out_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_scratch(out_dir)
@@ -1015,7 +1021,7 @@ def _prepare(cfg: CacheConfig, codec: Any, inputs: Inputs, out_dir: Path, overwr
             previous = json.loads((out_dir / CORPUS_FILE).read_text())
         except (OSError, ValueError):
             previous = None
-    record = scan_corpus(files, cfg, constants["sample_rate"], workers, previous)
+    record = scan_corpus(files, cfg, constants["sample_rate"], workers, previous, progress)
     rejected = rejections(record, inputs)
     write_json_atomic(out_dir / CORPUS_FILE, record)
     _write_rejected(out_dir, rejected)  # before planning, so "no usable input" still lists why
@@ -1032,16 +1038,14 @@ def _prepare(cfg: CacheConfig, codec: Any, inputs: Inputs, out_dir: Path, overwr
             shards.create_zarr_split(path, sp.windows, plan.latent_dim, plan.frames,
                                      plan.windows_per_shard, plan.dtype, cfg.compressor,
                                      cfg.compression_level)
-    ledger = Ledger(out_dir, manifest, RankContext())
-    ledger.fold_markers(save=False)
-    if existing is not None:
-        _verify_done(out_dir, manifest, verify)
-    save_manifest(out_dir, manifest)
+    Ledger(out_dir, manifest, RankContext()).sync()
+    if existing is not None and _verify_done(out_dir, manifest, verify):
+        save_manifest(out_dir, manifest)
     return _Prepared(plan, manifest, rejected)
 
 
 def _finalise(out_dir: Path, plan: Plan, ledger: Ledger) -> dict[str, Any]:
-    ledger.fold_markers(save=False)
+    ledger.sync()
     manifest = ledger.manifest
     records = [s for sp in manifest["splits"].values() for s in sp["shards"]]
     complete = all(s.get("status") == "done" for s in records)
@@ -1108,7 +1112,8 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
             try:
                 inputs = resolve_inputs(cfg, clean_dir, noise_dir, rir_dir)
                 codec = load_codec(worker_codec_config(codec_cfg, ctx, workers))
-                prepared = _prepare(cfg, codec, inputs, out_dir, overwrite, workers, verify)
+                prepared = _prepare(cfg, codec, inputs, out_dir, overwrite, workers, verify,
+                                    progress)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 ctx.share_error(error)
@@ -1141,6 +1146,7 @@ def _build_shards(prepared: _Prepared, codec: Any, codec_cfg: Any, ctx: RankCont
         bar = _Progress(sum(t.windows for t in mine), 0, plan.window_samples / plan.sample_rate,
                         progress and ctx.is_main)
     built = 0
+    shard_start = time.perf_counter()
 
     def on_done(split: str, record: dict[str, Any]) -> None:
         nonlocal built
@@ -1157,11 +1163,13 @@ def _build_shards(prepared: _Prepared, codec: Any, codec_cfg: Any, ctx: RankCont
             run_tasks_inline(plan, codec, out_dir, mine, on_done)
     finally:
         bar.close()
+    shard_seconds = time.perf_counter() - shard_start
     ctx.barrier()
     if ctx.is_main:
         manifest = _finalise(out_dir, plan, ledger)
-    return _summary(out_dir, plan, manifest, prepared.rejected, built,
-                    len(all_tasks) - len(pending), time.perf_counter() - started, ctx.rank)
+    summary = _summary(out_dir, plan, manifest, prepared.rejected, built,
+                       len(all_tasks) - len(pending), time.perf_counter() - started, ctx.rank)
+    return dataclasses.replace(summary, shard_seconds=shard_seconds, world=ctx.world)
 
 
 def _summary(out_dir: Path, plan: Plan, manifest: dict[str, Any], rejected: list[Rejection],

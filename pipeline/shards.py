@@ -282,7 +282,8 @@ class ZarrCacheReader:
 
     ``reader[i]`` → ``(clean [D x F], noisy [D x F], meta)`` in the cache dtype; ``meta`` holds
     the :data:`META_FIELDS` values plus ``clean_path`` / ``noise_path`` / ``rir_path`` (relative
-    source paths, ``None`` for no RIR) and ``row`` (the row in the arrays).
+    source paths, ``None`` for no RIR) and ``row`` (the row in the arrays). The small metadata
+    arrays are read once, on first access; each item then reads two inner chunks.
     """
 
     def __init__(self, cache_dir: str | Path, split: str,
@@ -295,34 +296,40 @@ class ZarrCacheReader:
             raise KeyError(f"{cache_dir}: no split {split!r} in the manifest")
         self.split = split
         self.rows = done_rows(self.manifest, split)
-        self._group = None
+        self._arrays: dict[str, zarr.Array] | None = None
+        self._meta_rows: dict[str, np.ndarray] | None = None
 
     @property
-    def group(self) -> zarr.Group:
-        if self._group is None:
+    def arrays(self) -> dict[str, zarr.Array]:
+        if self._arrays is None:
             store = zarr.storage.LocalStore(zarr_split_path(self.cache_dir, self.split),
                                             read_only=True)
-            self._group = zarr.open_group(store, mode="r")
-        return self._group
+            group = zarr.open_group(store, mode="r")
+            self._arrays = {name: group[name] for name in _array_names()}
+        return self._arrays
+
+    @property
+    def metadata(self) -> dict[str, np.ndarray]:
+        """Per-window metadata of the done rows: :data:`META_FIELDS` arrays ``[len(self)]``."""
+        if self._meta_rows is None:
+            self._meta_rows = {name: self.arrays[name].get_orthogonal_selection((self.rows,))
+                               for name in META_FIELDS}
+        return self._meta_rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _meta(self, row: int) -> dict[str, Any]:
-        meta: dict[str, Any] = {name: self.group[name][row].item() for name in META_FIELDS}
-        meta.update(source_paths(self.manifest, meta))
-        meta["row"] = int(row)
-        return meta
-
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         row = int(self.rows[i])
-        return self.group["clean"][row], self.group["noisy"][row], self._meta(row)
+        meta: dict[str, Any] = {name: values[i].item() for name, values in self.metadata.items()}
+        meta.update(source_paths(self.manifest, meta))
+        meta["row"] = row
+        return self.arrays["clean"][row], self.arrays["noisy"][row], meta
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Every done window at once: ``clean, noisy [n x D x F]`` and metadata ``[n]`` arrays."""
-        idx = self.rows
-        take = (lambda name: self.group[name].get_orthogonal_selection((idx,)))
-        return take("clean"), take("noisy"), {name: take(name) for name in META_FIELDS}
+        take = (lambda name: self.arrays[name].get_orthogonal_selection((self.rows,)))
+        return take("clean"), take("noisy"), dict(self.metadata)
 
 
 def source_paths(manifest: dict[str, Any], meta: dict[str, Any]) -> dict[str, str | None]:
