@@ -126,7 +126,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.denoiser = Denoiser(latent_dim, **to_dict(cfg.denoiser)).to(env.device)
         self.discriminator = Discriminator(latent_dim, **to_dict(cfg.discriminator)).to(env.device)
-        betas = tuple(cfg.optim.betas)
+        betas = (float(cfg.optim.betas[0]), float(cfg.optim.betas[1]))
         self.opt_g = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.optim.lr_g, betas=betas,
                                        weight_decay=cfg.optim.weight_decay)
         self.opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.optim.lr_d,

@@ -110,12 +110,11 @@ def generator_losses(disc: DiscriminatorFn, real: Tensor, fake: Tensor,
     dict
         ``g/adversarial``, ``g/feature_matching``, ``g/latent_l1`` and the weighted ``g/loss``.
     """
-    n = real.shape[0]
-    scores, features = disc(torch.cat([real.detach(), fake], dim=0))
-    real_feats = [f[:n] for f in features]
-    fake_feats = [f[n:] for f in features]
+    with torch.no_grad():
+        _, real_feats = disc(real.detach())
+    fake_scores, fake_feats = disc(fake)
     out = {
-        "g/adversarial": adversarial_g(scores[n:].float()),
+        "g/adversarial": adversarial_g(fake_scores.float()),
         "g/feature_matching": feature_matching(fake_feats, real_feats),
         "g/latent_l1": latent_l1(fake, real),
     }
