@@ -142,13 +142,14 @@ def bench_device(device: str, args, corpus, work: Path) -> list[tuple[str, str, 
         rows.append((f"{tag} build {storage}: mix → encode → write", f"{phase:.2f}",
                      "encoded audio s / wall s", f"{phase / enc:.2f}"))
         rows.append((f"{tag} build {storage}: whole run (codec load, input check, manifest)",
-                     f"{encoded / wall:.2f}", "encoded audio s / wall s", f"{encoded / wall / enc:.2f}"))
+                     f"{encoded / wall:.2f}", "encoded audio s / wall s",
+                     f"{encoded / wall / enc:.2f}"))
     if device == "cpu":
         for storage, (summary, _) in builds.items():
             rows.append((f"bytes per audio-hour, {storage} (float16, clean + noisy)",
                          f"{summary.bytes_per_audio_hour / 1e6:.1f}", "MB / audio-hour", ""))
-        rows.append(("read zarr, random windows", f"{read_rate_zarr(builds['zarr'][0].out_dir):.0f}",
-                     "windows / s", ""))
+        rows.append(("read zarr, random windows",
+                     f"{read_rate_zarr(builds['zarr'][0].out_dir):.0f}", "windows / s", ""))
         rows.append(("read webdataset, sequential",
                      f"{read_rate_wds(builds['webdataset'][0].out_dir):.0f}", "windows / s", ""))
     return rows

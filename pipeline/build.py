@@ -48,7 +48,7 @@ from tqdm import tqdm
 from pipeline import corpus as corpus_mod
 from pipeline import shards
 from pipeline.audio import read_audio
-from pipeline.config import from_dict, to_dict
+from pipeline.config import to_dict
 from pipeline.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, STORAGES, ManifestError,
                                load_manifest, save_manifest, write_json_atomic)
 from pipeline.mix import MixConfig, draw_mix_params, is_mostly_silent, mix, window_rng
@@ -118,7 +118,8 @@ class CacheConfig:
             (self.windows_per_shard >= 1, "windows_per_shard must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.corpus in CORPUS_KINDS, f"corpus must be one of {CORPUS_KINDS}"),
-            (self.compressor in shards.COMPRESSORS, f"compressor must be one of {shards.COMPRESSORS}"),
+            (self.compressor in shards.COMPRESSORS,
+             f"compressor must be one of {shards.COMPRESSORS}"),
             (self.max_draws >= 1, "max_draws must be >= 1"),
             (self.coverage > 0, "coverage must be > 0"),
             (self.speaker_source in corpus_mod.SPEAKER_SOURCES,
@@ -423,7 +424,8 @@ def scan_corpus(files: list[corpus_mod.AudioFile], cfg: CacheConfig, sample_rate
     (held out) / ``shared`` (RIRs; noise when it cannot be split).
     """
     fp = corpus_mod.fingerprint(files)
-    if previous and previous.get("fingerprint") == fp and previous.get("sample_rate") == sample_rate:
+    if (previous and previous.get("fingerprint") == fp
+            and previous.get("sample_rate") == sample_rate):
         return previous
     results = _scan_files(files, sample_rate, workers, progress)
     record: dict[str, Any] = {"fingerprint": fp, "sample_rate": sample_rate,
@@ -561,7 +563,8 @@ def _clean_segment(plan: Plan, sp: SplitPlan,
     raise BuildError(
         f"split {sp.name}: no window with enough active speech in {plan.max_draws} draws "
         f"(mix.min_active_fraction={plan.mix.min_active_fraction}, "
-        f"mix.silence_threshold_db={plan.mix.silence_threshold_db}); is the clean speech that quiet?")
+        f"mix.silence_threshold_db={plan.mix.silence_threshold_db}); "
+        "is the clean speech that quiet?")
 
 
 def make_window(plan: Plan, split: str, k: int) -> Window:
@@ -607,7 +610,8 @@ class MixedShard:
 
 def mix_shard(plan: Plan, task: ShardTask) -> MixedShard:
     """Mix the windows of one shard: waves ``[n x T]`` and metadata arrays ``[n]``."""
-    windows = [make_window(plan, task.split, k) for k in range(task.start, task.start + task.windows)]
+    rows = range(task.start, task.start + task.windows)
+    windows = [make_window(plan, task.split, k) for k in rows]
     meta = {name: np.array([w.meta[name] for w in windows], dtype=dtype)
             for name, dtype in shards.META_FIELDS.items()}
     return MixedShard(task, np.stack([w.clean for w in windows]),
@@ -616,17 +620,28 @@ def mix_shard(plan: Plan, task: ShardTask) -> MixedShard:
 
 
 def encode_shard(codec: Any, mixed: MixedShard, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Encode clean and noisy waves: two ``[n x D x F]`` arrays in ``dtype``.
+    """Encode clean and noisy waves ``[n x T]`` into two ``[n x D x F]`` arrays in ``dtype``.
 
-    Raises BuildError when a latent is not finite after the cast (float16 overflow).
+    Works batch by batch (``codec.cfg.batch_size`` windows) into preallocated arrays, so a shard
+    never holds a float32 copy of all its latents. Raises BuildError when a latent is not finite
+    after the cast (float16 overflow).
     """
-    n = len(mixed.clean)
-    latents = codec.encode_batched(np.concatenate([mixed.clean, mixed.noisy]))
-    cast = latents.astype(dtype)
-    if not np.all(np.isfinite(cast)):
-        raise BuildError(f"{mixed.task.split} shard {mixed.task.index}: latents overflow {dtype} "
-                         f"(max |z| = {float(np.max(np.abs(latents))):.3g}); use dtype float32")
-    return cast[:n], cast[n:]
+    batch = max(1, int(codec.cfg.batch_size))
+    out = []
+    for name, waves in (("clean", mixed.clean), ("noisy", mixed.noisy)):
+        latents: np.ndarray | None = None
+        for start in range(0, len(waves), batch):
+            z = codec.encode(waves[start:start + batch]).cpu().numpy()
+            if latents is None:
+                latents = np.empty((len(waves), *z.shape[1:]), dtype=dtype)
+            part = latents[start:start + len(z)]
+            part[...] = z
+            if not np.all(np.isfinite(part)):
+                raise BuildError(
+                    f"{mixed.task.split} shard {mixed.task.index} ({name}): latents overflow "
+                    f"{dtype} (max |z| = {float(np.max(np.abs(z))):.3g}); use dtype float32")
+        out.append(latents)
+    return out[0], out[1]
 
 
 def _wds_metas(plan: Plan, mixed: MixedShard) -> list[dict[str, Any]]:
@@ -744,7 +759,8 @@ def new_manifest(cfg: CacheConfig, plan: Plan, constants: dict[str, Any], inputs
                              for i in sp.clean}),
             "hours": sp.windows * cfg.mix.window_seconds / SECONDS_PER_HOUR,
             "shards": [{"index": i, "status": "pending",
-                        "windows": min(plan.windows_per_shard, sp.windows - i * plan.windows_per_shard)}
+                        "windows": min(plan.windows_per_shard,
+                                       sp.windows - i * plan.windows_per_shard)}
                        for i in range(n_shards)]}
         if plan.storage == "zarr":
             entry["path"] = f"{name}.zarr"
@@ -794,7 +810,8 @@ def compare_build(manifest: dict[str, Any], wanted: dict[str, Any]) -> list[str]
     have_cfg, want_cfg = _flatten(manifest.get("config", {})), _flatten(wanted["config"])
     for key in sorted((set(have_cfg) | set(want_cfg)) - OPERATIONAL_KEYS):
         if have_cfg.get(key) != want_cfg.get(key):
-            diffs.append(f"config {key}: cache {have_cfg.get(key)!r}, this run {want_cfg.get(key)!r}")
+            diffs.append(f"config {key}: cache {have_cfg.get(key)!r}, "
+                         f"this run {want_cfg.get(key)!r}")
     for role, path in wanted["inputs"].items():
         if manifest.get("inputs", {}).get(role) != path:
             diffs.append(f"{role} input: cache {manifest.get('inputs', {}).get(role)}, "
@@ -874,7 +891,8 @@ def _verify_done(cache_dir: Path, manifest: dict[str, Any], full: bool) -> int:
                 path = cache_dir / f["path"]
                 if (not path.is_file() or path.stat().st_size != f["bytes"]
                         or (full and shards.sha256_file(path) != f["sha256"])):
-                    log.warning("%s: missing or changed; shard %d will be rebuilt", path, record["index"])
+                    log.warning("%s: missing or changed; shard %d will be rebuilt",
+                                path, record["index"])
                     split["shards"][i] = {"index": record["index"], "status": "pending",
                                           "windows": record["windows"]}
                     reset += 1
@@ -883,13 +901,13 @@ def _verify_done(cache_dir: Path, manifest: dict[str, Any], full: bool) -> int:
 
 
 def _write_rejected(out_dir: Path, rejected: list[Rejection]) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{REJECTED_FILE}.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "w") as fh:
+    """``rejected.tsv`` (path, role, reason), written to a temporary name and renamed."""
+    tmp = out_dir / f".{REJECTED_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
         fh.write("path\trole\treason\n")
         for r in rejected:
-            fh.write(f"{r.path}\t{r.role}\t{r.reason}\n".replace("\r", " "))
+            reason = " ".join(r.reason.split())  # one line, no tabs
+            fh.write(f"{r.path}\t{r.role}\t{reason}\n")
     os.replace(tmp, out_dir / REJECTED_FILE)
 
 
@@ -960,17 +978,16 @@ def run_tasks_inline(plan: Plan, codec: Any, cache_dir: Path, tasks: list[ShardT
         return
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-io") as pool:
         next_mix: Future = pool.submit(mix_shard, plan, tasks[0])
-        writing: Future | None = None
-        for i, task in enumerate(tasks):
+        writing: tuple[str, Future] | None = None
+        for i in range(len(tasks)):
             mixed = next_mix.result()
             if i + 1 < len(tasks):
                 next_mix = pool.submit(mix_shard, plan, tasks[i + 1])
             latents = encode_shard(codec, mixed, plan.dtype)
             if writing is not None:
-                on_done(mixed_before.task.split, writing.result())
-            writing = pool.submit(write_shard, plan, cache_dir, mixed, latents)
-            mixed_before = mixed
-        on_done(mixed_before.task.split, writing.result())
+                on_done(writing[0], writing[1].result())
+            writing = (mixed.task.split, pool.submit(write_shard, plan, cache_dir, mixed, latents))
+        on_done(writing[0], writing[1].result())
 
 
 def run_tasks_pool(plan: Plan, codec_cfg: Any, cache_dir: Path, tasks: list[ShardTask],

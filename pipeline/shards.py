@@ -209,7 +209,8 @@ def write_zarr_shard(cache_dir: str | Path, split: str, shard_index: int,
 
 
 def set_zarr_attributes(cache_dir: str | Path, split: str, attributes: dict[str, Any]) -> None:
-    """Replace the group attributes of ``<split>.zarr`` atomically (new ``zarr.json`` renamed in)."""
+    """Replace the group attributes of ``<split>.zarr`` atomically (a new ``zarr.json`` is
+    written aside and renamed in)."""
     cache_dir = Path(cache_dir)
     stage = scratch_dir(cache_dir) / f"{split}-attrs-{uuid.uuid4().hex}"
     try:
@@ -291,7 +292,8 @@ class ZarrCacheReader:
         self.cache_dir = Path(cache_dir)
         self.manifest = manifest or load_manifest(cache_dir)
         if self.manifest["storage"] != "zarr":
-            raise ValueError(f"{cache_dir}: cache storage is {self.manifest['storage']!r}, not zarr")
+            raise ValueError(
+                f"{cache_dir}: cache storage is {self.manifest['storage']!r}, not zarr")
         if split not in self.manifest["splits"]:
             raise KeyError(f"{cache_dir}: no split {split!r} in the manifest")
         self.split = split

@@ -90,7 +90,8 @@ def test_manifest_holds_every_constant_and_shard_checksum(zarr_cache):
     assert m["window"] == {"seconds": 1.0, "samples": SR, "frames": 50}
     assert latent_shape(m) == (64, 50)
     assert m["mix"]["snr_min_db"] == -5.0 and m["config"]["windows_per_shard"] == 2
-    assert {"torch", "zarr", "numcodecs", "webdataset", "descript-audio-codec"} <= set(m["versions"])
+    packages = {"torch", "zarr", "numcodecs", "webdataset", "descript-audio-codec"}
+    assert packages <= set(m["versions"])
     assert m["versions"]["zarr"].startswith("3.")
     assert m["counts"]["windows"] == {"train": 6, "val": 2} and m["counts"]["rejected"] == 0
     assert m["counts"]["bytes"] > 0 and m["counts"]["audio_hours"] == pytest.approx(8 / 3600)
@@ -326,7 +327,8 @@ def test_cli_builds_the_tiny_profile_offline(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "train 4 windows, val 2 windows" in result.output and "RANDOM-INIT" in result.output
     assert (tmp_path / "data" / "tiny_corpus" / "synth.json").is_file()
-    assert load_manifest(tmp_path / "cache", require_complete=True)["inputs"]["corpus"] == "synthetic"
+    manifest = load_manifest(tmp_path / "cache", require_complete=True)
+    assert manifest["inputs"]["corpus"] == "synthetic"
     missing = CliRunner().invoke(main, ["cache", "--conf", str(REPO / "conf" / "cache.yaml"),
                                         "--codec", "random", "--out", "c2", "--quiet"])
     assert missing.exit_code != 0 and "make demo-data" in missing.output

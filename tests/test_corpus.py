@@ -75,7 +75,8 @@ def test_dns_layout_split_is_speaker_disjoint_and_deterministic(tmp_path):
 
 
 def test_index_csv_gives_speakers_splits_and_holds_out_test(tmp_path):
-    rows = [("clean/ann/ann_en_000.wav", "ann", "train"), ("clean/bob/bob_en_000.wav", "bob", "val"),
+    rows = [("clean/ann/ann_en_000.wav", "ann", "train"),
+            ("clean/bob/bob_en_000.wav", "bob", "val"),
             ("clean/cat/cat_en_000.wav", "cat", "test")]
     for rel, _, _ in rows:
         _write(tmp_path / rel, _tone(0.05))

@@ -25,7 +25,8 @@ def _latents(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _meta(start: int, n: int) -> dict[str, np.ndarray]:
     rows = np.arange(start, start + n)
-    return {name: (rows * 3 + i).astype(dtype) for i, (name, dtype) in enumerate(META_FIELDS.items())}
+    return {name: (rows * 3 + i).astype(dtype)
+            for i, (name, dtype) in enumerate(META_FIELDS.items())}
 
 
 def _manifest(storage: str, done: list[int], sources: int = 40) -> dict:
@@ -33,7 +34,8 @@ def _manifest(storage: str, done: list[int], sources: int = 40) -> dict:
                "windows": min(WPS, N - i * WPS)} for i in range(3)]
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "storage": storage,
             "codec": {"latent_dim": D}, "window": {"frames": F}, "dtype": "float16",
-            "sources": {k: [f"{k}/{i}.wav" for i in range(sources)] for k in ("clean", "noise", "rir")},
+            "sources": {k: [f"{k}/{i}.wav" for i in range(sources)]
+                        for k in ("clean", "noise", "rir")},
             "splits": {"train": {"windows": N, "windows_per_shard": WPS, "shards": shards}}}
 
 
@@ -56,7 +58,8 @@ def test_zarr_layout_uses_the_sharding_codec(tmp_path):
     assert clean.chunks == (1, D, F) and clean.shards == (WPS, D, F)
     assert group["window_seed"].dtype == np.uint64 and group["window_seed"].shape == (N,)
     assert group["snr_db"].chunks == (WPS,)
-    shard_files = sorted(p.name for p in (zarr_split_path(tmp_path, "train") / "clean" / "c").iterdir())
+    chunk_dir = zarr_split_path(tmp_path, "train") / "clean" / "c"
+    shard_files = sorted(p.name for p in chunk_dir.iterdir())
     assert shard_files == ["0", "1", "2"]  # one file per build shard
 
 
