@@ -87,8 +87,9 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
               show_default=True, help="Profile with a `train` section.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default="data/cache",
               show_default=True, help="Latent cache written by `cleancodec cache`.")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
-              help="Run folder (checkpoints, metrics.jsonl, tensorboard/). Default: runs/<name>.")
+@click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder (checkpoints, metrics.jsonl, tensorboard/). Default: runs/<name>. "
+                   "Under torchrun spell it --run-dir (torchrun reads --run as its --run-path).")
 @click.option("--preset", default=None, help="Model preset of the profile (medium | large).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Total steps (default: train.steps of the profile).")
@@ -105,13 +106,15 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     """Train the latent denoiser (GAN) on a latent cache; never loads the codec.
 
     Rerunning the same command resumes from <run>/latest.pt. Launch with
-    `torchrun --nproc_per_node N -m cli train ...` for multi-GPU (DDP).
+    `torchrun --standalone --nproc_per_node N -m cli train --run-dir DIR ...` for multi-GPU
+    (DDP).
     """
     from pipeline.config import ConfigError
     from pipeline.manifest import ManifestError
     from trainer.checkpoint import CheckpointError
     from trainer.config import apply_overrides, load_train_config
     from trainer.data import CacheDataError
+    from trainer.distributed import is_main_process
     from trainer.loop import fit
 
     try:
@@ -121,6 +124,8 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     except (ConfigError, ManifestError, CheckpointError, CacheDataError, FloatingPointError,
             OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if not is_main_process():
+        return
     click.echo(
         f"step {result['step']}: val latent L1 {result['val/latent_l1']:.6g} "
         f"(noisy {result['val/noisy_l1']:.6g}), gain {result['val/gain']:.4f} "

@@ -126,7 +126,7 @@ def run_one(spec: dict) -> dict:
     trainer.prepare()
     if spec["mode"] == "cached":
         def step() -> None:
-            trainer.train_step(next(trainer._batches))
+            trainer.train_step(trainer.next_batch())
     else:
         from pipeline.codec import CodecConfig, load_codec
 
@@ -144,7 +144,7 @@ def run_one(spec: dict) -> dict:
             step()
         else:   # a full encode-in-step costs minutes at batch 32: warm both parts separately
             codec.encode(noisy[:1])
-            trainer.train_step(next(trainer._batches))
+            trainer.train_step(trainer.next_batch())
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -16,32 +16,35 @@ TINY_WINDOW_SECONDS = 1.0
 
 
 @pytest.fixture(scope="session")
-def tiny_latent_cache(tmp_path_factory) -> Callable[[str], Path]:
-    """Factory ``storage -> cache dir``: a cache built by ``pipeline.build.build_cache`` with the
-    tiny random-init DAC (latent dim 64) from the seeded synthetic corpus.
+def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
+    """Factory ``(storage, train_windows, val_windows) -> cache dir``: a cache built by
+    ``pipeline.build.build_cache`` with the tiny random-init DAC (latent dim 64) from the seeded
+    synthetic corpus.
 
-    1 s windows, 128 train / 32 val windows in shards of 32. Val speakers are held out; noise
-    files are shared between the splits (``split_noise: false``) so that a few hundred steps
-    can show a held-out gain. Each storage is built once per session, on first use.
+    1 s windows, by default 128 train / 32 val windows, in shards of 32. Val speakers are held
+    out; noise files are shared between the splits (``split_noise: false``) so that a few
+    hundred steps can show a held-out gain. Each variant is built once per session, on first use.
     """
     root = tmp_path_factory.mktemp("tiny_latent_cache")
     built: dict[str, Path] = {}
 
-    def get(storage: str = "zarr") -> Path:
-        if storage not in built:
+    def get(storage: str = "zarr", train_windows: int = TINY_TRAIN_WINDOWS,
+            val_windows: int = TINY_VAL_WINDOWS) -> Path:
+        key = f"{storage}-{train_windows}-{val_windows}"
+        if key not in built:
             from pipeline.build import CacheConfig, build_cache
             from pipeline.codec import CodecConfig
             from pipeline.mix import MixConfig
 
             cfg = CacheConfig(storage=storage, corpus="synthetic",
                               synthetic_dir=str(root / "corpus"),
-                              train_windows=TINY_TRAIN_WINDOWS, val_windows=TINY_VAL_WINDOWS,
+                              train_windows=train_windows, val_windows=val_windows,
                               windows_per_shard=TINY_WINDOWS_PER_SHARD, split_noise=False,
                               mix=MixConfig(window_seconds=TINY_WINDOW_SECONDS))
-            out = root / storage
+            out = root / key
             build_cache(cfg, CodecConfig(weights="random", random_arch="tiny"), out_dir=out,
                         progress=False)
-            built[storage] = out
-        return built[storage]
+            built[key] = out
+        return built[key]
 
     return get

@@ -30,6 +30,7 @@ from trainer.loop import Trainer, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "conf" / "tiny.yaml"
+SMALL_WDS = (48, 16)    # train / val windows of the webdataset cache (format checks only)
 GAIN_THRESHOLD = 0.97   # 200 steps reach ~0.93 on this cache; an identity model gives exactly 1
 
 RUNNER = """
@@ -134,7 +135,7 @@ def test_untrained_model_gives_gain_exactly_one(tiny_latent_cache, tmp_path):
 
 
 def test_run_writes_checkpoints_logs_and_light_best(tiny_latent_cache, tmp_path):
-    cache, run = tiny_latent_cache("webdataset"), tmp_path / "run"
+    cache, run = tiny_latent_cache("webdataset", *SMALL_WDS), tmp_path / "run"
     result = fit(tiny_cfg(steps=6, log_every=2, val_every=3, checkpoint_every=3, milestones=[3]),
                  cache, run)
     assert result["step"] == 6 and 0 < result["val/gain"] < 2
@@ -217,7 +218,7 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_weights(tiny_l
                                                                           tmp_path):
     """Exact equality on CPU: N steps straight vs. the same run killed twice (kill -9 at a
     random moment, checkpoints written every step) and resumed to N."""
-    cache = tiny_latent_cache("webdataset")
+    cache = tiny_latent_cache("webdataset", *SMALL_WDS)
     cfg = tiny_cfg(steps=80, log_every=10, val_every=20, checkpoint_every=1, milestones=[])
     fit(cfg, cache, tmp_path / "straight")
 

@@ -42,6 +42,11 @@ def launched_by_torchrun() -> bool:
     return ENV_RANK in os.environ and ENV_WORLD in os.environ
 
 
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0 (for printing once)."""
+    return int(os.environ.get(ENV_RANK, "0")) == 0
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` → this rank's GPU when CUDA is available, else CPU; ``cuda`` → ``cuda:<local>``."""
     if name == "auto":

@@ -209,6 +209,10 @@ class Trainer:
         ckpt_io.restore_rng(ckpt["rng"])
         log.info("resumed %s at step %d", path, self.step)
 
+    def next_batch(self) -> Batch:
+        """The training batch of the current step (``{"noisy", "clean"}`` ``Tensor[B x D x F]``)."""
+        return next(self._batches)
+
     # --- one step ----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.bf16 and self.env.device.type == "cuda":
@@ -312,7 +316,7 @@ class Trainer:
         count, t_last, steps_per_s = 0, time.perf_counter(), float("nan")
         try:
             while self.step < cfg.steps:
-                losses = self.train_step(next(self._batches))
+                losses = self.train_step(self.next_batch())
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0) + value.float()
                 count += 1
@@ -344,7 +348,11 @@ class Trainer:
 
     def _log_train(self, sums: dict[str, torch.Tensor], count: int, steps_per_s: float,
                    bar: tqdm) -> None:
-        scalars = {k: float(v) / count for k, v in sums.items()}
+        """Average the summed losses over steps and ranks; log them (main rank) and check them."""
+        keys = sorted(sums)                    # the same on every rank
+        means = torch.stack([sums[k] for k in keys]) / count
+        all_reduce_sum(means, self.env)
+        scalars = dict(zip(keys, (means / self.env.world_size).tolist()))
         bad = [k for k, v in scalars.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(
