@@ -443,14 +443,16 @@ def scan_corpus(files: list[corpus_mod.AudioFile], cfg: CacheConfig, sample_rate
 
 def _split_roles(role: str, usable: list[corpus_mod.AudioFile],
                  cfg: CacheConfig) -> dict[str, str]:
-    if role == "rir" or (role == "noise" and not cfg.split_noise):
+    """``{rel: split}`` for the usable files of one role (``test`` rows stay held out)."""
+    if role == "rir":
         return {f.rel: "shared" for f in usable}
     parts = corpus_mod.split_files(usable, cfg.val_fraction, cfg.seed)
     out = {f.rel: "test" for f in parts.held_out}
+    if role == "noise" and (not cfg.split_noise or not parts.train or not parts.val):
+        out.update({f.rel: "shared" for f in parts.train + parts.val})  # too few to split
+        return out
     for split in SPLITS:
         out.update({f.rel: split for f in parts.of(split)})
-    if role == "noise" and not parts.val:  # too few noise files to split: share them
-        out.update({f.rel: "shared" for f in parts.train})
     return out
 
 
@@ -506,12 +508,18 @@ def make_plan(cfg: CacheConfig, corpus_record: dict[str, Any], inputs: Inputs,
         noise_idx = [i for i, s in enumerate(split_of["noise"]) if s in (split, "shared")]
         total = sum(sources["clean"][i].length for i in clean_idx)
         n = _split_windows(cfg, split, total, window, sr) if clean_idx else 0
-        if split == "train" and n and not clean_idx:
-            raise NoUsableInputError(f"{inputs.clean}: no usable clean speech for training")
+        wanted = cfg.val_windows or cfg.val_hours or (
+            cfg.val_windows is None and cfg.val_hours is None and cfg.val_fraction > 0)
+        if split == "val" and not clean_idx and wanted:
+            log.warning("%s: no speaker is left for the val split (one speaker, or "
+                        "val_fraction 0); the cache has no val windows", inputs.clean)
         lengths = np.array([sources["clean"][i].length for i in clean_idx], dtype=np.float64)
         splits[split] = SplitPlan(split, n, clean_idx, noise_idx, np.cumsum(lengths))
-    if splits["train"].windows == 0:
+    if not len(splits["train"].clean):
         raise NoUsableInputError(f"{inputs.clean}: no usable clean speech for the train split")
+    if splits["train"].windows == 0:
+        raise BuildError("the train split would have 0 windows (cache.train_windows / "
+                         "cache.train_hours / cache.coverage)")
     return Plan(seed=cfg.seed, mix=cfg.mix, max_draws=cfg.max_draws, sample_rate=sr,
                 window_samples=window, frames=frames, latent_dim=int(constants["latent_dim"]),
                 windows_per_shard=cfg.windows_per_shard, storage=cfg.storage, dtype=cfg.dtype,
