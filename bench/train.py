@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import to_dict
 from pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest
 from pipeline.shards import META_FIELDS, create_zarr_split, write_wds_shard, write_zarr_shard
 from trainer.config import DataConfig, TrainConfig, load_train_config
@@ -242,7 +241,8 @@ def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], ar
         f"(seed {CODEC_SEED}; step times do not depend on the weights). Windows of 3 s = "
         f"{LATENT_DIM} x {FRAMES} latents; the cache holds synthetic float16 latents of that "
         f"shape, written with the pipeline's shard writers. Median of {args.steps} timed steps "
-        f"for (a) and {args.seed_steps} for (b), after {args.warmup} warm-up step(s) (for (b): one 1-window encode plus one D/G step); (a) reads "
+        f"for (a) and {args.seed_steps} for (b), after {args.warmup} warm-up step(s) (for (b): "
+        f"a 1-window encode plus one D/G step); (a) reads "
         f"its batch from the zarr cache inside the step (no loader workers); (b) encodes the "
         f"batch's clean and noisy audio with the DAC encoder, then runs the same D/G step. "
         f"Each configuration runs in its own process (peak RSS = that process).",

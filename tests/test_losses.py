@@ -69,7 +69,8 @@ def test_discriminator_losses_weighting_and_detached_fake():
     w = LossConfig(r1_gamma=20.0)
     out = discriminator_losses(critic, real, g_out * 2, w)
     assert set(out) == {"d/hinge_real", "d/hinge_fake", "d/r1", "d/loss"}
-    torch.testing.assert_close(out["d/loss"], out["d/hinge_real"] + out["d/hinge_fake"] + 10.0 * out["d/r1"])
+    expected = out["d/hinge_real"] + out["d/hinge_fake"] + 10.0 * out["d/r1"]
+    torch.testing.assert_close(out["d/loss"], expected)
     out["d/loss"].backward()
     assert g_out.grad is None, "the D step must not reach the generator"
     assert critic.w.grad is not None and critic.w.grad.abs().sum() > 0

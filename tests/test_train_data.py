@@ -88,7 +88,8 @@ def write_synthetic_cache(cache: Path, storage: str, shards: dict[str, list[int]
                 rec["file"] = name
             records.append(rec)
         info = {"windows": sum(counts), "windows_per_shard": windows_per_shard, "shards": records}
-        info.update({"path": f"{split}.zarr"} if storage == "zarr" else {"pattern": f"{split}-%06d.tar"})
+        info.update({"path": f"{split}.zarr"} if storage == "zarr"
+                    else {"pattern": f"{split}-%06d.tar"})
         splits[split] = info
     manifest = {
         "format": FORMAT, "format_version": 1, "storage": storage,
@@ -126,8 +127,9 @@ def cache(request, tmp_path) -> tuple[Path, dict]:
 
 def test_open_split_reads_done_shards_only(tmp_path):
     for storage in ("zarr", "webdataset"):
-        manifest = write_synthetic_cache(tmp_path / storage, storage, {"train": [4, 4, 4], "val": [2]},
-                                         windows_per_shard=4, status={("train", 1): "partial"})
+        manifest = write_synthetic_cache(tmp_path / storage, storage,
+                                         {"train": [4, 4, 4], "val": [2]}, windows_per_shard=4,
+                                         status={("train", 1): "partial"})
         src = open_split(tmp_path / storage, manifest, "train")
         assert src.windows == 8 and src.latent_dim == D and src.frames == F
         if storage == "zarr":
@@ -202,7 +204,8 @@ def test_ranks_get_disjoint_windows_each_epoch(tmp_path):
 
 
 def test_webdataset_splits_shards_by_node_and_worker(tmp_path):
-    manifest = write_synthetic_cache(tmp_path / "w", "webdataset", {"train": [4] * 8, "val": [2]}, 4)
+    manifest = write_synthetic_cache(tmp_path / "w", "webdataset",
+                                     {"train": [4] * 8, "val": [2]}, 4)
     src = open_split(tmp_path / "w", manifest, "train")
     stream = WebDatasetStream(src, batch_size=2, seed=0, epoch_batches=2, shuffle_buffer=1,
                               world=2)
@@ -241,7 +244,7 @@ def test_latent_stats_match_numpy(cache):
     path, manifest = cache
     src = open_split(path, manifest, "train")
     mean, std = latent_stats(src, n_windows=10_000, seed=0)   # more than exist: all windows
-    rows = [b for b in val_batches(open_split(path, manifest, "train"), DataConfig(val_batch_size=50))]
+    rows = list(val_batches(open_split(path, manifest, "train"), DataConfig(val_batch_size=50)))
     allw = torch.cat([torch.cat([b["noisy"], b["clean"]]) for b in rows]).double().numpy()
     ref = allw.transpose(1, 0, 2).reshape(D, -1)
     np.testing.assert_allclose(mean.numpy(), ref.mean(axis=1), rtol=1e-4, atol=1e-4)

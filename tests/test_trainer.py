@@ -163,7 +163,8 @@ def test_warmup_ramps_the_learning_rate(tiny_latent_cache, tmp_path):
     cfg = tiny_cfg(steps=4, log_every=1, val_every=100, checkpoint_every=100)
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup_steps=4))
     fit(cfg, tiny_latent_cache("zarr"), tmp_path / "run")
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     lrs = [r["lr/g"] for r in records if "lr/g" in r]
     assert lrs == pytest.approx([cfg.optim.lr_g * k / 4 for k in (1, 2, 3, 4)])
 

@@ -67,7 +67,7 @@ class DataConfig:
     num_workers: int = 2
     prefetch_factor: int = 2
     shuffle_buffer: int = 256         # webdataset: samples held for shuffling per stream
-    epoch_windows: int | None = None  # webdataset: windows per rank per epoch (default: all / world)
+    epoch_windows: int | None = None  # webdataset: windows per rank per epoch (None: all / ranks)
     stats_windows: int = 512          # train windows sampled for the latent mean / std
     val_batch_size: int = 32
     val_max_windows: int | None = None  # cap on val windows per validation (None: all)
@@ -138,7 +138,8 @@ def validate(cfg: TrainConfig) -> None:
     positive = {
         "steps": cfg.steps, "log_every": cfg.log_every, "val_every": cfg.val_every,
         "checkpoint_every": cfg.checkpoint_every, "data.batch_size": cfg.data.batch_size,
-        "data.val_batch_size": cfg.data.val_batch_size, "data.stats_windows": cfg.data.stats_windows,
+        "data.val_batch_size": cfg.data.val_batch_size,
+        "data.stats_windows": cfg.data.stats_windows,
         "denoiser.width": cfg.denoiser.width, "denoiser.depth": cfg.denoiser.depth,
         "discriminator.channels": cfg.discriminator.channels,
     }
@@ -155,7 +156,8 @@ def validate(cfg: TrainConfig) -> None:
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"train.optim.betas must hold two numbers, got {cfg.optim.betas!r}")
     if cfg.denoiser.kernel_size % 2 == 0 or cfg.discriminator.kernel_size % 2 == 0:
-        raise ConfigError("train.denoiser.kernel_size and train.discriminator.kernel_size must be odd")
+        raise ConfigError(
+            "train.denoiser.kernel_size and train.discriminator.kernel_size must be odd")
 
 
 def apply_overrides(cfg: TrainConfig, steps: int | None = None, batch_size: int | None = None,

@@ -226,7 +226,8 @@ def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
         yield current
 
 
-def decode_sample(sample: dict[str, Any], source: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+def decode_sample(sample: dict[str, Any], source: Path,
+                  shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """``{noisy.npy, clean.npy}`` bytes → arrays ``[D x F]`` (no pickle), shape checked."""
     out = {}
     for name in FIELDS:
@@ -236,7 +237,8 @@ def decode_sample(sample: dict[str, Any], source: Path, shape: tuple[int, int]) 
         try:
             arr = np.load(io.BytesIO(blob), allow_pickle=False)
         except ValueError as exc:
-            raise CacheDataError(f"{source}: sample {sample['__key__']!r}: bad {name}.npy ({exc})") from exc
+            raise CacheDataError(
+                f"{source}: sample {sample['__key__']!r}: bad {name}.npy ({exc})") from exc
         if tuple(arr.shape) != shape:
             raise CacheDataError(f"{source}: sample {sample['__key__']!r}: {name} has shape "
                                  f"{tuple(arr.shape)}, the manifest says {shape}")
@@ -374,8 +376,9 @@ def train_batches(source: SplitSource, cfg: DataConfig, seed: int, rank: int = 0
                             num_workers=workers, collate_fn=_identity, pin_memory=pin_memory,
                             **extra)
     else:
-        stream = WebDatasetStream(source, cfg.batch_size, seed, wds_epoch_batches(source, cfg, world),
-                                  cfg.shuffle_buffer, rank, world, start)
+        stream = WebDatasetStream(source, cfg.batch_size, seed,
+                                  wds_epoch_batches(source, cfg, world), cfg.shuffle_buffer,
+                                  rank, world, start)
         loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_identity,
                             pin_memory=pin_memory, **extra)
     return iter(loader)
@@ -417,7 +420,8 @@ def _decode_batch(items: list[tuple[Path, dict]], source: SplitSource) -> Batch:
     return {name: torch.from_numpy(np.stack([d[name] for d in decoded])) for name in FIELDS}
 
 
-def latent_stats(source: SplitSource, n_windows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_stats(source: SplitSource, n_windows: int,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of clean and noisy latents over up to ``n_windows`` windows.
 
     zarr: a seeded sample of windows; webdataset: the first windows of a seeded shard order.
@@ -441,7 +445,8 @@ def latent_stats(source: SplitSource, n_windows: int, seed: int) -> tuple[torch.
     return torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float()
 
 
-def _stats_windows(source: SplitSource, n_windows: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+def _stats_windows(source: SplitSource, n_windows: int,
+                   seed: int) -> Iterator[dict[str, np.ndarray]]:
     rng = _rng(seed, _TAG_STATS)
     if source.storage == "zarr":
         data = ZarrWindows(source.zarr_path, source.rows)

@@ -48,7 +48,7 @@ def is_main_process() -> bool:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → this rank's GPU when CUDA is available, else CPU; ``cuda`` → ``cuda:<local>``."""
+    """``auto``: this rank's GPU when CUDA is available, else CPU; ``cuda``: ``cuda:<local>``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -86,11 +86,6 @@ def wrap(model: nn.Module, env: DistEnv) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or ``model``)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (no-op in a single process)."""
     if env.distributed:
@@ -103,11 +98,3 @@ def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
 
-
-def broadcast_object(obj: object, env: DistEnv) -> object:
-    """Rank 0's ``obj`` on every rank."""
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -31,8 +31,9 @@ from pipeline.config import to_dict
 from pipeline.manifest import latent_shape, load_manifest, write_json_atomic
 from trainer import checkpoint as ckpt_io
 from trainer.config import TrainConfig, validate
-from trainer.data import TRAIN, VAL, Batch, SplitSource, latent_stats, open_split, train_batches, val_batches
-from trainer.distributed import DistEnv, all_reduce_sum, barrier, distributed_session, unwrap, wrap
+from trainer.data import (TRAIN, VAL, Batch, SplitSource, latent_stats, open_split, train_batches,
+                          val_batches)
+from trainer.distributed import DistEnv, all_reduce_sum, barrier, distributed_session, wrap
 from trainer.losses import discriminator_losses, generator_losses
 from trainer.models import Denoiser, Discriminator, count_parameters
 
@@ -86,7 +87,8 @@ class RunLogger:
                     kept.append(line)
             except json.JSONDecodeError:  # a line torn by a kill
                 continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                   dir=self.path.parent)
         with os.fdopen(fd, "w") as fh:
             fh.write("".join(f"{line}\n" for line in kept))
         os.replace(tmp, self.path)
@@ -194,7 +196,8 @@ class Trainer:
             if saved.get(section) != to_dict(getattr(self.cfg, section)):
                 raise ckpt_io.CheckpointError(
                     f"{path}: the run's {section} ({saved.get(section)}) differs from the config "
-                    f"({to_dict(getattr(self.cfg, section))}); use --restart or another run directory"
+                    f"({to_dict(getattr(self.cfg, section))}); use --restart or another run "
+                    f"directory"
                 )
         if ckpt.get("cache_manifest_digest") != self.digest:
             log.warning("%s: the cache manifest changed since this run started; resuming anyway",
@@ -363,7 +366,8 @@ class Trainer:
         scalars["lr/d"] = self.opt_d.param_groups[0]["lr"]
         scalars["perf/steps_per_s"] = steps_per_s
         self.logger.log(self.step, scalars)
-        self._postfix.update({"g/l1": f"{scalars['g/latent_l1']:.4f}", "d": f"{scalars['d/loss']:.3f}"})
+        self._postfix.update({"g/l1": f"{scalars['g/latent_l1']:.4f}",
+                              "d": f"{scalars['d/loss']:.3f}"})
         bar.set_postfix(self._postfix)
 
     def _validate_and_keep_best(self, bar: tqdm) -> None:

@@ -57,7 +57,7 @@ class GlobalResponseNorm(nn.Module):
 
 
 class ConvNeXtBlock1d(nn.Module):
-    """Depthwise conv → LayerNorm → Linear(W→rW) → GELU → GRN → Linear(rW→W), plus residual.
+    """Depthwise conv, LayerNorm, Linear W→rW, GELU, GRN, Linear rW→W, plus the residual.
 
     ``x: Tensor[B x W x F]`` → ``Tensor[B x W x F]``.
     """
