@@ -5,13 +5,13 @@ caller can log it, skip the file, and go on.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from pipeline.atomic import atomic_path
 
 SILENCE_PEAK = 1e-6  # a file whose peak stays under this is treated as all-silent
 
@@ -69,16 +69,10 @@ def write_audio_atomic(path: str | Path, audio: np.ndarray, sample_rate: int,
                        subtype: str | None = None) -> None:
     """Write ``[T]`` or ``[C x T]`` audio via a temp file in the same folder and rename it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = audio.T if audio.ndim == 2 else audio
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, data, sample_rate, subtype=subtype, format=_format_for(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fmt = _format_for(path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, data, sample_rate, subtype=subtype, format=fmt)
 
 
 def _format_for(path: Path) -> str:

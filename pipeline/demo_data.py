@@ -48,7 +48,7 @@ from pipeline.demo.noise_real import build_noise_package, copyright_licenses, lo
 from pipeline.demo.speech import common_base, list_files, load_prompts, write_sessions
 from pipeline.demo.splits import check_disjoint, hold_out
 from pipeline.demo.testset import TESTSET_DIR, build_testset
-from pipeline.manifest import write_json_atomic
+from pipeline.atomic import atomic_path, write_json_atomic
 from pipeline.mix import window_rng
 
 SPLITS_NAME = "splits.json"
@@ -185,14 +185,8 @@ def _keep_copyright(tree: Path, root: Path, package: str) -> None:
     if src.is_file():
         dest = root / LICENSES_DIR / f"{package}.copyright"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        os.close(fd)
-        try:
+        with atomic_path(dest) as tmp:
             shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def _speech(ctx: _Ctx, unit: str, src: SpeechSource) -> tuple[list[IndexRow], list[Skipped]]:

@@ -29,15 +29,17 @@ Layout (format version 1)::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from pipeline.atomic import write_json_atomic
 
 FORMAT = "cleancodec-latent-cache"
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
+__all__ = ["write_json_atomic", "load_manifest", "save_manifest", "latent_shape", "done_shards",
+           "manifest_path", "ManifestError", "FORMAT", "FORMAT_VERSION"]
 STORAGES = ("zarr", "webdataset")
 
 
@@ -47,23 +49,6 @@ class ManifestError(ValueError):
 
 def manifest_path(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / MANIFEST_NAME
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON via a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_manifest(cache_dir: str | Path, manifest: dict[str, Any]) -> Path:

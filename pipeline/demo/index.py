@@ -13,13 +13,11 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import write_json_atomic
+from pipeline.atomic import write_json_atomic, write_text_atomic
 
 INDEX_NAME = "index.csv"
 SKIPPED_NAME = "skipped.csv"
@@ -132,15 +130,7 @@ def write_csv_atomic(path: Path, fields: list[str], rows: list[dict[str, Any]]) 
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, buf.getvalue())
 
 
 def write_index(root: Path, rows: list[IndexRow]) -> Path:
