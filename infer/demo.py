@@ -22,7 +22,7 @@ from pipeline.codec import (RANDOM, RANDOM_INIT_BANNER, CodecConfig, CodecWeight
                             default_weights_path, fetch_default_weights, weights_url)
 from pipeline.config import load_section
 
-from .atomic import publish, temp_beside
+from pipeline.atomic import publish, temp_beside
 from .testset import fileid, list_audio
 
 EXIT_NO_WEIGHTS = 2

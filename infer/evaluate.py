@@ -39,7 +39,7 @@ from pipeline.audio import AudioError, read_audio
 from pipeline.codec import RANDOM_INIT_BANNER
 from pipeline.config import load_section, to_dict
 
-from .atomic import write_bytes_atomic, write_text_atomic
+from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from .metrics import ALL_METRICS, COLUMNS, SAMPLE_RATE, SpeakerEncoder, score
 from .run import REPORT_NAME
 from .testset import Pair, Pairing, pair_files

@@ -13,7 +13,6 @@ others go on, and :class:`RunSummary` lists the failures.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -31,7 +30,7 @@ from pipeline.audio import AudioError
 from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
 from pipeline.config import load_section, to_dict
 
-from .atomic import publish, temp_beside, write_text_atomic
+from pipeline.atomic import publish, temp_beside, write_json_atomic
 from .denoise import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec, DenoiseConfig, Enhancer, \
     enhance_chunks, load_enhancer
 
@@ -492,7 +491,7 @@ def write_report(output_dir: Path, summary: RunSummary, enhancer: Enhancer,
         "files": [asdict(r) for r in summary.results],
     })
     path = output_dir / REPORT_NAME
-    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    write_json_atomic(path, report)
     return path
 
 
