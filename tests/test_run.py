@@ -17,7 +17,7 @@ from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec
 from trainer.checkpoint import FORMAT_VERSION, save_atomic
 from trainer.models import Denoiser
 
-TINY = CodecConfig(weights="random", random_arch="tiny", random_seed=0, num_threads=2)
+TINY = CodecConfig(weights="random", random_arch="tiny", random_seed=0, num_threads=1)
 SMALL_CHUNKS = dict(chunk_frames=60, context_frames=16, crossfade_frames=2)
 
 
