@@ -195,9 +195,13 @@ def demo_data_command(conf, out_dir, deb_cache, no_apt_update):
 @click.option("--batch-size", type=click.IntRange(min=0), default=None,
               help="Chunks per forward (0 = auto: 1 on CPU, 16 on GPU).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (codec and denoiser).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: codec.num_threads, else all cores; on a busy "
+                   "shared machine fewer threads than cores run faster).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def denoise_command(input_path, output_path, conf, codec, codec_weights, checkpoint, bypass, mix,
-                    output_sr, skip_existing, allow_codec_mismatch, batch_size, device, quiet):
+                    output_sr, skip_existing, allow_codec_mismatch, batch_size, device, threads,
+                    quiet):
     """Denoise INPUT (a file or a folder, recursively) into OUTPUT.
 
     OUTPUT mirrors INPUT's tree and file names (default: INPUT_denoised beside it); every
@@ -212,7 +216,7 @@ def denoise_command(input_path, output_path, conf, codec, codec_weights, checkpo
     try:
         summary, output = run_denoise(input_path, output_path, conf,
                                       resolve_codec_choice(codec, codec_weights), overrides,
-                                      device, progress=not quiet)
+                                      device, threads, progress=not quiet)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(summary.lines()))

@@ -512,18 +512,17 @@ def default_output(input_path: str | Path) -> Path:
 def run_denoise(input_path: str | Path, output_path: str | Path | None,
                 conf: str | Path | None = None, codec_weights: str | None = None,
                 overrides: dict[str, Any] | None = None, device: str | None = None,
+                threads: int | None = None,
                 progress: bool = True) -> tuple[RunSummary, Path]:
     """Load the profile's ``codec`` / ``denoise`` sections, apply overrides, denoise.
 
-    ``overrides`` holds ``DenoiseConfig`` fields (``None`` values are ignored); ``codec_weights``
-    and ``device`` override ``codec.weights`` / ``codec.device``. Returns the summary and the
-    output path.
+    ``overrides`` holds ``DenoiseConfig`` fields (``None`` values are ignored); ``codec_weights``,
+    ``device`` and ``threads`` override ``codec.weights`` / ``codec.device`` /
+    ``codec.num_threads``. Returns the summary and the output path.
     """
     codec_cfg = load_section(conf, "codec", CodecConfig)
-    if codec_weights:
-        codec_cfg = replace(codec_cfg, weights=codec_weights)
-    if device:
-        codec_cfg = replace(codec_cfg, device=device)
+    codec_over = {"weights": codec_weights, "device": device, "num_threads": threads}
+    codec_cfg = replace(codec_cfg, **{k: v for k, v in codec_over.items() if v})
     cfg = load_section(conf, "denoise", DenoiseConfig)
     cfg = replace(cfg, **{k: v for k, v in (overrides or {}).items() if v is not None})
     cfg.validate()
