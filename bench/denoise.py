@@ -41,8 +41,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from infer.denoise import (ChunkSpec, DenoiseConfig, Enhancer, enhance_signal,  # noqa: E402
-                           enhance_whole, snr_db)
+from infer.denoise import ChunkSpec, DenoiseConfig, Enhancer, snr_db  # noqa: E402
+from infer.denoise import enhance_signal, enhance_whole  # noqa: E402
 from infer.run import denoise_path  # noqa: E402
 from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from pipeline.synth import synth_noise, synth_utterance  # noqa: E402

@@ -18,11 +18,18 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline.codec import (RANDOM, RANDOM_INIT_BANNER, CodecConfig, CodecWeightsError,
-                            default_weights_path, fetch_default_weights, weights_url)
+from pipeline.atomic import publish, temp_beside
+from pipeline.codec import (
+    RANDOM,
+    RANDOM_INIT_BANNER,
+    CodecConfig,
+    CodecWeightsError,
+    default_weights_path,
+    fetch_default_weights,
+    weights_url,
+)
 from pipeline.config import load_section
 
-from pipeline.atomic import publish, temp_beside
 from .testset import fileid, list_audio
 
 EXIT_NO_WEIGHTS = 2
@@ -36,7 +43,7 @@ class DemoConfig:
     testset_clips: test-set clips denoised and scored (0 = all of them).
     """
 
-    testset_clips: int = 16
+    testset_clips: int = 12
 
 
 def offline_message(reason: str) -> str:
@@ -49,9 +56,9 @@ def offline_message(reason: str) -> str:
         f"    on a machine with internet and save it as {default_weights_path()}\n"
         "    (dac downloads it there by itself when this machine is online), or\n"
         "  - make demo CODEC=/path/to/weights_16khz.pth   (any .pth in DAC's release format)\n\n"
-        "Or run `make demo CODEC=random`: the same chain (demo corpus, cache, training, denoising,\n"
-        "evaluation) with a seeded random-init codec. It checks that the pipeline works end to\n"
-        "end; its audio and scores are meaningless, and every output says so."
+        "Or run `make demo CODEC=random`: the same chain (demo corpus, cache, training,\n"
+        "denoising, evaluation) with a seeded random-init codec. It checks that the pipeline\n"
+        "works end to end; its audio and scores are meaningless, and every output says so."
     )
 
 
@@ -93,7 +100,8 @@ def copy_testset(corpus: str | Path, out: str | Path, clips: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infer.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m infer.demo",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("preflight", help="check that the codec weights can be had")
     pre.add_argument("--conf", default=None)

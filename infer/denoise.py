@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.codec import (Codec, CodecConfig, describe_identity, identities_match,
-                            load_codec)
+from pipeline.codec import Codec, CodecConfig, describe_identity, identities_match, load_codec
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ChunkSpec:
 
     @classmethod
     def from_frames(cls, chunk_frames: int, context_frames: int, crossfade_frames: int,
-                    hop: int) -> "ChunkSpec":
+                    hop: int) -> ChunkSpec:
         spec = cls(chunk_frames * hop, context_frames * hop, crossfade_frames * hop)
         if spec.stride <= 0:
             raise ValueError(f"chunk of {chunk_frames} frames leaves no room after "
@@ -124,7 +124,7 @@ class ChunkSpec:
         return spec
 
     @classmethod
-    def from_config(cls, cfg: DenoiseConfig, hop: int) -> "ChunkSpec":
+    def from_config(cls, cfg: DenoiseConfig, hop: int) -> ChunkSpec:
         return cls.from_frames(cfg.chunk_frames, cfg.context_frames, cfg.crossfade_frames, hop)
 
 

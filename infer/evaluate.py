@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.audio import AudioError, read_audio
 from pipeline.codec import RANDOM_INIT_BANNER
 from pipeline.config import load_section, to_dict
 
-from pipeline.atomic import write_bytes_atomic, write_text_atomic
 from .metrics import ALL_METRICS, COLUMNS, SAMPLE_RATE, SpeakerEncoder, score
 from .run import REPORT_NAME
 from .testset import Pair, Pairing, pair_files
@@ -245,7 +245,7 @@ def pick_spectrogram_files(rows: list[dict[str, Any]], cfg: EvaluateConfig) -> l
     if metric:
         scored.sort(key=lambda r: r[metric], reverse=True)
     idx = np.linspace(0, len(scored) - 1, min(cfg.spectrograms, len(scored)))
-    return list(dict.fromkeys(scored[int(round(i))]["file"] for i in idx))
+    return list(dict.fromkeys(scored[round(i)]["file"] for i in idx))
 
 
 def _db_spectrogram(wave: np.ndarray, cfg: EvaluateConfig) -> np.ndarray:

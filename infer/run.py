@@ -17,22 +17,31 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from pipeline.atomic import publish, temp_beside, write_json_atomic
 from pipeline.audio import AudioError
 from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
 from pipeline.config import load_section, to_dict
 
-from pipeline.atomic import publish, temp_beside, write_json_atomic
-from .denoise import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec, DenoiseConfig, Enhancer, \
-    enhance_chunks, load_enhancer
+from .denoise import (
+    Chunk,
+    ChunkAssembler,
+    ChunkPlanner,
+    ChunkSpec,
+    DenoiseConfig,
+    Enhancer,
+    enhance_chunks,
+    load_enhancer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +225,7 @@ class FileJob:
         self.dry_fifo, self.wet_fifo = _Fifo(self.channels), _Fifo(self.channels)
         self.planner = ChunkPlanner(spec, self.channels, enhancer.hop)
         self.assembler = ChunkAssembler(spec)
-        self.block = max(1, int(round(cfg.read_block_seconds * self.sr_in)))
+        self.block = max(1, round(cfg.read_block_seconds * self.sr_in))
         self.n_in = 0
         self.written = 0
         self.outstanding = 0  # chunks handed out and not yet returned
@@ -238,8 +247,9 @@ class FileJob:
             raise AudioError(out, f"cannot write {self.format}/{self.subtype}")
         self.tmp = temp_beside(out)
         try:
-            self.writer = sf.SoundFile(str(self.tmp), "w", samplerate=self.sr_out, channels=self.channels,
-                                       format=self.format, subtype=self.subtype)
+            self.writer = sf.SoundFile(str(self.tmp), "w", samplerate=self.sr_out,
+                                       channels=self.channels, format=self.format,
+                                       subtype=self.subtype)
         except Exception as exc:
             self.tmp.unlink(missing_ok=True)
             raise AudioError(out, f"cannot write {self.format}/{self.subtype} at "
@@ -319,7 +329,7 @@ class FileJob:
     def finish(self) -> None:
         """All chunks are back: flush, fix the length to the input's, and publish the file."""
         self._emit_wet(self.assembler.finish(self.planner.total or 0), last=True)
-        target = int(round(self.n_in * self.sr_out / self.sr_in))
+        target = round(self.n_in * self.sr_out / self.sr_in)
         rest = self.wet_fifo.take(self.wet_fifo.size)
         if self.dry is not None:
             dry = self.dry_fifo.take(self.dry_fifo.size)
@@ -424,6 +434,8 @@ def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enha
             open_jobs.remove(job)
 
     def fail(job: FileJob, reason: str) -> None:
+        if job.failed:  # already reported (e.g. its batch failed, then its reader was closed)
+            return
         job.abort()
         log.error("%s: %s", job.task.input, reason)
         record(job, "failed", reason)
@@ -458,6 +470,8 @@ def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enha
                 for chunk in job.chunks():
                     batcher.add(job, chunk)
                     settle()
+                    if job.failed:
+                        break
                 secs_bar.update(round(job.seconds, 1))
             except Exception as exc:  # any per-file problem: report it and go on
                 fail(job, exc.reason if isinstance(exc, AudioError)
@@ -466,7 +480,7 @@ def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enha
         batcher.flush()
         settle()
     finally:
-        for job in list(open_jobs):  # interrupted: leave no partial outputs behind
+        for job in open_jobs:  # interrupted: leave no partial outputs behind
             job.abort()
         files_bar.close()
         secs_bar.close()
@@ -532,5 +546,15 @@ def run_denoise(input_path: str | Path, output_path: str | Path | None,
     return denoise_path(input_path, output, enhancer, cfg, progress=progress), output
 
 
-__all__ = ["FileResult", "REPORT_NAME", "RunError", "RunSummary", "audio_extensions",
-           "default_output", "denoise_path", "plan_tasks", "run_denoise", "write_report"]
+__all__ = [
+    "REPORT_NAME",
+    "FileResult",
+    "RunError",
+    "RunSummary",
+    "audio_extensions",
+    "default_output",
+    "denoise_path",
+    "plan_tasks",
+    "run_denoise",
+    "write_report",
+]

@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from infer.denoise import (CheckpointError, ChunkAssembler, ChunkPlanner, ChunkSpec,
-                           DenoiseConfig, Enhancer, enhance_signal, enhance_whole,
-                           find_default_checkpoint, load_enhancer, snr_db)
+from infer.denoise import (
+    CheckpointError,
+    ChunkAssembler,
+    ChunkPlanner,
+    ChunkSpec,
+    DenoiseConfig,
+    Enhancer,
+    enhance_signal,
+    enhance_whole,
+    find_default_checkpoint,
+    load_enhancer,
+    snr_db,
+)
 from pipeline.codec import CodecConfig, load_codec
 from trainer.checkpoint import FORMAT_VERSION, save_atomic
 from trainer.models import Denoiser

@@ -18,7 +18,7 @@ from trainer.checkpoint import FORMAT_VERSION, save_atomic
 from trainer.models import Denoiser
 
 TINY = CodecConfig(weights="random", random_arch="tiny", random_seed=0, num_threads=1)
-SMALL_CHUNKS = dict(chunk_frames=60, context_frames=16, crossfade_frames=2)
+SMALL_CHUNKS = {"chunk_frames": 60, "context_frames": 16, "crossfade_frames": 2}
 
 
 def tone(sr: int, seconds: float, channels: int, seed: int = 0) -> np.ndarray:
