@@ -46,6 +46,7 @@ from infer.denoise import enhance_signal, enhance_whole  # noqa: E402
 from infer.run import denoise_path  # noqa: E402
 from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from pipeline.synth import synth_noise, synth_utterance  # noqa: E402
+from trainer.checkpoint import load_denoiser  # noqa: E402
 from trainer.models import Denoiser  # noqa: E402
 
 SR = 16000
@@ -200,7 +201,9 @@ class PairedEnhancer(Enhancer):
         return y[:, 0].cpu().numpy()
 
 
-def agreement_rows(threads: int) -> list[dict]:
+def agreement_rows(threads: int, checkpoint: str | None = None) -> list[dict]:
+    """Chunked vs whole SNR; ``checkpoint`` (trained on DAC-16k random-init latents, e.g. the
+    random-codec demo's) adds a row with its trained denoiser."""
     x = noisy_speech(AGREEMENT_SECONDS, 3)
     rows = []
     for arch in ("dac16k", "tiny"):
@@ -214,6 +217,12 @@ def agreement_rows(threads: int) -> list[dict]:
         chunked = enhance_signal(enh, pair, spec, batch_size=2)
         for i, label in enumerate(("codec alone", "medium, randomised head + GRN")):
             rows.append({"arch": arch, "model": label, "snr": snr_db(whole[i], chunked[i])})
+        if checkpoint and arch == "dac16k":
+            trained, info = load_denoiser(checkpoint)
+            enh = Enhancer(codec, trained)
+            snr = snr_db(enhance_whole(enh, x), enhance_signal(enh, x, spec))
+            rows.append({"arch": arch, "model": f"trained checkpoint ({info.get('step')} steps, "
+                                                 f"{Path(checkpoint).parent.name})", "snr": snr})
     return rows
 
 
@@ -299,6 +308,9 @@ def main() -> None:
     parser.add_argument("--reps-short", type=int, default=2, help="runs per model, 10 s file")
     parser.add_argument("--rss-reps", type=int, default=2, help="processes per file for RSS")
     parser.add_argument("--reps-long", type=int, default=1, help="runs per model, 60 s file")
+    parser.add_argument("--checkpoint", default=None,
+                        help="also measure chunk agreement with this trained checkpoint "
+                             "(DAC-16k random-init latents, e.g. runs/demo_random/train/best.pt)")
     parser.add_argument("--no-append", action="store_true", help="print only")
     parser.add_argument("--rss-child", nargs=2, metavar=("ARCH", "WAV"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -315,7 +327,7 @@ def main() -> None:
             rtf += rtf_rows(tmp, args.threads, "cuda", GPU_BATCH, reps)
         rss = rss_rows(tmp, args.threads, TINY_LONG_SECONDS if args.full else args.long_seconds,
                        args.rss_reps)
-    agree = agreement_rows(args.threads)
+    agree = agreement_rows(args.threads, args.checkpoint)
     text = report(rtf, rss, agree, args.threads, time.perf_counter() - start,
                   (load_start, load_average()))
     print(text)
