@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -50,6 +51,7 @@ MEMORY_GOAL, MEMORY_GOAL_BATCH = 0.7, 32           # (a) / (b) peak RSS at batch
 HEADROOM_GOAL, HEADROOM_PRESET = 20.0, "large"     # loader windows/s over step consumption
 KIB, MIB = 1024, 1024 * 1024
 CODEC_SEED = 0
+OMP_WAIT_POLICY = "PASSIVE"
 
 
 # --- the bench cache -------------------------------------------------------------------------
@@ -147,13 +149,15 @@ def run_one(spec: dict) -> dict:
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu_times = [], []
     for _ in range(spec["steps"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    out = {"step_s": float(np.median(times)), "steps": len(times),
+        cpu_times.append(time.process_time() - c0)
+    out = {"step_s": float(np.median(times)), "cpu_s": float(np.median(cpu_times)),
+           "steps": len(times),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB}
     if device.type == "cuda":
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / MIB
@@ -178,8 +182,11 @@ def loader_throughput(cache: Path) -> float:
 
 
 def in_subprocess(spec: dict) -> dict:
+    # Sleeping (not spinning) OpenMP threads: on shared cores a spinning thread waiting for a
+    # descheduled one can make a step several times slower at random; this keeps runs comparable.
+    env = {"OMP_WAIT_POLICY": OMP_WAIT_POLICY, **os.environ}
     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], cwd=REPO,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"bench configuration {spec} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -199,20 +206,22 @@ def _git_commit() -> str:
 def step_table(rows: list[dict], gpu: bool) -> list[str]:
     mem = "GPU peak MB" if gpu else "peak RSS MB"
     lines = [f"| preset | batch | (a) cached s/step | (b) encode-in-step s/step | speed-up b/a "
-             f"| goal | (a) {mem} | (b) {mem} | mem a/b | goal |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| (a) CPU s | (b) CPU s | speed-up in CPU time | goal | (a) {mem} | (b) {mem} "
+             f"| mem a/b | goal |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         a, b = r["a"], r["b"]
         key = "gpu_peak_mb" if gpu else "peak_rss_mb"
-        speedup = b["step_s"] / a["step_s"]
+        speedup, cpu_speedup = b["step_s"] / a["step_s"], b["cpu_s"] / a["cpu_s"]
         goal = SPEEDUP_GOALS.get(r["preset"], float("nan"))
         ratio = a[key] / b[key]
         mem_goal = f"≤ {MEMORY_GOAL}" if (gpu or r["batch"] == MEMORY_GOAL_BATCH) else "—"
         ok = "✓" if speedup >= goal else "✗"
         mem_ok = "" if mem_goal == "—" else (" ✓" if ratio <= MEMORY_GOAL else " ✗")
         lines.append(f"| {r['preset']} | {r['batch']} | {a['step_s']:.3f} | {b['step_s']:.2f} | "
-                     f"**{speedup:.1f}×** | ≥ {goal:g}× {ok} | {a[key]:.0f} | {b[key]:.0f} | "
-                     f"**{ratio:.2f}** | {mem_goal}{mem_ok} |")
+                     f"**{speedup:.1f}×** | {a['cpu_s']:.2f} | {b['cpu_s']:.1f} | "
+                     f"{cpu_speedup:.1f}× | ≥ {goal:g}× (wall) {ok} | {a[key]:.0f} | "
+                     f"{b[key]:.0f} | **{ratio:.2f}** | {mem_goal}{mem_ok} |")
     return lines
 
 
@@ -237,7 +246,8 @@ def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], ar
         "",
         f"Machine: **2 CPU cores shared with other jobs** (noisy; compare the ratios, measured "
         f"side by side in one run), {cpu}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. **DAC-16k architecture at RANDOM INIT** "
+        f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', OMP_WAIT_POLICY)}. **DAC-16k architecture at RANDOM INIT** "
         f"(seed {CODEC_SEED}; step times do not depend on the weights). Windows of 3 s = "
         f"{LATENT_DIM} x {FRAMES} latents; the cache holds synthetic float16 latents of that "
         f"shape, written with the pipeline's shard writers. Median of {args.steps} timed steps "
@@ -245,7 +255,9 @@ def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], ar
         f"a 1-window encode plus one D/G step); (a) reads "
         f"its batch from the zarr cache inside the step (no loader workers); (b) encodes the "
         f"batch's clean and noisy audio with the DAC encoder, then runs the same D/G step. "
-        f"Each configuration runs in its own process (peak RSS = that process).",
+        f"Each configuration runs in its own process (peak RSS = that process). CPU s = "
+        f"process CPU time per step (all threads): less sensitive than wall time to the other "
+        f"jobs on the machine.",
         "",
         *step_table(rows, gpu=False),
         "",
@@ -269,7 +281,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="medium,large")
     parser.add_argument("--batches", default=",".join(map(str, CPU_BATCHES)))
-    parser.add_argument("--steps", type=int, default=5, help="timed steps of (a)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps of (a)")
     parser.add_argument("--seed-steps", type=int, default=1, help="timed steps of (b)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--no-append", action="store_true", help="print only")

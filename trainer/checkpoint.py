@@ -106,18 +106,21 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng` (CUDA states only when the device count matches)."""
-    torch.set_rng_state(state["torch"])
+    """Inverse of :func:`capture_rng` (CUDA states only when the device count matches).
+
+    Accepts states loaded onto any device (``map_location``): RNG states are set from CPU copies.
+    """
+    torch.set_rng_state(state["torch"].cpu())
     npst = state["numpy"]
     np.random.set_state({
         "bit_generator": npst["bit_generator"],
-        "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
+        "state": {"key": npst["key"].cpu().numpy().astype(np.uint32), "pos": npst["pos"]},
         "has_gauss": npst["has_gauss"], "gauss": npst["gauss"],
     })
     random.setstate(_plain_to_python_state(state["python"]))
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def _python_state_to_plain(st: tuple) -> dict[str, Any]:

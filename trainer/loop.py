@@ -178,7 +178,11 @@ class Trainer:
                if p.name in RUN_ARTIFACTS or (p.name.startswith("step_") and p.suffix == ".pt")]
         if not old:
             return
-        dest = self.run_dir / f"{RESTART_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest, n = self.run_dir / f"{RESTART_PREFIX}{stamp}", 1
+        while dest.exists():
+            n += 1
+            dest = self.run_dir / f"{RESTART_PREFIX}{stamp}-{n}"
         dest.mkdir()
         for path in old:
             path.rename(dest / path.name)
