@@ -238,6 +238,16 @@ def loader_table(loaders: dict[str, float], rows: list[dict]) -> list[str]:
     return lines
 
 
+def memory_note(rows: list[dict]) -> str:
+    """What the cache saves in peak RSS at the memory-goal batch, and why the ratio varies."""
+    saved = ", ".join(f"{r['preset']} {r['b']['peak_rss_mb'] - r['a']['peak_rss_mb']:.0f} MB"
+                      for r in rows if r["batch"] == MEMORY_GOAL_BATCH)
+    return (f"Peak RSS of (b) is the larger of its encoder pass (codec weights + encoder "
+            f"activations) and its D/G step; (a) has only the D/G step. At batch "
+            f"{MEMORY_GOAL_BATCH} the cache saves: {saved or 'n/a'}. Where the D/G step's own "
+            f"activations dominate (the large model), that saving is a small share of the total.")
+
+
 def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], args) -> str:
     cpu = platform.processor() or platform.machine()
     head = [
@@ -260,6 +270,8 @@ def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], ar
         f"jobs on the machine.",
         "",
         *step_table(rows, gpu=False),
+        "",
+        memory_note(rows),
         "",
         f"Loader throughput (train split, batch {LOADER_BATCH}, {LOADER_WORKERS} workers, "
         f"measured alone) against what one cached step consumes:",
