@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.atomic import TMP_SUFFIX, atomic_path
 from trainer.models import Denoiser
 
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
 LATEST = "latest.pt"
 BEST = "best.pt"
-TMP_SUFFIX = ".tmp"
 TENSOR_KEYS = ("denoiser", "discriminator", "opt_g", "opt_d", "rng")
 
 
@@ -45,33 +43,9 @@ def milestone_name(step: int) -> str:
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temp file beside ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_path(path, TMP_SUFFIX) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:

@@ -93,6 +93,7 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # steps that also keep step_<N>.pt
     device: str = "auto"              # auto | cpu | cuda | cuda:N (torchrun sets the index)
     bf16: bool = True                 # bf16 autocast, CUDA only
+    activation_checkpointing: bool = False  # recompute denoiser blocks in backward: less memory
     num_threads: int = 0              # torch intra-op threads on CPU (0: torch's default)
     progress: bool = True             # tqdm bar on the main rank
 

@@ -17,8 +17,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,7 +26,8 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from pipeline.config import to_dict
-from pipeline.manifest import latent_shape, load_manifest, write_json_atomic
+from pipeline.atomic import write_json_atomic, write_text_atomic
+from pipeline.manifest import latent_shape, load_manifest
 from trainer import checkpoint as ckpt_io
 from trainer.config import TrainConfig, validate
 from trainer.data import (TRAIN, VAL, Batch, SplitSource, latent_stats, open_split, train_batches,
@@ -87,11 +86,7 @@ class RunLogger:
                     kept.append(line)
             except json.JSONDecodeError:  # a line torn by a kill
                 continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                   dir=self.path.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -127,6 +122,7 @@ class Trainer:
         latent_dim, _ = latent_shape(self.manifest)
         torch.manual_seed(cfg.seed)
         self.denoiser = Denoiser(latent_dim, **to_dict(cfg.denoiser)).to(env.device)
+        self.denoiser.activation_checkpointing = cfg.activation_checkpointing
         self.discriminator = Discriminator(latent_dim, **to_dict(cfg.discriminator)).to(env.device)
         betas = (float(cfg.optim.betas[0]), float(cfg.optim.betas[1]))
         self.opt_g = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.optim.lr_g, betas=betas,

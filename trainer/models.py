@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
+from torch.utils.checkpoint import checkpoint
 
 STD_FLOOR = 1e-5  # smallest per-channel std used for normalisation (constant channels)
 
@@ -118,6 +119,9 @@ class Denoiser(nn.Module):
         self.head = nn.Conv1d(width, latent_dim, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        # Training-time memory option (not part of the architecture): recompute each block's
+        # activations in the backward pass instead of keeping them.
+        self.activation_checkpointing = False
 
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Per-channel statistics of the cache (``Tensor[D]`` each)."""
@@ -141,7 +145,11 @@ class Denoiser(nn.Module):
             Denoised latents (raw scale, same dtype as the computation).
         """
         h = self.stem(self.normalize(z))
-        h = self.blocks(h)
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            for block in self.blocks:
+                h = checkpoint(block, h, use_reentrant=False)
+        else:
+            h = self.blocks(h)
         h = self.norm(h.transpose(1, 2)).transpose(1, 2)
         return z + self.head(h) * self.stats.std[:, None]
 
