@@ -103,10 +103,12 @@ def write_bench_cache(root: Path, storage: str, seed: int = 0) -> Path:
 # --- one configuration (runs in its own subprocess) ------------------------------------------
 
 
-def bench_config(preset: str, batch: int, device: str, bf16: bool) -> TrainConfig:
+def bench_config(preset: str, batch: int, device: str, bf16: bool,
+                 activation_checkpointing: bool = False) -> TrainConfig:
     cfg = load_train_config(REPO / "conf" / "train.yaml", preset=preset)
     data = dataclasses.replace(cfg.data, batch_size=batch, num_workers=0, stats_windows=8)
     return dataclasses.replace(cfg, data=data, device=device, bf16=bf16, progress=False,
+                               activation_checkpointing=activation_checkpointing,
                                steps=10 ** 6, log_every=10 ** 6, val_every=10 ** 6,
                                checkpoint_every=10 ** 6, milestones=[])
 
@@ -122,7 +124,8 @@ def run_one(spec: dict) -> dict:
     from trainer.loop import Trainer
 
     device = pick_device(spec["device"])
-    cfg = bench_config(spec["preset"], spec["batch"], spec["device"], spec["bf16"])
+    cfg = bench_config(spec["preset"], spec["batch"], spec["device"], spec["bf16"],
+                       spec.get("activation_checkpointing", False))
     trainer = Trainer(cfg, spec["cache"], Path(spec["run"]), DistEnv(device=device))
     trainer.prepare()
     if spec["mode"] == "cached":
@@ -209,11 +212,11 @@ def step_table(rows: list[dict], gpu: bool) -> list[str]:
              f"| (a) CPU s | (b) CPU s | speed-up in CPU time | goal | (a) {mem} | (b) {mem} "
              f"| mem a/b | goal |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
+    for r in _with_checkpointing_rows(rows):
         a, b = r["a"], r["b"]
         key = "gpu_peak_mb" if gpu else "peak_rss_mb"
         speedup, cpu_speedup = b["step_s"] / a["step_s"], b["cpu_s"] / a["cpu_s"]
-        goal = SPEEDUP_GOALS.get(r["preset"], float("nan"))
+        goal = SPEEDUP_GOALS.get(r.get("goal_preset", r["preset"]), float("nan"))
         ratio = a[key] / b[key]
         mem_goal = f"≤ {MEMORY_GOAL}" if (gpu or r["batch"] == MEMORY_GOAL_BATCH) else "—"
         ok = "✓" if speedup >= goal else "✗"
@@ -223,6 +226,17 @@ def step_table(rows: list[dict], gpu: bool) -> list[str]:
                      f"{cpu_speedup:.1f}× | ≥ {goal:g}× (wall) {ok} | {a[key]:.0f} | "
                      f"{b[key]:.0f} | **{ratio:.2f}** | {mem_goal}{mem_ok} |")
     return lines
+
+
+def _with_checkpointing_rows(rows: list[dict]) -> list[dict]:
+    """Rows as measured, each followed by its activation-checkpointing variant of (a), if any."""
+    out = []
+    for r in rows:
+        out.append(r)
+        if "a_ckpt" in r:
+            out.append({**r, "preset": f"{r['preset']} + act. ckpt", "a": r["a_ckpt"],
+                        "goal_preset": r["preset"]})
+    return out
 
 
 def loader_table(loaders: dict[str, float], rows: list[dict]) -> list[str]:
@@ -245,7 +259,9 @@ def memory_note(rows: list[dict]) -> str:
     return (f"Peak RSS of (b) is the larger of its encoder pass (codec weights + encoder "
             f"activations) and its D/G step; (a) has only the D/G step. At batch "
             f"{MEMORY_GOAL_BATCH} the cache saves: {saved or 'n/a'}. Where the D/G step's own "
-            f"activations dominate (the large model), that saving is a small share of the total.")
+            f"activations dominate (the large model), that saving is a small share of the total; "
+            f"`train.activation_checkpointing: true` (rows '+ act. ckpt') recomputes the "
+            f"denoiser blocks in the backward pass instead of storing their activations.")
 
 
 def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], args) -> str:
@@ -296,6 +312,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps of (a)")
     parser.add_argument("--seed-steps", type=int, default=1, help="timed steps of (b)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--checkpointing", default="large:32",
+                        help="preset:batch pairs whose (a) is also measured with "
+                             "train.activation_checkpointing (comma-separated; '' for none)")
     parser.add_argument("--no-append", action="store_true", help="print only")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -304,6 +323,7 @@ def main() -> None:
         return
     presets = args.presets.split(",")
     batches = [int(b) for b in args.batches.split(",")]
+    ckpt_pairs = {p for p in args.checkpointing.split(",") if p}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         root = Path(tmp)
         caches = {fmt: write_bench_cache(root, fmt) for fmt in ("zarr", "webdataset")}
@@ -316,8 +336,14 @@ def main() -> None:
                                "run": str(root / f"a-{preset}-{batch}-{device}")})
             b = in_subprocess({**common, "mode": "encode", "steps": args.seed_steps,
                                "run": str(root / f"b-{preset}-{batch}-{device}")})
-            print(f"{device} {preset} b{batch}: a {a} | b {b}", flush=True)
-            return {"preset": preset, "batch": batch, "a": a, "b": b}
+            row = {"preset": preset, "batch": batch, "a": a, "b": b}
+            if device == "cpu" and f"{preset}:{batch}" in ckpt_pairs:
+                row["a_ckpt"] = in_subprocess({
+                    **common, "mode": "cached", "steps": args.steps,
+                    "activation_checkpointing": True,
+                    "run": str(root / f"ack-{preset}-{batch}-{device}")})
+            print(f"{device} {preset} b{batch}: {row}", flush=True)
+            return row
 
         rows = [pair(p, b, "cpu", False) for p in presets for b in batches]
         gpu_rows = ([pair(p, b, "cuda", True) for p in presets for b in GPU_BATCHES]
