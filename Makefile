@@ -65,8 +65,8 @@ train:
 		$(if $(STEPS),--steps $(STEPS)) $(if $(RESTART),--restart)
 
 # denoise: INPUT=file|dir (required), OUTPUT (default <INPUT>_denoised beside it), CHECKPOINT
-# (default: the newest best.pt under runs/), CONF (default conf/denoise.yaml), CODEC, BYPASS=1
-# (codec alone), MIX=0..1 (dry input blended back), OUTPUT_SR=16000 (keep 16 kHz).
+# (default: the newest best.pt under runs/ for that codec), CONF (default conf/denoise.yaml),
+# CODEC, BYPASS=1 (codec alone), MIX=0..1 (dry input blended back), OUTPUT_SR=16000 (keep 16 kHz).
 denoise:
 	@test -n "$(INPUT)" || { echo "usage: make denoise INPUT=file|dir [OUTPUT=path]" \
 		"[CHECKPOINT=runs/<name>/best.pt] [CONF=...] [CODEC=random|PATH] [BYPASS=1] [MIX=0.2]" >&2; exit 2; }

@@ -181,7 +181,8 @@ def demo_data_command(conf, out_dir, deb_cache, no_apt_update):
               help="Profile with `codec` and `denoise` sections (e.g. conf/denoise.yaml).")
 @codec_options
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Trainer checkpoint. Default: the newest best.pt under runs/.")
+              help="Trainer checkpoint. Default: the newest best.pt under runs/ trained on the "
+                   "loaded codec's latents.")
 @click.option("--bypass", is_flag=True, default=None,
               help="Codec alone (encode → quantize → decode): the quality ceiling.")
 @click.option("--mix", type=click.FloatRange(0.0, 1.0), default=None,

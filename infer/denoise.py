@@ -49,7 +49,7 @@ class DenoiseConfig:
     """The ``denoise`` section of a profile.
 
     checkpoint: trainer checkpoint (``runs/<name>/best.pt``); ``None`` → the newest
-        ``best.pt`` under ``runs_dir``.
+        ``best.pt`` under ``runs_dir`` trained on the loaded codec's latents.
     runs_dir: where the default checkpoint is looked for.
     chunk_frames: latent frames per chunk (50 frames = 1 s at 16 kHz / hop 320).
     context_frames: frames thrown away at each inner chunk edge (≥ receptive field).
@@ -314,16 +314,32 @@ class Enhancer:
         }
 
 
-def find_default_checkpoint(runs_dir: str | Path) -> Path:
-    """The most recently written ``best.pt`` under ``runs_dir`` (recursively)."""
+def find_default_checkpoint(runs_dir: str | Path,
+                            codec_identity: dict[str, Any] | None = None) -> Path:
+    """The most recently written ``best.pt`` under ``runs_dir`` (recursively).
+
+    With ``codec_identity``, the newest one trained on that codec's latents; when none was,
+    the newest of all (loading it then explains the mismatch).
+    """
     runs = Path(runs_dir)
-    found = sorted(runs.rglob(CHECKPOINT_NAME), key=lambda p: p.stat().st_mtime) \
-        if runs.is_dir() else []
+    found = sorted(runs.rglob(CHECKPOINT_NAME), key=lambda p: p.stat().st_mtime,
+                   reverse=True) if runs.is_dir() else []
     if not found:
         raise CheckpointError(
             f"no {CHECKPOINT_NAME} under {runs}/: train one first (`make train`), or pass "
             f"--checkpoint PATH (make: CHECKPOINT=PATH), or --bypass to run the codec alone")
-    return found[-1]
+    if codec_identity is not None:
+        from trainer.checkpoint import CheckpointError as TrainerCheckpointError
+        from trainer.checkpoint import load_checkpoint
+
+        for path in found:
+            try:
+                trained = load_checkpoint(path).get("codec_identity") or {}
+            except TrainerCheckpointError:
+                continue
+            if identities_match(trained, codec_identity):
+                return path
+    return found[0]
 
 
 def check_codec_identity(info: dict[str, Any], codec: Codec, checkpoint: str | Path,
@@ -352,7 +368,8 @@ def load_enhancer(cfg: DenoiseConfig, codec_cfg: CodecConfig,
         return Enhancer(codec, None)
     from trainer.checkpoint import load_denoiser
 
-    path = Path(cfg.checkpoint) if cfg.checkpoint else find_default_checkpoint(cfg.runs_dir)
+    path = Path(cfg.checkpoint) if cfg.checkpoint \
+        else find_default_checkpoint(cfg.runs_dir, codec.identity)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:

@@ -239,3 +239,11 @@ def test_default_checkpoint_is_the_newest_best(tmp_path, codec):
     assert find_default_checkpoint(tmp_path / "runs") == new
     os.utime(new, (past - 100, past - 100))
     assert find_default_checkpoint(tmp_path / "runs") == old
+    # with a codec: the newest checkpoint trained on that codec's latents
+    foreign = save_checkpoint(tmp_path / "runs" / "d" / "best.pt", model,
+                              dict(codec.identity, seed=3))
+    assert find_default_checkpoint(tmp_path / "runs") == foreign
+    assert find_default_checkpoint(tmp_path / "runs", codec.identity) == old
+    assert find_default_checkpoint(tmp_path / "runs", dict(codec.identity, seed=4)) == foreign
+    enh = load_enhancer(DenoiseConfig(runs_dir=str(tmp_path / "runs")), TINY, codec=codec)
+    assert enh.checkpoint == str(old)
