@@ -238,8 +238,12 @@ def _build_dac(kwargs: dict[str, Any]) -> torch.nn.Module:
     dac = import_dac()
     import inspect
 
+    import warnings
+
     accepted = set(inspect.signature(dac.DAC).parameters)
-    return dac.DAC(**{k: v for k, v in kwargs.items() if k in accepted})
+    with warnings.catch_warnings():  # dac builds its convs with the deprecated weight_norm
+        warnings.simplefilter("ignore", FutureWarning)
+        return dac.DAC(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
 def _pick_device(name: str) -> torch.device:
