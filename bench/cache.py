@@ -25,7 +25,6 @@ import datetime as dt
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import append_benchmarks, git_commit  # noqa: E402
 from pipeline.build import CacheConfig, build_cache  # noqa: E402
 from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from pipeline.mix import MixConfig  # noqa: E402
@@ -108,17 +108,6 @@ def read_rate_wds(cache: Path) -> float:
     return count / (time.perf_counter() - start)
 
 
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                             capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline", "bench"],
-                               cwd=REPO, text=True, capture_output=True).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def bench_device(device: str, args, corpus, work: Path) -> list[tuple[str, str, str, str]]:
     """Rows ``(measurement, value, unit, ratio to the bare fp32 encoder)`` for one device."""
     threads = args.threads if device == "cpu" else 0
@@ -158,7 +147,7 @@ def bench_device(device: str, args, corpus, work: Path) -> list[tuple[str, str, 
 def table(rows, args, devices) -> str:
     today = dt.date.today().isoformat()
     lines = [
-        f"## cache stage (`bench/cache.py`), {today}, commit {commit()}",
+        f"## cache stage (`bench/cache.py`), {today}, commit {git_commit()}",
         "",
         f"Machine: {os.cpu_count()} CPU cores shared with other jobs (noisy timings), "
         f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
@@ -177,14 +166,6 @@ def table(rows, args, devices) -> str:
     ]
     lines += [f"| {m} | {v} | {u} | {r} |" for m, v, u, r in rows]
     return "\n".join(lines) + "\n"
-
-
-def append(path: Path, text: str) -> None:
-    header = "# Benchmarks\n\nEach `bench/*.py` appends its table here (newest last).\n"
-    old = path.read_text() if path.is_file() else header
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(old.rstrip("\n") + "\n\n" + text)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -208,7 +189,7 @@ def main() -> None:
     text = table(rows, args, devices)
     print(text)
     if not args.no_append:
-        append(args.out, text)
+        append_benchmarks(text, args.out)
         print(f"appended to {args.out}")
 
 

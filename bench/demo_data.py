@@ -15,29 +15,22 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BENCHMARKS, append_benchmarks, git_commit
 from pipeline.config import load_section
 from pipeline.demo.config import DemoDataConfig
 from pipeline.demo.debs import AptFetcher
 from pipeline.demo_data import BuildReport, build_demo_data
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "BENCHMARKS.md"
 SECONDS_PER_MINUTE = 60.0
 KIB = 1024
-BENCHMARKS_TITLE = "# Benchmarks\n\nEach `bench/*.py` appends its table here (newest last).\n"
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def prefetch(cfg: DemoDataConfig, cache: Path) -> float:
@@ -101,17 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     header = (f"## demo corpus build (`bench/demo_data.py`), {dt.date.today().isoformat()}, "
-              f"commit {_git_commit()}\n\n"
+              f"commit {git_commit()}\n\n"
               f"Machine: {os.cpu_count()} CPU cores shared with other jobs (noisy timings), "
               f"{platform.machine()}, Python {platform.python_version()}; no codec involved. "
               f"Profile `{Path(args.conf).name}`, single process.\n")
     text = header + "\n" + table(cold, warm, download_s, size_mb) + "\n"
     print(text)
     if not args.no_append:
-        if not BENCHMARKS.exists():
-            BENCHMARKS.write_text(BENCHMARKS_TITLE)
-        with open(BENCHMARKS, "a") as fh:
-            fh.write("\n" + text)
+        append_benchmarks(text)
         print(f"appended to {BENCHMARKS}")
 
 

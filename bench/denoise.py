@@ -41,6 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import append_benchmarks, git_commit  # noqa: E402
 from infer.denoise import ChunkSpec, DenoiseConfig, Enhancer, snr_db  # noqa: E402
 from infer.denoise import enhance_signal, enhance_whole  # noqa: E402
 from infer.run import denoise_path  # noqa: E402
@@ -236,22 +237,11 @@ def load_average() -> str:
         return "n/a"
 
 
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "infer", "bench"],
-                               cwd=REPO, capture_output=True, text=True).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def report(rtf: list[dict], rss: list[dict], agree: list[dict], threads: int,
            wall: float, load: tuple[str, str]) -> str:
     cfg = DenoiseConfig()
     lines = [
-        f"## denoise (`bench/denoise.py`), {dt.date.today()}, commit {git_rev()}",
+        f"## denoise (`bench/denoise.py`), {dt.date.today()}, commit {git_commit()}",
         "",
         f"**{RANDOM_INIT_BANNER}** Speeds and memory are those of the real DAC-16k "
         "architecture; denoisers are random-init medium / large presets.",
@@ -332,8 +322,7 @@ def main() -> None:
                   (load_start, load_average()))
     print(text)
     if not args.no_append:
-        with open(REPO / "BENCHMARKS.md", "a") as fh:
-            fh.write("\n" + text)
+        append_benchmarks(text)
 
 
 if __name__ == "__main__":

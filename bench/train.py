@@ -35,12 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import append_benchmarks, git_commit
 from pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest
 from pipeline.shards import META_FIELDS, create_zarr_split, write_wds_shard, write_zarr_shard
 from trainer.config import DataConfig, TrainConfig, load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "BENCHMARKS.md"
 LATENT_DIM, FRAMES, SAMPLE_RATE, HOP = 1024, 150, 16000, 320
 WINDOW_SAMPLES = FRAMES * HOP                      # 3 s
 CACHE_WINDOWS, WINDOWS_PER_SHARD = 256, 64
@@ -198,14 +200,6 @@ def in_subprocess(spec: dict) -> dict:
 # --- the report ------------------------------------------------------------------------------
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def step_table(rows: list[dict], gpu: bool) -> list[str]:
     mem = "GPU peak MB" if gpu else "peak RSS MB"
     lines = [f"| preset | batch | (a) cached s/step | (b) encode-in-step s/step | speed-up b/a "
@@ -268,7 +262,7 @@ def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], ar
     cpu = platform.processor() or platform.machine()
     head = [
         f"## training step, cached latents vs encoding in the step (`bench/train.py`), "
-        f"{dt.date.today().isoformat()}, commit {_git_commit()}",
+        f"{dt.date.today().isoformat()}, commit {git_commit()}",
         "",
         f"Machine: **2 CPU cores shared with other jobs** (noisy; compare the ratios, measured "
         f"side by side in one run), {cpu}, torch {torch.__version__}, "
@@ -298,11 +292,6 @@ def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], ar
         head += ["", f"GPU ({torch.cuda.get_device_name(0)}), bf16 autocast:", "",
                  *step_table(gpu_rows, gpu=True)]
     return "\n".join(head) + "\n"
-
-
-def append_benchmarks(text: str) -> None:
-    existing = BENCHMARKS.read_text() if BENCHMARKS.is_file() else "# Benchmarks\n"
-    BENCHMARKS.write_text(existing.rstrip("\n") + "\n\n" + text)
 
 
 def main() -> None:
