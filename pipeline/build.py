@@ -49,9 +49,11 @@ from pipeline import corpus as corpus_mod
 from pipeline import shards
 from pipeline.audio import read_audio
 from pipeline.config import to_dict
+from pipeline.atomic import write_json_atomic
 from pipeline.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, STORAGES, ManifestError,
-                               load_manifest, save_manifest, write_json_atomic)
-from pipeline.mix import MixConfig, draw_mix_params, is_mostly_silent, mix, window_rng
+                               load_manifest, save_manifest)
+from pipeline.mix import (MixConfig, draw_mix_params, is_mostly_silent, loop_segment, mix,
+                          noise_offset, window_rng)
 from pipeline.synth import SynthConfig, make_tiny_corpus_from
 
 log = logging.getLogger(__name__)
@@ -548,12 +550,11 @@ def _read_rir(path: str, sample_rate: int) -> np.ndarray:
 def _noise_segment(src: Source, length: int, rng: np.random.Generator,
                    sample_rate: int) -> tuple[np.ndarray, int]:
     """A ``length``-sample noise segment from a random offset; short noise loops around."""
+    offset = noise_offset(src.length, length, rng)
     if src.length >= length:
-        offset = int(rng.integers(0, src.length - length + 1))
         return corpus_mod.read_segment(src.path, offset, length, sample_rate), offset
-    offset = int(rng.integers(0, src.length))
     whole = corpus_mod.read_segment(src.path, 0, src.length, sample_rate)
-    return np.take(whole, (offset + np.arange(length)) % src.length), offset
+    return loop_segment(whole, offset, length), offset
 
 
 def _clean_segment(plan: Plan, sp: SplitPlan,

@@ -183,10 +183,9 @@ def default_weights_path() -> Path:
 
 def weights_url() -> str:
     """The download URL dac itself uses for the 16 kHz weights."""
-    dac = import_dac()
+    import_dac()
     from dac import utils as dac_utils
 
-    del dac
     return dac_utils.__MODEL_URLS__[(MODEL_TYPE, MODEL_TAG, MODEL_BITRATE)]
 
 

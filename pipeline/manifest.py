@@ -38,7 +38,7 @@ FORMAT = "cleancodec-latent-cache"
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
-__all__ = ["write_json_atomic", "load_manifest", "save_manifest", "latent_shape", "done_shards",
+__all__ = ["load_manifest", "save_manifest", "latent_shape", "done_shards",
            "manifest_path", "ManifestError", "FORMAT", "FORMAT_VERSION"]
 STORAGES = ("zarr", "webdataset")
 

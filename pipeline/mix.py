@@ -118,20 +118,30 @@ def is_mostly_silent(x: np.ndarray, sample_rate: int, cfg: MixConfig) -> bool:
     return active_fraction(x, sample_rate, cfg) < cfg.min_active_fraction
 
 
+def noise_offset(noise_length: int, length: int, rng: np.random.Generator) -> int:
+    """Random start of a ``length``-sample segment in a noise of ``noise_length`` samples.
+
+    A long enough noise gives a segment inside it; a shorter one is looped, so any start works.
+    """
+    if noise_length <= 0:
+        raise ValueError("noise is empty")
+    if noise_length >= length:
+        return int(rng.integers(0, noise_length - length + 1))
+    return int(rng.integers(0, noise_length))
+
+
+def loop_segment(noise: np.ndarray, offset: int, length: int) -> np.ndarray:
+    """``length`` samples of ``noise`` from ``offset``, wrapping around its end (float32)."""
+    return np.take(noise, (offset + np.arange(length)) % len(noise)).astype(np.float32)
+
+
 def fit_noise(noise: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
     """A ``length``-sample noise segment from a random offset.
 
     Noise shorter than ``length`` is concatenated with itself (looped) from a random start,
     as the DNS synthesiser does.
     """
-    if len(noise) == 0:
-        raise ValueError("noise is empty")
-    if len(noise) >= length:
-        start = int(rng.integers(0, len(noise) - length + 1))
-        return np.asarray(noise[start:start + length], dtype=np.float32)
-    start = int(rng.integers(0, len(noise)))
-    reps = -(-(start + length) // len(noise))
-    return np.tile(noise, reps)[start:start + length].astype(np.float32)
+    return loop_segment(noise, noise_offset(len(noise), length, rng), length)
 
 
 def draw_mix_params(rng: np.random.Generator, cfg: MixConfig, have_rirs: bool) -> MixParams:
