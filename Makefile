@@ -43,7 +43,7 @@ install:
 	# dac and audiotools without their torchaudio requirement (see pipeline/codec.py)
 	$(VENV)/bin/pip install --no-deps descript-audio-codec==1.0.0 descript-audiotools==0.7.2
 	$(VENV)/bin/pip install -e '.[dev]'
-	$(PY) -c "import pipeline.codec as c; c.import_dac(); print('cleancodec installed; dac imports fine')"
+	$(PY) -c "import cleancodec.pipeline.codec as c; c.import_dac(); print('cleancodec installed; dac imports fine')"
 
 # demo corpus (real speech + noise from Debian packages): DEMO=dir to build it elsewhere
 demo-data:
@@ -92,12 +92,12 @@ DEMO_CACHE ?= data/demo_cache_$(demo_tag)
 demo_conf = $(call conf_or,conf/demo.yaml)
 
 demo:
-	@$(PY) -m infer.demo preflight --conf $(demo_conf) $(codec_opt)
+	@$(PY) -m cleancodec.infer.demo preflight --conf $(demo_conf) $(codec_opt)
 	$(CLI) demo-data --conf conf/demo_data.yaml --out $(DEMO)
 	$(CLI) cache --conf $(demo_conf) $(codec_opt) --clean $(DEMO)/clean --noise $(DEMO)/noise \
 		--out $(DEMO_CACHE)
 	$(CLI) train --conf $(demo_conf) --cache $(DEMO_CACHE) --run $(DEMO_WORK)/train
-	$(PY) -m infer.demo testset --conf $(demo_conf) --corpus $(DEMO) --out $(DEMO_WORK)/testset
+	$(PY) -m cleancodec.infer.demo testset --conf $(demo_conf) --corpus $(DEMO) --out $(DEMO_WORK)/testset
 	$(CLI) denoise $(DEMO_WORK)/testset/noisy $(DEMO_WORK)/denoised --conf $(demo_conf) \
 		$(codec_opt) --checkpoint $(DEMO_WORK)/train/best.pt
 	$(CLI) evaluate --clean $(DEMO_WORK)/testset/clean --noisy $(DEMO_WORK)/testset/noisy \

@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import append_benchmarks, git_commit  # noqa: E402
-from pipeline.build import CacheConfig, build_cache  # noqa: E402
-from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
-from pipeline.mix import MixConfig  # noqa: E402
-from pipeline.shards import ZarrCacheReader, iter_wds_samples, wds_shard_paths  # noqa: E402
-from pipeline.synth import make_tiny_corpus  # noqa: E402
+from cleancodec.pipeline.build import CacheConfig, build_cache  # noqa: E402
+from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
+from cleancodec.pipeline.mix import MixConfig  # noqa: E402
+from cleancodec.pipeline.shards import ZarrCacheReader, iter_wds_samples, wds_shard_paths  # noqa: E402
+from cleancodec.pipeline.synth import make_tiny_corpus  # noqa: E402
 
 WINDOW_SECONDS = 3.0
 SAMPLE_RATE = 16000
@@ -58,7 +58,7 @@ def codec_config(device: str, bf16: bool, threads: int, batch: int) -> CodecConf
 
 def synth_windows(n: int, seed: int = 0) -> np.ndarray:
     """``[n x T]`` speech-like windows (the synthetic corpus generator, not noise)."""
-    from pipeline.synth import synth_utterance
+    from cleancodec.pipeline.synth import synth_utterance
 
     return np.stack([synth_utterance(seed, i % 4, i, WINDOW_SECONDS, SAMPLE_RATE)
                      for i in range(n)])

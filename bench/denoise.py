@@ -42,13 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import append_benchmarks, git_commit  # noqa: E402
-from infer.denoise import ChunkSpec, DenoiseConfig, Enhancer, snr_db  # noqa: E402
-from infer.denoise import enhance_signal, enhance_whole  # noqa: E402
-from infer.run import denoise_path  # noqa: E402
-from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
-from pipeline.synth import synth_noise, synth_utterance  # noqa: E402
-from trainer.checkpoint import load_denoiser  # noqa: E402
-from trainer.models import Denoiser  # noqa: E402
+from cleancodec.infer.denoise import ChunkSpec, DenoiseConfig, Enhancer, snr_db  # noqa: E402
+from cleancodec.infer.denoise import enhance_signal, enhance_whole  # noqa: E402
+from cleancodec.infer.run import denoise_path  # noqa: E402
+from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
+from cleancodec.pipeline.synth import synth_noise, synth_utterance  # noqa: E402
+from cleancodec.trainer.checkpoint import load_denoiser  # noqa: E402
+from cleancodec.trainer.models import Denoiser  # noqa: E402
 
 SR = 16000
 PRESETS = {"medium": {"width": 512, "depth": 4}, "large": {"width": 768, "depth": 8}}

@@ -38,9 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import append_benchmarks, git_commit
-from pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest
-from pipeline.shards import META_FIELDS, create_zarr_split, write_wds_shard, write_zarr_shard
-from trainer.config import DataConfig, TrainConfig, load_train_config
+from cleancodec.pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest
+from cleancodec.pipeline.shards import META_FIELDS, create_zarr_split, write_wds_shard, write_zarr_shard
+from cleancodec.trainer.config import DataConfig, TrainConfig, load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 LATENT_DIM, FRAMES, SAMPLE_RATE, HOP = 1024, 150, 16000, 320
@@ -122,8 +122,8 @@ def _sync(device: torch.device) -> None:
 
 def run_one(spec: dict) -> dict:
     """Time ``spec["steps"]`` steps after ``spec["warmup"]``; returns seconds/step and peaks."""
-    from trainer.distributed import DistEnv, pick_device
-    from trainer.loop import Trainer
+    from cleancodec.trainer.distributed import DistEnv, pick_device
+    from cleancodec.trainer.loop import Trainer
 
     device = pick_device(spec["device"])
     cfg = bench_config(spec["preset"], spec["batch"], spec["device"], spec["bf16"],
@@ -134,7 +134,7 @@ def run_one(spec: dict) -> dict:
         def step() -> None:
             trainer.train_step(trainer.next_batch())
     else:
-        from pipeline.codec import CodecConfig, load_codec
+        from cleancodec.pipeline.codec import CodecConfig, load_codec
 
         codec = load_codec(CodecConfig(weights="random", random_seed=CODEC_SEED,
                                        random_arch="dac16k", device=str(device), bf16=spec["bf16"]))
@@ -172,8 +172,8 @@ def run_one(spec: dict) -> dict:
 
 def loader_throughput(cache: Path) -> float:
     """Windows/s of the training loader (``LOADER_WORKERS`` workers), after its first batch."""
-    from pipeline.manifest import load_manifest
-    from trainer.data import open_split, train_batches
+    from cleancodec.pipeline.manifest import load_manifest
+    from cleancodec.trainer.data import open_split, train_batches
 
     src = open_split(cache, load_manifest(cache), "train")
     cfg = DataConfig(batch_size=LOADER_BATCH, num_workers=LOADER_WORKERS,

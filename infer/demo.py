@@ -1,11 +1,11 @@
 """Helpers of ``make demo``: the codec check that runs first, and the test-set excerpt.
 
-``python -m infer.demo preflight --conf conf/demo.yaml [--codec random|PATH]`` makes sure the DAC
+``python -m cleancodec.infer.demo preflight --conf conf/demo.yaml [--codec random|PATH]`` makes sure the DAC
 weights can be had before minutes of work start (dac's cache, else dac's download); offline it
 stops with what to do, including ``make demo CODEC=random``. With the random-init codec it
 prints, as the demo's first line, that audio quality is meaningless.
 
-``python -m infer.demo testset --conf conf/demo.yaml --corpus data/demo --out DIR`` copies the
+``python -m cleancodec.infer.demo testset --conf conf/demo.yaml --corpus data/demo --out DIR`` copies the
 first ``demo.testset_clips`` clean/noisy pairs of the demo corpus's DNS-style test set (by
 ``fileid``) into ``DIR/clean`` and ``DIR/noisy``, so the demo's denoise and evaluate steps fit
 the time budget on a CPU.
@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline.atomic import publish, temp_beside
-from pipeline.codec import (
+from cleancodec.pipeline.atomic import publish, temp_beside
+from cleancodec.pipeline.codec import (
     RANDOM,
     RANDOM_INIT_BANNER,
     CodecConfig,
@@ -28,7 +28,7 @@ from pipeline.codec import (
     fetch_default_weights,
     weights_url,
 )
-from pipeline.config import load_section
+from cleancodec.pipeline.config import load_section
 
 from .testset import fileid, list_audio
 
@@ -100,7 +100,7 @@ def copy_testset(corpus: str | Path, out: str | Path, clips: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infer.demo",
+    parser = argparse.ArgumentParser(prog="python -m cleancodec.infer.demo",
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("preflight", help="check that the codec weights can be had")

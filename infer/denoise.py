@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.codec import Codec, CodecConfig, describe_identity, identities_match, load_codec
+from cleancodec.pipeline.codec import Codec, CodecConfig, describe_identity, identities_match, load_codec
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +329,8 @@ def find_default_checkpoint(runs_dir: str | Path,
             f"no {CHECKPOINT_NAME} under {runs}/: train one first (`make train`), or pass "
             f"--checkpoint PATH (make: CHECKPOINT=PATH), or --bypass to run the codec alone")
     if codec_identity is not None:
-        from trainer.checkpoint import CheckpointError as TrainerCheckpointError
-        from trainer.checkpoint import load_checkpoint
+        from cleancodec.trainer.checkpoint import CheckpointError as TrainerCheckpointError
+        from cleancodec.trainer.checkpoint import load_checkpoint
 
         for path in found:
             try:
@@ -366,7 +366,7 @@ def load_enhancer(cfg: DenoiseConfig, codec_cfg: CodecConfig,
     codec = codec or load_codec(codec_cfg)
     if cfg.bypass:
         return Enhancer(codec, None)
-    from trainer.checkpoint import load_denoiser
+    from cleancodec.trainer.checkpoint import load_denoiser
 
     path = Path(cfg.checkpoint) if cfg.checkpoint \
         else find_default_checkpoint(cfg.runs_dir, codec.identity)

@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.atomic import write_bytes_atomic, write_text_atomic
-from pipeline.audio import AudioError, read_audio
-from pipeline.codec import RANDOM_INIT_BANNER
-from pipeline.config import load_section, to_dict
+from cleancodec.pipeline.atomic import write_bytes_atomic, write_text_atomic
+from cleancodec.pipeline.audio import AudioError, read_audio
+from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
+from cleancodec.pipeline.config import load_section, to_dict
 
 from .metrics import ALL_METRICS, COLUMNS, SAMPLE_RATE, SpeakerEncoder, score
 from .run import REPORT_NAME

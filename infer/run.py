@@ -27,10 +27,10 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from pipeline.atomic import publish, temp_beside, write_json_atomic
-from pipeline.audio import AudioError
-from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
-from pipeline.config import load_section, to_dict
+from cleancodec.pipeline.atomic import publish, temp_beside, write_json_atomic
+from cleancodec.pipeline.audio import AudioError
+from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
+from cleancodec.pipeline.config import load_section, to_dict
 
 from .denoise import (
     Chunk,

@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from pipeline.atomic import atomic_path
+from cleancodec.pipeline.atomic import atomic_path
 
 SILENCE_PEAK = 1e-6  # a file whose peak stays under this is treated as all-silent
 

@@ -45,16 +45,16 @@ import multiprocessing as mp
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import corpus as corpus_mod
-from pipeline import shards
-from pipeline.audio import read_audio
-from pipeline.config import to_dict
-from pipeline.atomic import write_json_atomic
-from pipeline.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, STORAGES, ManifestError,
+from cleancodec.pipeline import corpus as corpus_mod
+from cleancodec.pipeline import shards
+from cleancodec.pipeline.audio import read_audio
+from cleancodec.pipeline.config import to_dict
+from cleancodec.pipeline.atomic import write_json_atomic
+from cleancodec.pipeline.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, STORAGES, ManifestError,
                                load_manifest, save_manifest)
-from pipeline.mix import (MixConfig, draw_mix_params, is_mostly_silent, loop_segment, mix,
+from cleancodec.pipeline.mix import (MixConfig, draw_mix_params, is_mostly_silent, loop_segment, mix,
                           noise_offset, window_rng)
-from pipeline.synth import SynthConfig, make_tiny_corpus_from
+from cleancodec.pipeline.synth import SynthConfig, make_tiny_corpus_from
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class BuildSummary:
         if not self.complete:
             lines.append("  INCOMPLETE: rerun the same command to finish the missing shards")
         if self.random_init:
-            from pipeline.codec import RANDOM_INIT_BANNER
+            from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
 
             lines.append(f"  {RANDOM_INIT_BANNER}")
         return "\n".join(lines)
@@ -755,7 +755,7 @@ def new_manifest(cfg: CacheConfig, plan: Plan, constants: dict[str, Any], inputs
                  corpus_record: dict[str, Any], codec_settings: dict[str, Any],
                  n_rejected: int) -> dict[str, Any]:
     """The manifest of a fresh build, every shard ``pending`` (layout: pipeline.manifest)."""
-    from pipeline.codec import RANDOM_INIT_BANNER
+    from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
 
     speakers = {e["rel"]: e["speaker"] for e in corpus_record["files"]["clean"]}
     splits = {}
@@ -806,7 +806,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def compare_build(manifest: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Differences between an existing cache and this run (empty list: same build)."""
-    from pipeline.codec import describe_identity, identities_match
+    from cleancodec.pipeline.codec import describe_identity, identities_match
 
     diffs = []
     have_id, want_id = manifest.get("codec", {}).get("identity", {}), wanted["codec"]["identity"]
@@ -948,7 +948,7 @@ _WORKER: dict[str, Any] = {}  # per worker process: plan, codec, cache dir (set 
 
 
 def _init_worker(plan: Plan, codec_cfg: Any, cache_dir: str) -> None:
-    from pipeline.codec import load_codec
+    from cleancodec.pipeline.codec import load_codec
 
     _WORKER.update(plan=plan, codec=load_codec(codec_cfg), cache_dir=Path(cache_dir))
 
@@ -1124,7 +1124,7 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
     ------
     CacheMismatchError, NoUsableInputError, CorpusError, BuildError, CodecWeightsError.
     """
-    from pipeline.codec import load_codec
+    from cleancodec.pipeline.codec import load_codec
 
     cfg.validate()
     if workers < 1:
@@ -1216,7 +1216,7 @@ def _summary(out_dir: Path, plan: Plan, manifest: dict[str, Any], rejected: list
 
 def load_cache_config(conf: str | Path | None, section: str = "cache") -> CacheConfig:
     """The ``cache`` section of a profile (defaults when ``conf`` is None)."""
-    from pipeline.config import load_section
+    from cleancodec.pipeline.config import load_section
 
     return load_section(conf, section, CacheConfig)
 
@@ -1228,8 +1228,8 @@ def run_cache(conf: str | Path | None, codec_choice: str | None = None,
               verify: bool = False, progress: bool = True) -> BuildSummary:
     """``cleancodec cache``: load the profile's ``codec`` and ``cache`` sections, apply the
     command-line overrides (``codec_choice``: ``"random"`` or a weights path), build."""
-    from pipeline.codec import CodecConfig
-    from pipeline.config import load_section
+    from cleancodec.pipeline.codec import CodecConfig
+    from cleancodec.pipeline.config import load_section
 
     cfg = load_cache_config(conf)
     codec_cfg = load_section(conf, "codec", CodecConfig)

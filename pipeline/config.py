@@ -1,27 +1,55 @@
-"""YAML profiles → typed dataclasses.
+"""One configuration system for every stage: YAML profiles and command-line overrides → typed
+dataclasses, through OmegaConf structured configs.
 
-A profile in ``conf/`` is one YAML mapping with a section per stage (``codec``, ``cache``,
-``train``, ``denoise``, ``evaluate``, ``demo``). A profile may start with ``base: other.yaml``
-(relative to itself) to inherit another profile and override only some keys; mappings merge
-recursively, everything else is replaced. Each stage reads its own section into its own
-dataclass; unknown keys are an error naming the file, so a typo never silently falls back to a
-default.
+A profile in ``conf/`` is one YAML mapping with a section per stage (see :data:`SECTIONS`). A
+profile may start with ``base: other.yaml`` (relative to itself) to inherit another profile and
+change only some keys; mappings merge recursively, everything else is replaced. Each stage reads
+its own sections into its own dataclass schema, whose field defaults are the only place a default
+is written. Values are type-checked as they are merged (``train.optim.lr_g: fast`` is an error),
+unknown keys are errors, and every error names the key path and where the value came from.
+
+Any key can be changed on the command line as ``section.key=value`` (OmegaConf dot-list syntax:
+``train.steps=500``, ``train.optim.betas=[0.5,0.9]``, ``codec.weights=null``), after the profile.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
+#: Every section a profile may hold; each stage reads the ones it needs.
+SECTIONS = ("codec", "cache", "train", "denoise", "evaluate", "demo", "demo_data")
+BASE_KEY = "base"
+COMMAND_LINE = "command line"
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+=")
+
 
 class ConfigError(ValueError):
-    """A profile could not be read or does not match the stage's dataclass."""
+    """A profile or an override could not be read or does not match the stage's schema."""
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        node = OmegaConf.load(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration file ({exc.strerror})") from exc
+    except Exception as exc:  # yaml.YAMLError and OmegaConf's own grammar errors
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping of stage sections")
+    return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -35,64 +63,123 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML profile, resolving ``base:`` chains, and return the merged mapping."""
+    """Read a YAML profile, resolving ``base:`` chains, and return the merged mapping.
+
+    Raises
+    ------
+    ConfigError
+        Missing file, invalid YAML, a ``base`` loop, or a top-level key that is not a section.
+    """
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of stage sections")
-    base = data.pop("base", None)
+    data = _read_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
     if base:
-        parent = load_profile(path.parent / base, _seen + (path,))
-        data = _merge(parent, data)
+        data = _merge(load_profile(path.parent / base, _seen + (path,)), data)
     return data
 
 
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+def split_overrides(args: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Separate ``section.key=value`` overrides from other arguments (paths), keeping order."""
+    overrides, rest = [], []
+    for arg in args:
+        (overrides if _OVERRIDE.match(arg) else rest).append(arg)
+    return overrides, rest
 
 
-def _unwrap_optional(tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
+def check_overrides(overrides: Sequence[str], sections: Sequence[str], command: str) -> None:
+    """Refuse overrides this command does not read, naming the key.
+
+    Raises
+    ------
+    ConfigError
+        For an argument that is not ``section.key=value``, or whose section is unknown or is not
+        one of ``sections``.
+    """
+    for item in overrides:
+        if not _OVERRIDE.match(item):
+            raise ConfigError(f"{COMMAND_LINE}: {item!r} is not an override of the form "
+                              "section.key=value")
+        key = item.split("=", 1)[0]
+        section = key.split(".", 1)[0]
+        if section not in SECTIONS:
+            raise ConfigError(f"{COMMAND_LINE}: {key}: unknown section {section!r}; "
+                              f"known: {list(SECTIONS)}")
+        if section not in sections:
+            raise ConfigError(f"{COMMAND_LINE}: {key}: `cleancodec {command}` reads only the "
+                              f"section(s) {list(sections)}")
+
+
+def _section_overrides(overrides: Sequence[str], section: str) -> list[str]:
+    prefix = section + "."
+    return [item[len(prefix):] for item in overrides if item.startswith(prefix)]
+
+
+def _build(cls: type[T], layers: list[tuple[str, Any]], section: str) -> T:
+    """Merge ``layers`` (where, mapping-or-dotlist) onto the schema of ``cls``; type-check."""
+    node = OmegaConf.structured(cls)
+    for where, layer in layers:
+        try:
+            if isinstance(layer, list):
+                layer = OmegaConf.from_dotlist(layer)
+            node = OmegaConf.merge(node, layer)
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None)
+            path = f"{section}.{key}" if section and key else (section or key or "")
+            raise ConfigError(f"{where}: {path}: {_describe(exc)}") from exc
+    try:
+        return OmegaConf.to_object(node)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"{section}.{key}: {_describe(exc)}") from exc
+    except (TypeError, ValueError) as exc:  # a schema's own __post_init__ check
+        raise ConfigError(f"{section}: {exc}") from exc
+
+
+def load_section(path: str | Path | None, section: str, cls: type[T],
+                 overrides: Sequence[str] = ()) -> T:
+    """Load one section of a profile into its schema ``cls``.
+
+    Parameters
+    ----------
+    path : str, Path or None
+        YAML profile; ``None`` (or a profile without this section): the schema's defaults.
+    section : str
+        One of :data:`SECTIONS`.
+    cls : dataclass type
+        The section's schema.
+    overrides : sequence of str
+        ``section.key=value`` items; those of other sections are ignored here (see
+        :func:`check_overrides`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file (or "command line") and the key path, for unknown keys and wrong types.
+    """
+    layers: list[tuple[str, Any]] = []
+    if path is not None:
+        data = load_profile(path).get(section)
+        if data is not None:
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: {section}: must be a mapping, got {data!r}")
+            layers.append((str(path), data))
+    mine = _section_overrides(overrides, section)
+    if mine:
+        layers.append((COMMAND_LINE, mine))
+    return _build(cls, layers, section)
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; nested dataclass fields are built recursively.
-
-    Raises ConfigError naming ``where`` and the key for unknown keys.
-    """
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = _unwrap_optional(hints[name])
-        if _is_dataclass_type(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{where}.{name}" if where else name)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def load_section(path: str | Path | None, section: str, cls: type[T]) -> T:
-    """Load one stage section of a profile (defaults when ``path`` is None or the section is absent)."""
-    if path is None:
-        return cls()
-    profile = load_profile(path)
-    return from_dict(cls, profile.get(section), f"{path}:{section}")
+    """Build dataclass ``cls`` from a plain mapping with the same type checks as a profile."""
+    section = where.rsplit(":", 1)[-1] if where else ""
+    return _build(cls, [(where or cls.__name__, dict(data or {}))], section)
 
 
 def to_dict(obj: Any) -> Any:
@@ -106,3 +193,8 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def to_yaml(obj: Any) -> str:
+    """A resolved config (dataclass or mapping) as YAML, for ``cleancodec config``."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(obj)))

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.audio import SILENCE_PEAK, AudioError, resample
+from cleancodec.pipeline.audio import SILENCE_PEAK, AudioError, resample
 
 AUDIO_EXTENSIONS = frozenset({
     ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",

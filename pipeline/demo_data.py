@@ -34,22 +34,22 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from pipeline.audio import write_audio_atomic
-from pipeline.demo import noise_gen
-from pipeline.demo.config import (
+from cleancodec.pipeline.audio import write_audio_atomic
+from cleancodec.pipeline.demo import noise_gen
+from cleancodec.pipeline.demo.config import (
     SPLITS, DemoDataConfig, NoisePackage, SpeechSource, split_of_speaker, validate,
 )
-from pipeline.demo.debs import AptFetcher, PackageError, deb_version, unpack_deb
-from pipeline.demo.g722_codec import G722Unavailable
-from pipeline.demo.index import (
+from cleancodec.pipeline.demo.debs import AptFetcher, PackageError, deb_version, unpack_deb
+from cleancodec.pipeline.demo.g722_codec import G722Unavailable
+from cleancodec.pipeline.demo.index import (
     IndexRow, Skipped, UnitState, fingerprint, load_unit, save_unit, write_index, write_skipped,
 )
-from pipeline.demo.noise_real import build_noise_package, copyright_licenses, load_noise_files
-from pipeline.demo.speech import common_base, list_files, load_prompts, write_sessions
-from pipeline.demo.splits import check_disjoint, hold_out
-from pipeline.demo.testset import TESTSET_DIR, build_testset
-from pipeline.atomic import atomic_path, write_json_atomic
-from pipeline.mix import window_rng
+from cleancodec.pipeline.demo.noise_real import build_noise_package, copyright_licenses, load_noise_files
+from cleancodec.pipeline.demo.speech import common_base, list_files, load_prompts, write_sessions
+from cleancodec.pipeline.demo.splits import check_disjoint, hold_out
+from cleancodec.pipeline.demo.testset import TESTSET_DIR, build_testset
+from cleancodec.pipeline.atomic import atomic_path, write_json_atomic
+from cleancodec.pipeline.mix import window_rng
 
 SPLITS_NAME = "splits.json"
 LICENSES_DIR = "licenses"

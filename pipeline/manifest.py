@@ -32,7 +32,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_json_atomic
+from cleancodec.pipeline.atomic import write_json_atomic
 
 FORMAT = "cleancodec-latent-cache"
 FORMAT_VERSION = 1

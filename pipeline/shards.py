@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.manifest import done_shards, load_manifest
+from cleancodec.pipeline.manifest import done_shards, load_manifest
 
 META_FIELDS: dict[str, str] = {
     "snr_db": "float32",
@@ -394,6 +394,6 @@ def read_split(cache_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def _empty(manifest: dict[str, Any]) -> np.ndarray:
-    from pipeline.manifest import latent_shape
+    from cleancodec.pipeline.manifest import latent_shape
 
     return np.zeros((0, *latent_shape(manifest)), dtype=manifest["dtype"])

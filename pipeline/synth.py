@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.audio import write_audio_atomic
-from pipeline.atomic import write_json_atomic
+from cleancodec.pipeline.audio import write_audio_atomic
+from cleancodec.pipeline.atomic import write_json_atomic
 
 NOISE_KINDS = ("white", "pink", "hum", "clicks")
 STAMP_NAME = "synth.json"

@@ -32,9 +32,9 @@ def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
             val_windows: int = TINY_VAL_WINDOWS) -> Path:
         key = f"{storage}-{train_windows}-{val_windows}"
         if key not in built:
-            from pipeline.build import CacheConfig, build_cache
-            from pipeline.codec import CodecConfig
-            from pipeline.mix import MixConfig
+            from cleancodec.pipeline.build import CacheConfig, build_cache
+            from cleancodec.pipeline.codec import CodecConfig
+            from cleancodec.pipeline.mix import MixConfig
 
             cfg = CacheConfig(storage=storage, corpus="synthetic",
                               synthetic_dir=str(root / "corpus"),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import AudioError, read_audio, read_audio_channels, resample, write_audio_atomic
+from cleancodec.pipeline.audio import AudioError, read_audio, read_audio_channels, resample, write_audio_atomic
 
 
 def _tone(sr, seconds=1.0, channels=1):

@@ -24,15 +24,15 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from pipeline.build import (BuildError, CacheConfig, CacheMismatchError, NoUsableInputError,
+from cleancodec.pipeline.build import (BuildError, CacheConfig, CacheMismatchError, NoUsableInputError,
                             Inputs, build_cache, make_plan, make_window)
-from pipeline.codec import CodecConfig, load_codec
-from pipeline.config import to_dict
-from pipeline.corpus import DEFAULT_SPEAKER_PATTERNS, speaker_from_name
-from pipeline.manifest import latent_shape, load_manifest
-from pipeline.mix import MixConfig
-from pipeline.shards import META_FIELDS, ZarrCacheReader, read_split, sha256_file
-from pipeline.synth import make_tiny_corpus
+from cleancodec.pipeline.codec import CodecConfig, load_codec
+from cleancodec.pipeline.config import to_dict
+from cleancodec.pipeline.corpus import DEFAULT_SPEAKER_PATTERNS, speaker_from_name
+from cleancodec.pipeline.manifest import latent_shape, load_manifest
+from cleancodec.pipeline.mix import MixConfig
+from cleancodec.pipeline.shards import META_FIELDS, ZarrCacheReader, read_split, sha256_file
+from cleancodec.pipeline.synth import make_tiny_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 CODEC = CodecConfig(weights="random", random_seed=0, random_arch="tiny", device="cpu",
@@ -315,7 +315,7 @@ def test_window_counts_from_hours_and_coverage():
 
 
 def test_cli_builds_the_tiny_profile_offline(tmp_path, monkeypatch):
-    from cli import main
+    from cleancodec.cli import main
 
     monkeypatch.chdir(tmp_path)
     profile = tmp_path / "smoke.yaml"
@@ -338,9 +338,9 @@ def test_cli_builds_the_tiny_profile_offline(tmp_path, monkeypatch):
 
 _BUILD_SCRIPT = """
 import json, sys
-from pipeline.build import CacheConfig, build_cache
-from pipeline.codec import CodecConfig
-from pipeline.config import from_dict
+from cleancodec.pipeline.build import CacheConfig, build_cache
+from cleancodec.pipeline.codec import CodecConfig
+from cleancodec.pipeline.config import from_dict
 a = json.loads(sys.argv[1])
 build_cache(from_dict(CacheConfig, a["cfg"]), CodecConfig(**a["codec"]), a["clean"], a["noise"],
             None, a["out"], workers=a.get("workers", 1), progress=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import (
+from cleancodec.trainer.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     capture_rng,
@@ -17,7 +17,7 @@ from trainer.checkpoint import (
     restore_rng,
     save_atomic,
 )
-from trainer.models import Denoiser
+from cleancodec.trainer.models import Denoiser
 
 
 def _checkpoint(step: int = 7) -> dict:

@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.config import ConfigError, load_profile, load_section, to_dict
+from cleancodec.pipeline.config import ConfigError, load_profile, load_section, to_dict
 
 
 @dataclass

@@ -16,23 +16,23 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import AudioError
-from pipeline.config import ConfigError, load_section
-from pipeline.demo import debs
-from pipeline.demo.config import (
+from cleancodec.pipeline.audio import AudioError
+from cleancodec.pipeline.config import ConfigError, load_section
+from cleancodec.pipeline.demo import debs
+from cleancodec.pipeline.demo.config import (
     DemoDataConfig, GeneratedNoiseConfig, RealNoiseConfig, SessionConfig, validate,
 )
-from pipeline.demo.g722_codec import (
+from cleancodec.pipeline.demo.g722_codec import (
     G722_DELAY_SAMPLES, decode_g722_bytes, encode_g722_bytes, read_g722, read_prompt,
 )
-from pipeline.demo.index import IndexRow, read_index, split_paths
-from pipeline.demo.noise_gen import BabbleSource, generate
-from pipeline.demo.noise_real import copyright_licenses, event_sequence, kind_of, segment
-from pipeline.demo.speech import load_prompts, plan_sessions, trim_silence
-from pipeline.demo.splits import SplitLeak, check_disjoint, hold_out
-from pipeline.demo.testset import noisy_name, pair_by_fileid, parse_noisy_name
-from pipeline.demo_data import build_demo_data, sweep_leftovers
-from pipeline.mix import rms_dbfs, snr_db, window_rng
+from cleancodec.pipeline.demo.index import IndexRow, read_index, split_paths
+from cleancodec.pipeline.demo.noise_gen import BabbleSource, generate
+from cleancodec.pipeline.demo.noise_real import copyright_licenses, event_sequence, kind_of, segment
+from cleancodec.pipeline.demo.speech import load_prompts, plan_sessions, trim_silence
+from cleancodec.pipeline.demo.splits import SplitLeak, check_disjoint, hold_out
+from cleancodec.pipeline.demo.testset import noisy_name, pair_by_fileid, parse_noisy_name
+from cleancodec.pipeline.demo_data import build_demo_data, sweep_leftovers
+from cleancodec.pipeline.mix import rms_dbfs, snr_db, window_rng
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[1]
@@ -623,7 +623,7 @@ def test_corrupt_cached_deb_is_removed_and_named(tmp_path):
 def test_cli_builds_and_prints_the_summary(tiny_packages, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from cleancodec.cli import main
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo-data", "--conf", str(_tiny_cfg(tmp_path)),

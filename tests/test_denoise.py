@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from infer.denoise import (
+from cleancodec.infer.denoise import (
     CheckpointError,
     ChunkAssembler,
     ChunkPlanner,
@@ -21,9 +21,9 @@ from infer.denoise import (
     load_enhancer,
     snr_db,
 )
-from pipeline.codec import CodecConfig, load_codec
-from trainer.checkpoint import FORMAT_VERSION, save_atomic
-from trainer.models import Denoiser
+from cleancodec.pipeline.codec import CodecConfig, load_codec
+from cleancodec.trainer.checkpoint import FORMAT_VERSION, save_atomic
+from cleancodec.trainer.models import Denoiser
 
 HOP = 320
 SR = 16000

@@ -15,13 +15,13 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from cli import main
-from infer.denoise import snr_db
-from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, identities_match, load_codec
-from pipeline.synth import synth_noise, synth_utterance
-from trainer.checkpoint import load_denoiser
-from trainer.config import load_train_config
-from trainer.loop import fit
+from cleancodec.cli import main
+from cleancodec.infer.denoise import snr_db
+from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, identities_match, load_codec
+from cleancodec.pipeline.synth import synth_noise, synth_utterance
+from cleancodec.trainer.checkpoint import load_denoiser
+from cleancodec.trainer.config import load_train_config
+from cleancodec.trainer.loop import fit
 
 TINY = "conf/tiny.yaml"
 SR = 16000
@@ -98,9 +98,9 @@ def test_cache_train_denoise_evaluate(tmp_path, tiny_latent_cache):
 
 
 def test_demo_preflight_explains_missing_weights(tmp_path):
-    from infer.demo import main as demo_main
-    from infer.demo import offline_message, preflight
-    from pipeline.codec import CodecWeightsError
+    from cleancodec.infer.demo import main as demo_main
+    from cleancodec.infer.demo import offline_message, preflight
+    from cleancodec.pipeline.codec import CodecWeightsError
 
     assert preflight(CodecConfig(weights="random")) == RANDOM_INIT_BANNER
     with pytest.raises(CodecWeightsError, match="no such weights file"):
@@ -111,7 +111,7 @@ def test_demo_preflight_explains_missing_weights(tmp_path):
 
 
 def test_demo_testset_excerpt_copies_pairs_by_fileid(tmp_path):
-    from infer.demo import copy_testset
+    from cleancodec.infer.demo import copy_testset
 
     write_testset(tmp_path / "corpus" / "testset")
     (tmp_path / "corpus" / "testset" / "clean" / "clean_fileid_7.wav").write_bytes(b"")  # alone

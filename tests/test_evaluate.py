@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 from scipy import stats
 
-from infer.evaluate import EvaluateConfig, evaluate_dirs, mean_ci
-from infer.metrics import si_sdr
-from infer.run import REPORT_NAME
-from infer.testset import fileid, pair_files
-from pipeline.codec import RANDOM_INIT_BANNER
+from cleancodec.infer.evaluate import EvaluateConfig, evaluate_dirs, mean_ci
+from cleancodec.infer.metrics import si_sdr
+from cleancodec.infer.run import REPORT_NAME
+from cleancodec.infer.testset import fileid, pair_files
+from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
 
 SR = 16000
 SECONDS = 5.0  # DNSMOS scores 9.01 s windows; a 5 s clip is repeated once: one window

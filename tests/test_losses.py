@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.config import LossConfig
-from trainer.losses import (
+from cleancodec.trainer.config import LossConfig
+from cleancodec.trainer.losses import (
     adversarial_g,
     discriminator_losses,
     feature_matching,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline import mix as M
+from cleancodec.pipeline import mix as M
 
 SR = 16000
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from trainer.config import load_train_config
-from trainer.models import Denoiser, Discriminator, count_parameters
+from cleancodec.trainer.config import load_train_config
+from cleancodec.trainer.models import Denoiser, Discriminator, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 

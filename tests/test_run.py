@@ -10,12 +10,12 @@ import soundfile as sf
 import soxr
 from click.testing import CliRunner
 
-from cli import main
-from infer.denoise import ChunkSpec, DenoiseConfig, Enhancer, enhance_signal
-from infer.run import REPORT_NAME, RunError, default_output, denoise_path, plan_tasks
-from pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec
-from trainer.checkpoint import FORMAT_VERSION, save_atomic
-from trainer.models import Denoiser
+from cleancodec.cli import main
+from cleancodec.infer.denoise import ChunkSpec, DenoiseConfig, Enhancer, enhance_signal
+from cleancodec.infer.run import REPORT_NAME, RunError, default_output, denoise_path, plan_tasks
+from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec
+from cleancodec.trainer.checkpoint import FORMAT_VERSION, save_atomic
+from cleancodec.trainer.models import Denoiser
 
 TINY = CodecConfig(weights="random", random_arch="tiny", random_seed=0, num_threads=1)
 SMALL_CHUNKS = {"chunk_frames": 60, "context_frames": 16, "crossfade_frames": 2}

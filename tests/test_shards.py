@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest
-from pipeline.shards import (META_FIELDS, ZarrCacheReader, create_zarr_split, iter_wds_samples,
+from cleancodec.pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest
+from cleancodec.pipeline.shards import (META_FIELDS, ZarrCacheReader, create_zarr_split, iter_wds_samples,
                              read_split, scratch_dir, set_zarr_attributes, sha256_file,
                              wds_shard_path, write_wds_shard, write_zarr_shard, zarr_split_path)
 

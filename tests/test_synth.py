@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.corpus import find_audio_files, speaker_from_name, DEFAULT_SPEAKER_PATTERNS
-from pipeline.mix import MixConfig, active_fraction
-from pipeline.synth import (NOISE_KINDS, make_tiny_corpus, speaker_voice, synth_noise,
+from cleancodec.pipeline.corpus import find_audio_files, speaker_from_name, DEFAULT_SPEAKER_PATTERNS
+from cleancodec.pipeline.mix import MixConfig, active_fraction
+from cleancodec.pipeline.synth import (NOISE_KINDS, make_tiny_corpus, speaker_voice, synth_noise,
                             synth_utterance)
 
 SR = 16000

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.manifest import FORMAT, ManifestError, load_manifest, save_manifest
-from trainer.config import DataConfig
-from trainer.data import (
+from cleancodec.pipeline.manifest import FORMAT, ManifestError, load_manifest, save_manifest
+from cleancodec.trainer.config import DataConfig
+from cleancodec.trainer.data import (
     CacheDataError,
     EpochBatchSampler,
     WebDatasetStream,

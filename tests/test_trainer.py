@@ -21,12 +21,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.config import to_dict
-from pipeline.manifest import latent_shape, load_manifest, save_manifest
-from trainer.checkpoint import CheckpointError, load_checkpoint, load_denoiser
-from trainer.config import TrainConfig, load_train_config
-from trainer.distributed import DistEnv
-from trainer.loop import Trainer, fit
+from cleancodec.pipeline.config import to_dict
+from cleancodec.pipeline.manifest import latent_shape, load_manifest, save_manifest
+from cleancodec.trainer.checkpoint import CheckpointError, load_checkpoint, load_denoiser
+from cleancodec.trainer.config import TrainConfig, load_train_config
+from cleancodec.trainer.distributed import DistEnv
+from cleancodec.trainer.loop import Trainer, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "conf" / "tiny.yaml"
@@ -35,24 +35,24 @@ GAIN_THRESHOLD = 0.97   # 200 steps reach ~0.93 on this cache; an identity model
 
 RUNNER = """
 import json, sys
-from pipeline.config import from_dict
-from trainer.config import TrainConfig
-from trainer.loop import fit
+from cleancodec.pipeline.config import from_dict
+from cleancodec.trainer.config import TrainConfig
+from cleancodec.trainer.loop import fit
 cfg = from_dict(TrainConfig, json.loads(sys.argv[1]))
 out = fit(cfg, sys.argv[2], sys.argv[3])
 codec = sorted(m for m in sys.modules
-               if m.split(".")[0] in ("dac", "audiotools") or m == "pipeline.codec")
+               if m.split(".")[0] in ("dac", "audiotools") or m == "cleancodec.pipeline.codec")
 print("RESULT " + json.dumps({**out, "codec_modules": codec}))
 """
 
 DDP_RUNNER = """
 import json, sys, torch
-from pipeline.config import from_dict
-from pipeline.manifest import load_manifest
-from trainer.config import TrainConfig
-from trainer.data import open_split, train_batches
-from trainer.distributed import distributed_session
-from trainer.loop import Trainer
+from cleancodec.pipeline.config import from_dict
+from cleancodec.pipeline.manifest import load_manifest
+from cleancodec.trainer.config import TrainConfig
+from cleancodec.trainer.data import open_split, train_batches
+from cleancodec.trainer.distributed import distributed_session
+from cleancodec.trainer.loop import Trainer
 cfg = from_dict(TrainConfig, json.loads(sys.argv[1]))
 cache, run, out = sys.argv[2], sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
@@ -201,7 +201,7 @@ def test_resume_refuses_another_codec_or_model_size(tiny_latent_cache, tmp_path)
 
 
 def test_cli_train_command(tiny_latent_cache, tmp_path):
-    from cli import main
+    from cleancodec.cli import main
 
     result = CliRunner().invoke(main, ["train", "--conf", str(TINY), "--cache",
                                        str(tiny_latent_cache("zarr")), "--run",

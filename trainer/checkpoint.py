@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.atomic import TMP_SUFFIX, atomic_path
-from trainer.models import Denoiser
+from cleancodec.pipeline.atomic import TMP_SUFFIX, atomic_path
+from cleancodec.trainer.models import Denoiser
 
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, from_dict, load_section, to_dict
+from cleancodec.pipeline.config import ConfigError, from_dict, load_section, to_dict
 
 
 @dataclass

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from pipeline.manifest import ManifestError, done_shards, latent_shape
-from trainer.config import DataConfig
+from cleancodec.pipeline.manifest import ManifestError, done_shards, latent_shape
+from cleancodec.trainer.config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,16 +25,16 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from pipeline.config import to_dict
-from pipeline.atomic import write_json_atomic, write_text_atomic
-from pipeline.manifest import latent_shape, load_manifest
-from trainer import checkpoint as ckpt_io
-from trainer.config import TrainConfig, validate
-from trainer.data import (TRAIN, VAL, Batch, SplitSource, latent_stats, open_split, train_batches,
+from cleancodec.pipeline.config import to_dict
+from cleancodec.pipeline.atomic import write_json_atomic, write_text_atomic
+from cleancodec.pipeline.manifest import latent_shape, load_manifest
+from cleancodec.trainer import checkpoint as ckpt_io
+from cleancodec.trainer.config import TrainConfig, validate
+from cleancodec.trainer.data import (TRAIN, VAL, Batch, SplitSource, latent_stats, open_split, train_batches,
                           val_batches)
-from trainer.distributed import DistEnv, all_reduce_sum, barrier, distributed_session, wrap
-from trainer.losses import discriminator_losses, generator_losses
-from trainer.models import Denoiser, Discriminator, count_parameters
+from cleancodec.trainer.distributed import DistEnv, all_reduce_sum, barrier, distributed_session, wrap
+from cleancodec.trainer.losses import discriminator_losses, generator_losses
+from cleancodec.trainer.models import Denoiser, Discriminator, count_parameters
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from trainer.config import LossConfig
+from cleancodec.trainer.config import LossConfig
 
 DiscriminatorFn = Callable[[Tensor], tuple[Tensor, list[Tensor]]]
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import ConfigError, from_dict
+from cleancodec.pipeline.config import ConfigError, from_dict
 
 SPLITS = ("train", "val", "test")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_json_atomic, write_text_atomic
+from cleancodec.pipeline.atomic import write_json_atomic, write_text_atomic
 
 INDEX_NAME = "index.csv"
 SKIPPED_NAME = "skipped.csv"

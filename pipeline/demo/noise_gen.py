@@ -16,9 +16,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter
 
-from pipeline.audio import resample
-from pipeline.demo.config import GeneratedNoiseConfig
-from pipeline.mix import rms
+from cleancodec.pipeline.audio import resample
+from cleancodec.pipeline.demo.config import GeneratedNoiseConfig
+from cleancodec.pipeline.mix import rms
 
 EPS = 1e-12
 PEAK_LIMIT = 0.99

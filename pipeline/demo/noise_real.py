@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.audio import AudioError, write_audio_atomic
-from pipeline.demo.config import NoisePackage, RealNoiseConfig
-from pipeline.demo.g722_codec import read_prompt
-from pipeline.demo.index import IndexRow, Skipped
-from pipeline.demo.splits import hold_out
-from pipeline.mix import window_rng
+from cleancodec.pipeline.audio import AudioError, write_audio_atomic
+from cleancodec.pipeline.demo.config import NoisePackage, RealNoiseConfig
+from cleancodec.pipeline.demo.g722_codec import read_prompt
+from cleancodec.pipeline.demo.index import IndexRow, Skipped
+from cleancodec.pipeline.demo.splits import hold_out
+from cleancodec.pipeline.mix import window_rng
 
 NOISE_DIR = "noise"
 PCM_SUBTYPE = "PCM_16"

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.audio import AudioError, write_audio_atomic
-from pipeline.demo.config import SessionConfig, SpeechSource
-from pipeline.demo.g722_codec import read_prompt
-from pipeline.demo.index import IndexRow, Skipped
-from pipeline.mix import frame_levels_db, window_rng
+from cleancodec.pipeline.audio import AudioError, write_audio_atomic
+from cleancodec.pipeline.demo.config import SessionConfig, SpeechSource
+from cleancodec.pipeline.demo.g722_codec import read_prompt
+from cleancodec.pipeline.demo.index import IndexRow, Skipped
+from cleancodec.pipeline.mix import frame_levels_db, window_rng
 
 CLEAN_DIR = "clean"
 PCM_SUBTYPE = "PCM_16"

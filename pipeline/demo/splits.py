@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
-from pipeline.demo.index import IndexRow
+from cleancodec.pipeline.demo.index import IndexRow
 
 MIN_FILES_FOR_TEST = 2  # a kind with fewer source files keeps them all for training
 MIN_FILES_FOR_VAL = 3

@@ -19,10 +19,10 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from pipeline.audio import write_audio_atomic
-from pipeline.demo.config import TestSetConfig
-from pipeline.demo.index import IndexRow
-from pipeline.mix import MixConfig, active_fraction, fit_noise, mix, rms_dbfs, window_rng
+from cleancodec.pipeline.audio import write_audio_atomic
+from cleancodec.pipeline.demo.config import TestSetConfig
+from cleancodec.pipeline.demo.index import IndexRow
+from cleancodec.pipeline.mix import MixConfig, active_fraction, fit_noise, mix, rms_dbfs, window_rng
 
 TESTSET_DIR = "testset"
 PCM_SUBTYPE = "PCM_16"

@@ -64,9 +64,9 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
     built. Under torchrun each rank builds its share of the shards. Bad input files are
     skipped and listed in <out>/rejected.tsv; exits non-zero only when no usable input remains.
     """
-    from pipeline.build import BuildError, run_cache
-    from pipeline.codec import CodecWeightsError
-    from pipeline.config import ConfigError
+    from cleancodec.pipeline.build import BuildError, run_cache
+    from cleancodec.pipeline.codec import CodecWeightsError
+    from cleancodec.pipeline.config import ConfigError
 
     try:
         summary = run_cache(conf, resolve_codec_choice(codec, codec_weights), clean, noise, rir,
@@ -109,13 +109,13 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     `torchrun --standalone --nproc_per_node N -m cli train --run-dir DIR ...` for multi-GPU
     (DDP).
     """
-    from pipeline.config import ConfigError
-    from pipeline.manifest import ManifestError
-    from trainer.checkpoint import CheckpointError
-    from trainer.config import apply_overrides, load_train_config
-    from trainer.data import CacheDataError
-    from trainer.distributed import is_main_process
-    from trainer.loop import fit
+    from cleancodec.pipeline.config import ConfigError
+    from cleancodec.pipeline.manifest import ManifestError
+    from cleancodec.trainer.checkpoint import CheckpointError
+    from cleancodec.trainer.config import apply_overrides, load_train_config
+    from cleancodec.trainer.data import CacheDataError
+    from cleancodec.trainer.distributed import is_main_process
+    from cleancodec.trainer.loop import fit
 
     try:
         cfg = apply_overrides(load_train_config(conf, preset), steps=steps, batch_size=batch_size,
@@ -149,10 +149,10 @@ def demo_data_command(conf, out_dir, deb_cache, no_apt_update):
     """Build the demo corpus: real speech and noise from Debian packages, generated noise,
     speaker-disjoint splits and a DNS-style test set. Reruns only do what is missing; exits
     non-zero when a part could not be built (the message says what to do)."""
-    from pipeline.config import ConfigError, load_section
-    from pipeline.demo.config import DemoDataConfig
-    from pipeline.demo.summary import summary
-    from pipeline.demo_data import build_demo_data
+    from cleancodec.pipeline.config import ConfigError, load_section
+    from cleancodec.pipeline.demo.config import DemoDataConfig
+    from cleancodec.pipeline.demo.summary import summary
+    from cleancodec.pipeline.demo_data import build_demo_data
 
     try:
         cfg = load_section(conf, "demo_data", DemoDataConfig)
@@ -209,7 +209,7 @@ def denoise_command(input_path, output_path, conf, codec, codec_weights, checkpo
     output keeps its input's length, sample rate, channels and sample format. Exits non-zero
     when any file failed.
     """
-    from infer.run import run_denoise
+    from cleancodec.infer.run import run_denoise
 
     overrides = {"checkpoint": checkpoint, "bypass": bypass, "mix": mix, "output_sr": output_sr,
                  "skip_existing": skip_existing, "allow_codec_mismatch": allow_codec_mismatch,
@@ -250,7 +250,7 @@ def evaluate_command(enhanced, clean, noisy, out, conf, workers, spectrograms,
 
     Files pair by relative path or by the DNS test-set `fileid_N` convention.
     """
-    from infer.evaluate import run_evaluate
+    from cleancodec.infer.evaluate import run_evaluate
 
     overrides = {"workers": workers, "spectrograms": spectrograms,
                  "dnsmos_personalized": dnsmos_personalized}
