@@ -2,6 +2,7 @@
 #   CONF=conf/<profile>.yaml   configuration profile (each target has its own default)
 #   CODEC=random               random-init DAC-16k (offline pipeline checks; audio meaningless)
 #   CODEC=/path/weights.pth    DAC weights in DAC's release format
+#   ARGS="section.key=value …" any config key, e.g. ARGS="train.steps=500 train.optim.lr_g=2e-4"
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,15 +27,18 @@ NOISY ?=
 EVAL_OUT ?=
 CHECKPOINT ?=
 PYTEST_ARGS ?=
+ARGS ?=
+BENCH ?= cache train denoise
 DEMO ?= data/demo
 
 codec_opt = $(if $(CODEC),--codec $(CODEC))
 conf_or = $(if $(CONF),$(CONF),$(1))
 
-.PHONY: install demo-data cache train denoise evaluate demo test test-fast bench clean help
+.PHONY: install demo-data cache train denoise evaluate demo test test-fast lint bench clean help
 
 help:
-	@echo "make install | demo-data | cache | train | denoise INPUT=dir | evaluate | demo | test | bench"
+	@echo "make install | demo-data | cache | train | denoise INPUT=dir | evaluate | demo | test | lint | bench | clean"
+	@echo "any stage: ARGS='section.key=value ...' overrides config keys (cleancodec config shows them)"
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -55,14 +59,14 @@ cache:
 	$(CLI) cache --conf $(call conf_or,conf/cache.yaml) $(codec_opt) \
 		$(if $(CLEAN),--clean $(CLEAN)) $(if $(NOISE),--noise $(NOISE)) \
 		$(if $(RIR),--rir $(RIR)) --out $(OUT) \
-		$(if $(WORKERS),--workers $(WORKERS)) $(if $(OVERWRITE),--overwrite)
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(OVERWRITE),--overwrite) $(ARGS)
 
 # train: CACHE (default data/cache), RUN (default runs/<name>), CONF (default conf/train.yaml),
 # optional PRESET=medium|large, STEPS=N, RESTART=1. Rerunning resumes from $(RUN)/latest.pt.
 train:
 	$(CLI) train --conf $(call conf_or,conf/train.yaml) --cache $(CACHE) \
 		$(if $(RUN),--run $(RUN)) $(if $(PRESET),--preset $(PRESET)) \
-		$(if $(STEPS),--steps $(STEPS)) $(if $(RESTART),--restart)
+		$(if $(STEPS),--steps $(STEPS)) $(if $(RESTART),--restart) $(ARGS)
 
 # denoise: INPUT=file|dir (required), OUTPUT (default <INPUT>_denoised beside it), CHECKPOINT
 # (default: the newest best.pt under runs/ for that codec), CONF (default conf/denoise.yaml),
@@ -72,7 +76,7 @@ denoise:
 		"[CHECKPOINT=runs/<name>/best.pt] [CONF=...] [CODEC=random|PATH] [BYPASS=1] [MIX=0.2]" >&2; exit 2; }
 	$(CLI) denoise "$(INPUT)" $(if $(OUTPUT),"$(OUTPUT)") --conf $(call conf_or,conf/denoise.yaml) \
 		$(codec_opt) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(BYPASS),--bypass) \
-		$(if $(MIX),--mix $(MIX)) $(if $(OUTPUT_SR),--output-sr $(OUTPUT_SR))
+		$(if $(MIX),--mix $(MIX)) $(if $(OUTPUT_SR),--output-sr $(OUTPUT_SR)) $(ARGS)
 
 # evaluate: ENHANCED=dir (required), CLEAN=dir (omit: reference-free DNSMOS only), NOISY=dir
 # (scored as the baseline), EVAL_OUT (default <ENHANCED>_eval), CONF (default conf/denoise.yaml).
@@ -81,7 +85,7 @@ evaluate:
 		"[EVAL_OUT=dir]" >&2; exit 2; }
 	$(CLI) evaluate --enhanced "$(ENHANCED)" $(if $(CLEAN),--clean "$(CLEAN)") \
 		$(if $(NOISY),--noisy "$(NOISY)") --out "$(or $(EVAL_OUT),$(patsubst %/,%,$(ENHANCED))_eval)" \
-		--conf $(call conf_or,conf/denoise.yaml)
+		--conf $(call conf_or,conf/denoise.yaml) $(ARGS)
 
 # demo: demo corpus → small cache → short training (medium) → denoise a test-set excerpt →
 # evaluate. Needs DAC weights; CODEC=random runs the same chain as a pipeline check. Outputs go
@@ -110,5 +114,14 @@ test:
 test-fast:
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+lint:
+	$(VENV)/bin/ruff check .
+
+# benchmarks: each prints its table and appends it to BENCHMARKS.md (BENCH="cache train" to choose)
+bench:
+	@for b in $(BENCH); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+
+# what the Makefile makes (keeps the demo corpus's downloaded packages, data/demo/.debs)
 clean:
-	rm -rf data/cache runs .pytest_cache
+	rm -rf $(OUT) $(CACHE) runs data/tiny_corpus data/demo_cache_* .pytest_cache .ruff_cache
+	@if [ -d $(DEMO) ]; then find $(DEMO) -mindepth 1 -maxdepth 1 ! -name .debs -exec rm -rf {} +; fi

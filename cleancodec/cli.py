@@ -25,6 +25,18 @@ def codec_options(func):
     return func
 
 
+def option_overrides(section: str, values: dict[str, object]) -> list[str]:
+    """Command-line options as ``section.key=value`` overrides (options left unset are skipped).
+
+    The options are shorthands; they are applied before the explicit ``KEY=VALUE`` arguments,
+    so an explicit override wins.
+    """
+    def text(value: object) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [f"{section}.{key}={text(value)}" for key, value in values.items() if value is not None]
+
+
 def resolve_codec_choice(codec: str | None, codec_weights: str | None) -> str | None:
     """Merge ``--codec`` and ``--codec-weights`` into one ``codec.weights`` override (or None)."""
     if codec and codec_weights and codec != codec_weights:
@@ -79,6 +91,33 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
         raise SystemExit(1)
 
 
+# --- config -----------------------------------------------------------------------------------
+
+
+@main.command("config")
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile to resolve (default: the schemas' defaults alone).")
+@click.argument("args", nargs=-1, metavar="[SECTION]... [section.KEY=VALUE]...")
+def config_command(conf, args):
+    """Print the resolved configuration: every key of the named sections (default: all) after
+    the profile and the overrides, as YAML. What a stage would run with, before it runs."""
+    from cleancodec.pipeline.config import SECTIONS, ConfigError, load_section, split_overrides
+    from cleancodec.pipeline.config import check_overrides, to_yaml
+    from cleancodec.schemas import schema
+
+    overrides, names = split_overrides(args)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise click.UsageError(f"unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    names = names or list(SECTIONS)
+    try:
+        check_overrides(overrides, names, "config")
+        resolved = {n: load_section(conf, n, schema(n), overrides) for n in names}
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(to_yaml(resolved), nl=False)
+
+
 # --- train (trainer/loop.py) -----------------------------------------------------------------
 
 
@@ -90,36 +129,40 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
 @click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder (checkpoints, metrics.jsonl, tensorboard/). Default: runs/<name>. "
                    "Under torchrun spell it --run-dir (torchrun reads --run as its --run-path).")
-@click.option("--preset", default=None, help="Model preset of the profile (medium | large).")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Total steps (default: train.steps of the profile).")
+@click.option("--preset", default=None, help="Model preset (medium | large); = train.preset.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="= train.steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Windows per step per process (default: train.data.batch_size).")
+              help="Windows per step per process; = train.data.batch_size.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader workers per process (default: train.data.num_workers).")
-@click.option("--device", default=None, help="auto | cpu | cuda (default: train.device).")
+              help="DataLoader workers per process; = train.data.num_workers.")
+@click.option("--device", default=None, help="auto | cpu | cuda; = train.device.")
 @click.option("--restart", is_flag=True,
               help="Start over: move the run folder's previous files into restarted-<time>/.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.argument("overrides", nargs=-1, metavar="[train.KEY=VALUE]...")
 def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, device, restart,
-                  quiet):
+                  quiet, overrides):
     """Train the latent denoiser (GAN) on a latent cache; never loads the codec.
 
-    Rerunning the same command resumes from <run>/latest.pt. Launch with
-    `torchrun --standalone --nproc_per_node N -m cli train --run-dir DIR ...` for multi-GPU
-    (DDP).
+    Any key of the profile's `train` section can be set after the options, e.g.
+    `train.steps=500 train.optim.lr_g=2e-4`. Rerunning the same command resumes from
+    <run>/latest.pt. Launch with `torchrun --standalone --nproc_per_node N -m cleancodec train
+    --run-dir DIR ...` for multi-GPU (DDP).
     """
-    from cleancodec.pipeline.config import ConfigError
+    from cleancodec.pipeline.config import ConfigError, check_overrides
     from cleancodec.pipeline.manifest import ManifestError
     from cleancodec.trainer.checkpoint import CheckpointError
-    from cleancodec.trainer.config import apply_overrides, load_train_config
+    from cleancodec.trainer.config import load_train_config
     from cleancodec.trainer.data import CacheDataError
     from cleancodec.trainer.distributed import is_main_process
     from cleancodec.trainer.loop import fit
 
+    items = option_overrides("train", {"steps": steps, "data.batch_size": batch_size,
+                                       "data.num_workers": workers, "device": device,
+                                       "progress": False if quiet else None})
     try:
-        cfg = apply_overrides(load_train_config(conf, preset), steps=steps, batch_size=batch_size,
-                              num_workers=workers, device=device, progress=False if quiet else None)
+        check_overrides(overrides, ("train",), "train")
+        cfg = load_train_config(conf, preset, [*items, *overrides])
         result = fit(cfg, cache_dir, run_dir or f"runs/{cfg.run_name}", restart=restart)
     except (ConfigError, ManifestError, CheckpointError, CacheDataError, FloatingPointError,
             OSError) as exc:

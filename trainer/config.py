@@ -1,9 +1,10 @@
 """The ``train`` section of a profile, as dataclasses.
 
-Every number the trainer uses lives here (and in ``conf/train.yaml`` / ``conf/tiny.yaml``):
-model sizes, loss weights, optimiser settings, intervals, seeds. Model presets (``medium``,
-``large``) are named sets of :class:`DenoiserConfig` overrides; :func:`resolve_preset` applies
-the chosen one, and the resolved config is what checkpoints record.
+Every number the trainer uses has its default here, written once: model sizes, loss weights,
+optimiser settings, intervals, seeds. Profiles (``conf/*.yaml``) and ``train.key=value``
+command-line overrides change them (see :mod:`cleancodec.pipeline.config`). Model presets
+(``medium``, ``large``) are named sets of :class:`DenoiserConfig` overrides;
+:func:`resolve_preset` applies the chosen one, and the resolved config is what checkpoints record.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from collections.abc import Sequence
 
 from cleancodec.pipeline.config import ConfigError, from_dict, load_section, to_dict
 
@@ -70,7 +73,7 @@ class DataConfig:
     epoch_windows: int | None = None  # webdataset: windows per rank per epoch (None: all / ranks)
     stats_windows: int = 512          # train windows sampled for the latent mean / std
     val_batch_size: int = 32
-    val_max_windows: int | None = None  # cap on val windows per validation (None: all)
+    val_max_windows: int | None = 2048  # cap on val windows per validation (None: all)
 
 
 @dataclass
@@ -78,19 +81,23 @@ class TrainConfig:
     """The ``train`` section of a profile."""
 
     name: str | None = None           # run name; default run dir is runs/<name>
-    preset: str | None = None         # key of ``presets`` applied to ``denoiser``
-    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    preset: str | None = "medium"     # key of ``presets`` applied to ``denoiser`` (None: as is)
+    presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "medium": {"width": 512, "depth": 4},   # ~9.5 M parameters at latent dim 1024
+        "large": {"width": 768, "depth": 8},    # ~39.5 M parameters
+    })
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    steps: int = 20000
+    steps: int = 100000
     seed: int = 0
     log_every: int = 50
-    val_every: int = 500
+    val_every: int = 1000
     checkpoint_every: int = 500       # steps between writes of latest.pt
-    milestones: list[int] = field(default_factory=list)  # steps that also keep step_<N>.pt
+    milestones: list[int] = field(  # steps that also keep step_<N>.pt
+        default_factory=lambda: [10000, 50000, 100000])
     device: str = "auto"              # auto | cpu | cuda | cuda:N (torchrun sets the index)
     bf16: bool = True                 # bf16 autocast, CUDA only
     activation_checkpointing: bool = False  # recompute denoiser blocks in backward: less memory
@@ -161,29 +168,19 @@ def validate(cfg: TrainConfig) -> None:
             "train.denoiser.kernel_size and train.discriminator.kernel_size must be odd")
 
 
-def apply_overrides(cfg: TrainConfig, steps: int | None = None, batch_size: int | None = None,
-                    num_workers: int | None = None, device: str | None = None,
-                    progress: bool | None = None) -> TrainConfig:
-    """A copy of ``cfg`` with the command-line overrides that are not ``None``."""
-    top = {k: v for k, v in {"steps": steps, "device": device, "progress": progress}.items()
-           if v is not None}
-    data = {k: v for k, v in {"batch_size": batch_size, "num_workers": num_workers}.items()
-            if v is not None}
-    cfg = dataclasses.replace(cfg, **top, data=dataclasses.replace(cfg.data, **data))
-    validate(cfg)
-    return cfg
-
-
-def load_train_config(path: str | Path | None, preset: str | None = None) -> TrainConfig:
-    """Read the ``train`` section of a profile, apply the preset, and check it.
+def load_train_config(path: str | Path | None, preset: str | None = None,
+                      overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read the ``train`` section of a profile and the command line, apply the preset, check it.
 
     Parameters
     ----------
     path : str, Path or None
         YAML profile (``None``: defaults).
     preset : str or None
-        Overrides the profile's ``train.preset``.
+        Overrides ``train.preset``.
+    overrides : sequence of str
+        ``train.key=value`` items, applied after the profile.
     """
-    cfg = resolve_preset(load_section(path, "train", TrainConfig), preset)
+    cfg = resolve_preset(load_section(path, "train", TrainConfig, overrides), preset)
     validate(cfg)
     return cfg

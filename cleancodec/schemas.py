@@ -1,0 +1,29 @@
+"""Where each profile section's schema lives: one typed dataclass per section, its defaults the
+only place a default is written. Imported lazily, so that loading the ``train`` schema never
+imports the codec (the trainer reads latents only)."""
+from __future__ import annotations
+
+import importlib
+
+from cleancodec.pipeline.config import SECTIONS
+
+#: section → "module:Class" of its schema
+SCHEMAS = {
+    "codec": "cleancodec.pipeline.codec:CodecConfig",
+    "cache": "cleancodec.pipeline.build:CacheConfig",
+    "train": "cleancodec.trainer.config:TrainConfig",
+    "denoise": "cleancodec.infer.denoise:DenoiseConfig",
+    "evaluate": "cleancodec.infer.evaluate:EvaluateConfig",
+    "demo": "cleancodec.infer.demo:DemoConfig",
+    "demo_data": "cleancodec.pipeline.demo.config:DemoDataConfig",
+}
+assert tuple(SCHEMAS) == SECTIONS, "every section needs a schema"
+
+
+def schema(section: str) -> type:
+    """The dataclass schema of ``section`` (one of :data:`cleancodec.pipeline.config.SECTIONS`)."""
+    try:
+        module, name = SCHEMAS[section].split(":")
+    except KeyError:
+        raise KeyError(f"unknown section {section!r}; known: {list(SECTIONS)}") from None
+    return getattr(importlib.import_module(module), name)
