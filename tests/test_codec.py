@@ -121,3 +121,26 @@ def test_offline_without_weights_gives_one_clear_error(tmp_path, monkeypatch):
     assert "weights_16khz_8kbps_0.0.5.pth" in message
     assert "https://" in message
     assert "--codec-weights" in message and "network is unreachable" in message
+
+
+def test_inference_speed_ups_keep_encode_quantize_decode_equal(codec):
+    """Folded weight norm and the in-place Snake give dac's own numbers (float rounding)."""
+    from cleancodec.pipeline.codec import _build_dac, prepare_for_inference, resolve_arch
+
+    torch.manual_seed(TINY.random_seed)
+    reference = _build_dac(resolve_arch("tiny")).eval()
+    assert any(type(h).__name__ == "WeightNorm" for m in reference.modules()
+               for h in m._forward_pre_hooks.values())
+    x = torch.from_numpy(_wave(HOP * 25, seed=5, batch=2))[:, None]
+    with torch.inference_mode():
+        z_ref = reference.encoder(x)
+        y_ref = reference.decoder(reference.quantizer(z_ref, n_quantizers=4)[0])
+    z = codec.encode(x)
+    y = codec.decode(codec.quantize(z))
+    torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y[..., :y_ref.shape[-1]], y_ref, rtol=1e-4, atol=1e-5)
+    assert prepare_for_inference(reference) > 0 and prepare_for_inference(reference) == 0
+    with torch.enable_grad():  # with autograd on, the differentiable form is used
+        x.requires_grad_(True)
+        reference.encoder(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
