@@ -51,7 +51,7 @@ install:
 
 # demo corpus (real speech + noise from Debian packages): DEMO=dir to build it elsewhere
 demo-data:
-	$(CLI) demo-data --conf $(call conf_or,conf/demo_data.yaml) --out $(DEMO)
+	$(CLI) demo data --conf $(call conf_or,conf/demo_data.yaml) --out $(DEMO) $(ARGS)
 
 # cache: CLEAN, NOISE, RIR (default: the profile's folders, data/demo), OUT (default data/cache),
 # optional WORKERS=N, OVERWRITE=1. Rerunning resumes an interrupted build.
@@ -96,12 +96,12 @@ DEMO_CACHE ?= data/demo_cache_$(demo_tag)
 demo_conf = $(call conf_or,conf/demo.yaml)
 
 demo:
-	@$(PY) -m cleancodec.infer.demo preflight --conf $(demo_conf) $(codec_opt)
-	$(CLI) demo-data --conf conf/demo_data.yaml --out $(DEMO)
+	@$(CLI) demo preflight --conf $(demo_conf) $(codec_opt)
+	$(CLI) demo data --conf conf/demo_data.yaml --out $(DEMO)
 	$(CLI) cache --conf $(demo_conf) $(codec_opt) --clean $(DEMO)/clean --noise $(DEMO)/noise \
 		--out $(DEMO_CACHE)
 	$(CLI) train --conf $(demo_conf) --cache $(DEMO_CACHE) --run $(DEMO_WORK)/train
-	$(PY) -m cleancodec.infer.demo testset --conf $(demo_conf) --corpus $(DEMO) --out $(DEMO_WORK)/testset
+	$(CLI) demo testset --conf $(demo_conf) --corpus $(DEMO) --out $(DEMO_WORK)/testset
 	$(CLI) denoise $(DEMO_WORK)/testset/noisy $(DEMO_WORK)/denoised --conf $(demo_conf) \
 		$(codec_opt) --checkpoint $(DEMO_WORK)/train/best.pt
 	$(CLI) evaluate --clean $(DEMO_WORK)/testset/clean --noisy $(DEMO_WORK)/testset/noisy \

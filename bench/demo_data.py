@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BENCHMARKS, append_benchmarks, git_commit
 from cleancodec.pipeline.config import load_section
+from cleancodec.pipeline.demo.build import BuildReport, build_demo_data
 from cleancodec.pipeline.demo.config import DemoDataConfig
 from cleancodec.pipeline.demo.debs import AptFetcher
-from cleancodec.pipeline.demo_data import BuildReport, build_demo_data
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS_PER_MINUTE = 60.0

@@ -42,8 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import append_benchmarks, git_commit  # noqa: E402
-from cleancodec.infer.denoise import ChunkSpec, DenoiseConfig, Enhancer, snr_db  # noqa: E402
-from cleancodec.infer.denoise import enhance_signal, enhance_whole  # noqa: E402
+from cleancodec.infer.chunking import ChunkSpec  # noqa: E402
+from cleancodec.infer.denoise import (  # noqa: E402
+    DenoiseConfig,
+    Enhancer,
+    enhance_signal,
+    enhance_whole,
+    snr_db,
+)
 from cleancodec.infer.run import denoise_path  # noqa: E402
 from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from cleancodec.pipeline.synth import synth_noise, synth_utterance  # noqa: E402

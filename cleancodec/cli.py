@@ -101,8 +101,14 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
 def config_command(conf, args):
     """Print the resolved configuration: every key of the named sections (default: all) after
     the profile and the overrides, as YAML. What a stage would run with, before it runs."""
-    from cleancodec.pipeline.config import SECTIONS, ConfigError, load_section, split_overrides
-    from cleancodec.pipeline.config import check_overrides, to_yaml
+    from cleancodec.pipeline.config import (
+        SECTIONS,
+        ConfigError,
+        check_overrides,
+        load_section,
+        split_overrides,
+        to_yaml,
+    )
     from cleancodec.schemas import schema
 
     overrides, names = split_overrides(args)
@@ -176,10 +182,17 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     )
 
 
-# --- demo data (pipeline/demo_data.py) -------------------------------------------------------
+# --- the demo (pipeline/demo/) ----------------------------------------------------------------
 
 
-@main.command("demo-data")
+@main.group("demo")
+def demo_group() -> None:
+    """The demo: corpus (`data`), weights check (`preflight`), test-set excerpt (`testset`).
+
+    `make demo` chains these with `cache`, `train`, `denoise` and `evaluate`."""
+
+
+@demo_group.command("data")
 @click.option("--conf", type=click.Path(dir_okay=False), default="conf/demo_data.yaml",
               show_default=True, help="Profile with a `demo_data` section.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -188,30 +201,67 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
               help="Where downloaded .debs are kept. Default: <out>/.debs.")
 @click.option("--no-apt-update", is_flag=True,
               help="Never run `apt-get update`; only say when it is needed.")
-def demo_data_command(conf, out_dir, deb_cache, no_apt_update):
+@click.argument("overrides", nargs=-1, metavar="[demo_data.KEY=VALUE]...")
+def demo_data_command(conf, out_dir, deb_cache, no_apt_update, overrides):
     """Build the demo corpus: real speech and noise from Debian packages, generated noise,
     speaker-disjoint splits and a DNS-style test set. Reruns only do what is missing; exits
     non-zero when a part could not be built (the message says what to do)."""
-    from cleancodec.pipeline.config import ConfigError, load_section
+    from cleancodec.pipeline.config import ConfigError, check_overrides, load_section
+    from cleancodec.pipeline.demo.build import build_demo_data
     from cleancodec.pipeline.demo.config import DemoDataConfig
     from cleancodec.pipeline.demo.summary import summary
-    from cleancodec.pipeline.demo_data import build_demo_data
 
     try:
-        cfg = load_section(conf, "demo_data", DemoDataConfig)
+        check_overrides(overrides, ("demo_data",), "demo data")
+        cfg = load_section(conf, "demo_data", DemoDataConfig, overrides)
         if no_apt_update:
             cfg.apt_update = "never"
         report = build_demo_data(cfg, out_dir, deb_cache)
     except (ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary(report.rows, report.skipped))
-    click.echo(f"\n{report.root}: built {len(report.built)} part(s), reused {len(report.reused)}"
-               f" in {report.seconds:.1f} s"
-               + (f"; removed {report.removed_stale} stale file(s)" if report.removed_stale else ""))
+    removed = f"; removed {report.removed_stale} stale file(s)" if report.removed_stale else ""
+    click.echo(f"\n{report.root}: built {len(report.built)} part(s), reused "
+               f"{len(report.reused)} in {report.seconds:.1f} s{removed}")
     for failure in report.failures:
         click.echo(f"FAILED {failure}", err=True)
     if report.failures:
         raise SystemExit(1)
+
+
+main.add_command(demo_data_command, "demo-data")  # `cleancodec demo-data`, the same command
+
+
+@demo_group.command("preflight")
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile with a `codec` section (e.g. conf/demo.yaml).")
+@click.option("--codec", default=None, help="'random' or a DAC weights path.")
+def demo_preflight_command(conf, codec):
+    """Check that the codec the demo needs can be loaded; say what to do when it cannot."""
+    from cleancodec.pipeline.demo.preflight import run_preflight
+
+    status, text = run_preflight(conf, codec)
+    click.echo(text, err=status != 0)
+    raise SystemExit(status)
+
+
+@demo_group.command("testset")
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile with a `demo` section (demo.testset_clips).")
+@click.option("--corpus", type=click.Path(file_okay=False), default="data/demo",
+              show_default=True, help="The demo corpus (its testset/ folder).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Where clean/ and noisy/ of the excerpt go.")
+def demo_testset_command(conf, corpus, out):
+    """Copy the first demo.testset_clips clean/noisy pairs of the demo test set into OUT."""
+    from cleancodec.pipeline.config import ConfigError
+    from cleancodec.pipeline.demo.excerpt import run_testset_excerpt
+
+    try:
+        names = run_testset_excerpt(out, corpus, conf)
+    except (ConfigError, FileNotFoundError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"demo test set: {len(names)} clean/noisy pairs in {out}")
 
 
 # --- denoise and evaluate (infer/) -----------------------------------------------------------

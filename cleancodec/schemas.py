@@ -14,7 +14,7 @@ SCHEMAS = {
     "train": "cleancodec.trainer.config:TrainConfig",
     "denoise": "cleancodec.infer.denoise:DenoiseConfig",
     "evaluate": "cleancodec.infer.evaluate:EvaluateConfig",
-    "demo": "cleancodec.infer.demo:DemoConfig",
+    "demo": "cleancodec.pipeline.demo.config:DemoConfig",
     "demo_data": "cleancodec.pipeline.demo.config:DemoDataConfig",
 }
 assert tuple(SCHEMAS) == SECTIONS, "every section needs a schema"

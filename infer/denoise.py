@@ -1,27 +1,20 @@
-"""Checkpoint + codec → enhance one signal in bounded memory.
+"""Checkpoint + codec → enhance one signal in bounded memory (the torch half of inference).
 
 The enhancement path for one batch of 16 kHz waves is
 ``encode → denoiser → quantize (all codebooks) → decode`` (:class:`Enhancer`); ``--bypass``
-drops the denoiser and runs the codec alone (the quality ceiling).
+drops the denoiser and runs the codec alone (the quality ceiling). Long signals are processed
+in overlapping chunks (``infer.chunking`` has the geometry): :func:`enhance_signal` for a signal
+in memory, ``infer.run`` for files.
 
-Long signals are cut into chunks of ``chunk_frames`` latent frames (a multiple of the hop, so
-every chunk's latent frames line up with the whole signal's). Consecutive chunks overlap by
-``2 * context_frames + crossfade_frames``: ``context_frames`` at each inner edge are thrown away
-(they see zero padding instead of the real neighbours) and the outputs meet with a raised-cosine
-crossfade of ``crossfade_frames`` in the middle of the overlap. The last chunk is aligned to end
-exactly where the whole signal ends (the signal zero-padded to a multiple of the hop), so every
-chunk has the same length and batches together; a signal no longer than one chunk is processed
-whole. With ``context_frames`` at least the receptive field of encoder + denoiser + decoder,
-chunked output equals whole-signal output up to float rounding (BENCHMARKS.md has the figures).
-
-:class:`ChunkPlanner` (blocks in → chunks out) and :class:`ChunkAssembler` (chunk outputs in →
-contiguous samples out) are streaming: neither ever holds more than about two chunks, so memory
-does not grow with the signal's length. :func:`enhance_signal` wires them for an in-memory
-signal; ``infer.run`` wires them to files.
+With no checkpoint given, :func:`find_default_checkpoint` picks the newest ``best.pt`` under
+``runs/`` trained on the loaded codec's latents. It reads each run's codec identity from the
+small JSON files the trainer writes beside its checkpoints (:func:`identity_sidecars`), and
+``torch.load``-s a checkpoint only for a run that has none of them.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,17 +24,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from cleancodec.pipeline.codec import Codec, CodecConfig, describe_identity, identities_match, load_codec
+from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
+from cleancodec.pipeline.codec import (
+    Codec,
+    CodecConfig,
+    describe_identity,
+    identities_match,
+    load_codec,
+)
+from cleancodec.trainer.checkpoint import BEST, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "best.pt"
+CHECKPOINT_NAME = BEST
+# JSON files beside a checkpoint that hold its "codec_identity", tried in this order: the
+# checkpoint's own (``best.json`` for ``best.pt``) and the run's ``config.json``
+IDENTITY_KEY = "codec_identity"
+RUN_CONFIG_NAME = "config.json"
 GPU_BATCH_SIZE = 16  # chunks per forward when batch_size is 0 ("auto") on a GPU
 CPU_BATCH_SIZE = 1  # on CPU a bigger batch only costs memory
-
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint, or one that does not fit the loaded codec."""
 
 
 @dataclass
@@ -93,162 +94,6 @@ class DenoiseConfig:
             raise ValueError(f"denoise.output_sr must be positive, got {self.output_sr}")
         if self.read_block_seconds <= 0:
             raise ValueError("denoise.read_block_seconds must be positive")
-
-
-# --- chunk geometry ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChunkSpec:
-    """Chunk geometry in samples (all multiples of the hop).
-
-    length: samples per chunk; context: samples dropped at each inner edge; crossfade: samples
-    of crossfade; stride = length - 2 * context - crossfade.
-    """
-
-    length: int
-    context: int
-    crossfade: int
-
-    @property
-    def stride(self) -> int:
-        return self.length - 2 * self.context - self.crossfade
-
-    @classmethod
-    def from_frames(cls, chunk_frames: int, context_frames: int, crossfade_frames: int,
-                    hop: int) -> ChunkSpec:
-        spec = cls(chunk_frames * hop, context_frames * hop, crossfade_frames * hop)
-        if spec.stride <= 0:
-            raise ValueError(f"chunk of {chunk_frames} frames leaves no room after "
-                             f"2 x {context_frames} context + {crossfade_frames} crossfade frames")
-        return spec
-
-    @classmethod
-    def from_config(cls, cfg: DenoiseConfig, hop: int) -> ChunkSpec:
-        return cls.from_frames(cfg.chunk_frames, cfg.context_frames, cfg.crossfade_frames, hop)
-
-
-@dataclass
-class Chunk:
-    """One chunk of a signal: ``samples`` is float32 ``[C x length]`` starting at ``start``.
-
-    Samples past the signal's end are zeros (the same padding whole-signal processing sees).
-    """
-
-    start: int
-    samples: np.ndarray
-
-
-class ChunkPlanner:
-    """Cut a stream of ``[C x n]`` blocks into overlapping chunks (see module docstring).
-
-    ``push(block)`` returns the chunks that became complete; ``finish()`` returns the last one
-    (aligned to the padded end) and records the signal's length in :attr:`total`.
-    """
-
-    def __init__(self, spec: ChunkSpec, channels: int, hop: int):
-        self.spec, self.channels, self.hop = spec, channels, hop
-        self._buf = np.zeros((channels, 0), np.float32)
-        self._buf_start = 0  # signal position of _buf[:, 0]
-        self._next = 0  # start of the next regular chunk
-        self._last_end = 0  # end of the last chunk emitted
-        self._emitted = 0
-        self.total: int | None = None
-
-    @property
-    def _buf_end(self) -> int:
-        return self._buf_start + self._buf.shape[1]
-
-    def _take(self, start: int, length: int) -> np.ndarray:
-        lo = start - self._buf_start
-        piece = self._buf[:, lo:lo + length]
-        if piece.shape[1] < length:
-            piece = np.pad(piece, ((0, 0), (0, length - piece.shape[1])))
-        return np.ascontiguousarray(piece)
-
-    def push(self, block: np.ndarray) -> list[Chunk]:
-        """Append ``[C x n]`` samples; return the chunks now complete."""
-        if block.ndim != 2 or block.shape[0] != self.channels:
-            raise ValueError(f"expected a [{self.channels} x n] block, got {block.shape}")
-        self._buf = np.concatenate([self._buf, block.astype(np.float32, copy=False)], axis=1)
-        out = []
-        while self._buf_end >= self._next + self.spec.length:
-            out.append(Chunk(self._next, self._take(self._next, self.spec.length)))
-            self._last_end = self._next + self.spec.length
-            self._emitted += 1
-            # keep from this chunk's start: the final chunk may begin anywhere after it
-            drop = self._next - self._buf_start
-            self._buf = self._buf[:, drop:]
-            self._buf_start = self._next
-            self._next += self.spec.stride
-        return out
-
-    def finish(self) -> list[Chunk]:
-        """End of signal: return the final chunk (if any samples are left uncovered)."""
-        total = self._buf_end
-        self.total = total
-        padded = -(-total // self.hop) * self.hop
-        if total == 0:
-            return []
-        if self._emitted == 0:
-            return [Chunk(0, self._take(0, padded))]
-        if self._last_end >= total:
-            return []
-        start = padded - self.spec.length
-        return [Chunk(start, self._take(start, self.spec.length))]
-
-
-def _fades(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raised-cosine fade-in and fade-out of ``n`` samples that sum to one."""
-    if n == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    t = (np.arange(n, dtype=np.float64) + 0.5) / n
-    fade_in = np.sin(0.5 * np.pi * t) ** 2
-    return fade_in.astype(np.float32), (1.0 - fade_in).astype(np.float32)
-
-
-class ChunkAssembler:
-    """Join processed chunks (in order) into contiguous output.
-
-    ``add(chunk_start, y [C x L])`` returns the samples that became final; ``finish(total)``
-    returns the rest, up to ``total`` samples overall.
-    """
-
-    def __init__(self, spec: ChunkSpec):
-        self.spec = spec
-        self._fade_in, self._fade_out = _fades(spec.crossfade)
-        self._pending: tuple[int, np.ndarray] | None = None
-        self.emitted = 0  # samples returned so far
-
-    def add(self, start: int, y: np.ndarray) -> np.ndarray:
-        if self._pending is None:
-            self._pending = (start, y)
-            return y[:, :0]
-        p_start, p_y = self._pending
-        p_end = p_start + p_y.shape[1]
-        if not p_start < start <= p_end:
-            raise ValueError(f"chunk at {start} does not overlap the previous one "
-                             f"[{p_start}, {p_end})")
-        mid = (start + p_end) // 2
-        half = self.spec.crossfade // 2
-        a = max(start, mid - half, self.emitted)
-        b = min(p_end, a + self.spec.crossfade)
-        fade_in, fade_out = (self._fade_in, self._fade_out) if b - a == self.spec.crossfade \
-            else _fades(b - a)
-        head = p_y[:, self.emitted - p_start:a - p_start]
-        blend = p_y[:, a - p_start:b - p_start] * fade_out + y[:, a - start:b - start] * fade_in
-        self._pending = (start, y)
-        self.emitted = b
-        return np.concatenate([head, blend.astype(np.float32)], axis=1)
-
-    def finish(self, total: int) -> np.ndarray:
-        if self._pending is None:
-            return np.zeros((0, 0), np.float32)
-        p_start, p_y = self._pending
-        tail = p_y[:, self.emitted - p_start:total - p_start]
-        self.emitted += tail.shape[1]
-        self._pending = None
-        return tail
 
 
 # --- the model path ---------------------------------------------------------------------------
@@ -314,6 +159,31 @@ class Enhancer:
         }
 
 
+def identity_sidecars(checkpoint: Path) -> list[Path]:
+    """JSON files that may record ``checkpoint``'s codec identity, in the order they are read:
+    ``<stem>.json`` beside it (written with the checkpoint) and the run's ``config.json``."""
+    return [checkpoint.with_suffix(".json"), checkpoint.parent / RUN_CONFIG_NAME]
+
+
+def trained_codec_identity(checkpoint: Path) -> dict[str, Any] | None:
+    """The codec identity ``checkpoint`` was trained on, or None when it cannot be read.
+
+    Read from a sidecar (:func:`identity_sidecars`) when one names it; only otherwise is the
+    checkpoint itself loaded (``torch.load``, slow for big runs).
+    """
+    for sidecar in identity_sidecars(checkpoint):
+        try:
+            identity = json.loads(sidecar.read_text()).get(IDENTITY_KEY)
+        except (OSError, ValueError, AttributeError):  # missing, torn or not a JSON object
+            continue
+        if isinstance(identity, dict):
+            return identity
+    try:
+        return load_checkpoint(checkpoint).get(IDENTITY_KEY) or {}
+    except CheckpointError:
+        return None
+
+
 def find_default_checkpoint(runs_dir: str | Path,
                             codec_identity: dict[str, Any] | None = None) -> Path:
     """The most recently written ``best.pt`` under ``runs_dir`` (recursively).
@@ -329,15 +199,9 @@ def find_default_checkpoint(runs_dir: str | Path,
             f"no {CHECKPOINT_NAME} under {runs}/: train one first (`make train`), or pass "
             f"--checkpoint PATH (make: CHECKPOINT=PATH), or --bypass to run the codec alone")
     if codec_identity is not None:
-        from cleancodec.trainer.checkpoint import CheckpointError as TrainerCheckpointError
-        from cleancodec.trainer.checkpoint import load_checkpoint
-
         for path in found:
-            try:
-                trained = load_checkpoint(path).get("codec_identity") or {}
-            except TrainerCheckpointError:
-                continue
-            if identities_match(trained, codec_identity):
+            trained = trained_codec_identity(path)
+            if trained is not None and identities_match(trained, codec_identity):
                 return path
     return found[0]
 
@@ -462,7 +326,7 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 
 __all__ = [
-    "CheckpointError", "Chunk", "ChunkAssembler", "ChunkPlanner", "ChunkSpec", "DenoiseConfig",
-    "Enhancer", "check_codec_identity", "enhance_chunks", "enhance_signal", "enhance_whole",
-    "find_default_checkpoint", "load_enhancer", "snr_db",
+    "CheckpointError", "DenoiseConfig", "Enhancer", "check_codec_identity", "enhance_chunks",
+    "enhance_signal", "enhance_whole", "find_default_checkpoint", "identity_sidecars",
+    "load_enhancer", "snr_db", "trained_codec_identity",
 ]

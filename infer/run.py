@@ -1,7 +1,7 @@
-"""Denoise files and folders: mirror the tree, resample, keep channels, batch, report failures.
+"""Denoise files and folders: plan, drive the enhancer over streamed files, report failures.
 
-Each file is streamed: blocks of ``read_block_seconds`` are read with ``soundfile``, resampled to
-16 kHz with a ``soxr`` stream, cut into chunks (``infer.denoise.ChunkPlanner``), enhanced in
+Each file is streamed (``infer.fileio``): blocks of ``read_block_seconds`` are read, resampled to
+16 kHz with a ``soxr`` stream, cut into chunks (``infer.chunking.ChunkPlanner``), enhanced in
 batches that may mix chunks of several files, joined (``ChunkAssembler``), resampled back to the
 output rate, optionally blended with the dry input (``mix``) and written progressively into a
 temporary file that is renamed over the output only when complete. Memory therefore depends on
@@ -14,55 +14,40 @@ others go on, and :class:`RunSummary` lists the failures.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
-import soxr
 from tqdm import tqdm
 
-from cleancodec.pipeline.atomic import publish, temp_beside, write_json_atomic
-from cleancodec.pipeline.audio import AudioError
+from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
+from cleancodec.infer.denoise import DenoiseConfig, Enhancer, enhance_chunks, load_enhancer
+from cleancodec.infer.fileio import (
+    AudioReader,
+    AudioWriter,
+    Fifo,
+    FileTask,
+    Resampler,
+    RunError,
+    default_output,
+    plan_tasks,
+    total_seconds,
+)
+from cleancodec.pipeline.atomic import write_json_atomic
+from cleancodec.pipeline.audio import EMPTY, AudioError
 from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
 from cleancodec.pipeline.config import load_section, to_dict
-
-from .denoise import (
-    Chunk,
-    ChunkAssembler,
-    ChunkPlanner,
-    ChunkSpec,
-    DenoiseConfig,
-    Enhancer,
-    enhance_chunks,
-    load_enhancer,
-)
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "cleancodec_denoise.json"
-RESAMPLE_QUALITY = "HQ"
-# soundfile container names that are not audio files one would find in a folder
-_NOT_AUDIO_FORMATS = {"raw", "mat4", "mat5"}
-_EXTRA_EXTENSIONS = {"wave", "oga", "opus", "aif", "aifc", "snd", "sph", "sf"}
-PCM_CLIP = 1.0  # integer sample formats cannot hold |x| > 1
 # output samples kept back until the input's length is known (resamplers may run a sample over)
 HOLDBACK = 64
-
-
-def audio_extensions() -> set[str]:
-    """File extensions (lower case, no dot) of every container libsndfile reads here."""
-    names = {name.lower() for name in sf.available_formats()} - _NOT_AUDIO_FORMATS
-    return names | _EXTRA_EXTENSIONS
-
-
-class RunError(ValueError):
-    """The run cannot start (bad INPUT / OUTPUT)."""
+STATUSES = ("ok", "skipped", "failed")
 
 
 @dataclass
@@ -103,106 +88,7 @@ class RunSummary:
         return out
 
 
-# --- planning: which files go where -----------------------------------------------------------
-
-
-@dataclass
-class FileTask:
-    input: Path
-    output: Path
-
-
-def _is_within(child: Path, parent: Path) -> bool:
-    try:
-        child.relative_to(parent)
-        return True
-    except ValueError:
-        return False
-
-
-def plan_tasks(input_path: str | Path, output_path: str | Path) -> list[FileTask]:
-    """Map every audio file under ``input_path`` to its output path (mirrored tree).
-
-    A file INPUT maps to OUTPUT itself, or to ``OUTPUT/<name>`` when OUTPUT is a folder.
-    Raises RunError when INPUT is missing, holds no audio, or OUTPUT equals / lies inside it.
-    """
-    src = Path(input_path).expanduser().resolve()
-    dst = Path(output_path).expanduser().resolve()
-    if not src.exists():
-        raise RunError(f"{input_path}: no such file or folder")
-    if src.is_file():
-        target = dst / src.name if dst.is_dir() else dst
-        if target == src:
-            raise RunError(f"{output_path}: output would overwrite the input file")
-        return [FileTask(src, target)]
-    if dst == src or _is_within(dst, src):
-        raise RunError(f"{output_path}: output folder must not be the input folder or lie "
-                       f"inside it ({input_path})")
-    exts = audio_extensions()
-    files = sorted(p for p in src.rglob("*")
-                   if p.is_file() and p.suffix.lower().lstrip(".") in exts)
-    if not files:
-        raise RunError(f"{input_path}: no audio files found (extensions: "
-                       f"{', '.join(sorted(exts))})")
-    tasks = [FileTask(p, dst / p.relative_to(src)) for p in files]
-    inputs = set(files)
-    for task in tasks:
-        if task.output in inputs:
-            raise RunError(f"{task.output}: output would overwrite an input file")
-    return tasks
-
-
-# --- streaming pieces -------------------------------------------------------------------------
-
-
-class _Resampler:
-    """Streaming ``[C x n]`` resampler (soxr), or a pass-through when the rates are equal."""
-
-    def __init__(self, sr_in: int, sr_out: int, channels: int):
-        self.stream = None if sr_in == sr_out else soxr.ResampleStream(
-            sr_in, sr_out, channels, dtype="float32", quality=RESAMPLE_QUALITY)
-        self.channels = channels
-
-    def push(self, x: np.ndarray, last: bool = False) -> np.ndarray:
-        if self.stream is None:
-            return x
-        y = self.stream.resample_chunk(np.ascontiguousarray(x.T), last=last)
-        return np.ascontiguousarray(y.reshape(-1, self.channels).T)
-
-    def flush(self) -> np.ndarray:
-        return self.push(np.zeros((self.channels, 0), np.float32), last=True)
-
-
-class _Fifo:
-    """A FIFO of ``[C x n]`` samples."""
-
-    def __init__(self, channels: int):
-        self.channels = channels
-        self.parts: deque[np.ndarray] = deque()
-        self.size = 0
-
-    def put(self, x: np.ndarray) -> None:
-        if x.shape[1]:
-            self.parts.append(x)
-            self.size += x.shape[1]
-
-    def take(self, n: int) -> np.ndarray:
-        out, need = [], n
-        while need and self.parts:
-            head = self.parts.popleft()
-            out.append(head[:, :need])
-            if head.shape[1] > need:
-                self.parts.appendleft(head[:, need:])
-            need -= out[-1].shape[1]
-        self.size -= n - need
-        return np.concatenate(out, axis=1) if out else np.zeros((self.channels, 0), np.float32)
-
-
-def _open_input(path: Path) -> sf.SoundFile:
-    try:
-        return sf.SoundFile(str(path))
-    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError…)
-        raise AudioError(path, f"cannot decode as audio ({type(exc).__name__}: {exc})") from exc
+# --- one file ---------------------------------------------------------------------------------
 
 
 class FileJob:
@@ -210,64 +96,35 @@ class FileJob:
 
     def __init__(self, task: FileTask, enhancer: Enhancer, spec: ChunkSpec, cfg: DenoiseConfig):
         self.task, self.cfg = task, cfg
-        self.reader = _open_input(task.input)
-        info = self.reader
-        if info.channels < 1:
-            raise AudioError(task.input, "no audio channels")
-        self.channels, self.sr_in = info.channels, info.samplerate
+        self.reader = AudioReader(task.input)
+        self.channels, self.sr_in = self.reader.channels, self.reader.sample_rate
         self.sr_out = int(cfg.output_sr or self.sr_in)
-        self.format, self.subtype = info.format, info.subtype
-        self.sr16 = enhancer.sample_rate
-        self.to16 = _Resampler(self.sr_in, self.sr16, self.channels)
-        self.back = _Resampler(self.sr16, self.sr_out, self.channels)
+        self.to16 = Resampler(self.sr_in, enhancer.sample_rate, self.channels)
+        self.back = Resampler(enhancer.sample_rate, self.sr_out, self.channels)
         self.mix = float(cfg.mix)
-        self.dry = _Resampler(self.sr_in, self.sr_out, self.channels) if self.mix > 0 else None
-        self.dry_fifo, self.wet_fifo = _Fifo(self.channels), _Fifo(self.channels)
+        self.dry = Resampler(self.sr_in, self.sr_out, self.channels) if self.mix > 0 else None
+        self.dry_fifo, self.wet_fifo = Fifo(self.channels), Fifo(self.channels)
         self.planner = ChunkPlanner(spec, self.channels, enhancer.hop)
         self.assembler = ChunkAssembler(spec)
         self.block = max(1, round(cfg.read_block_seconds * self.sr_in))
-        self.n_in = 0
-        self.written = 0
         self.outstanding = 0  # chunks handed out and not yet returned
         self.input_done = False
         self.failed = False
-        self.writer: sf.SoundFile | None = None
-        self.tmp: Path | None = None
-        self.comment = RANDOM_INIT_BANNER if enhancer.codec.is_random else ""
+        self.writer: AudioWriter | None = None
+        comment = RANDOM_INIT_BANNER if enhancer.codec.is_random else ""
         try:
-            self._open_writer()
+            self.writer = AudioWriter(task.output, self.sr_out, self.channels, self.reader.format,
+                                      self.reader.subtype, comment)
         except BaseException:
             self.reader.close()
             raise
 
+    @property
+    def n_in(self) -> int:
+        """Input samples read so far (at the input rate)."""
+        return self.reader.frames_read
+
     # writing ----------------------------------------------------------------------------
-    def _open_writer(self) -> None:
-        out = self.task.output
-        if not sf.check_format(self.format, self.subtype):
-            raise AudioError(out, f"cannot write {self.format}/{self.subtype}")
-        self.tmp = temp_beside(out)
-        try:
-            self.writer = sf.SoundFile(str(self.tmp), "w", samplerate=self.sr_out,
-                                       channels=self.channels, format=self.format,
-                                       subtype=self.subtype)
-        except Exception as exc:
-            self.tmp.unlink(missing_ok=True)
-            raise AudioError(out, f"cannot write {self.format}/{self.subtype} at "
-                                  f"{self.sr_out} Hz ({type(exc).__name__}: {exc})") from exc
-        if self.comment:
-            try:
-                self.writer.comment = self.comment
-            except Exception:  # not every container has a comment tag
-                log.debug("%s: container has no comment tag", out)
-
-    def _write(self, y: np.ndarray) -> None:
-        if not y.shape[1]:
-            return
-        if "FLOAT" not in self.subtype and "DOUBLE" not in self.subtype:
-            y = np.clip(y, -PCM_CLIP, PCM_CLIP)
-        self.writer.write(np.ascontiguousarray(y.T))
-        self.written += y.shape[1]
-
     def _emit_wet(self, y16: np.ndarray, last: bool = False) -> None:
         """Resample enhanced 16 kHz samples to the output rate, blend, and write what's ready."""
         self.wet_fifo.put(self.back.push(y16, last=last))
@@ -275,31 +132,20 @@ class FileJob:
                                                                 self.dry_fifo.size)
         n = max(0, ready - HOLDBACK)
         if self.dry is None:
-            self._write(self.wet_fifo.take(n))
+            self.writer.write(self.wet_fifo.take(n))
             return
         wet, dry = self.wet_fifo.take(n), self.dry_fifo.take(n)
-        self._write((1.0 - self.mix) * wet + self.mix * dry)
+        self.writer.write((1.0 - self.mix) * wet + self.mix * dry)
 
     # reading ----------------------------------------------------------------------------
     def chunks(self) -> Iterator[Chunk]:
         """Read the file block by block and yield its chunks (16 kHz, ``[C x L]``)."""
-        while True:
-            try:
-                block = self.reader.read(self.block, dtype="float32", always_2d=True)
-            except Exception as exc:
-                raise AudioError(self.task.input,
-                                 f"cannot decode as audio ({type(exc).__name__}: {exc})") from exc
-            if not len(block):
-                break
-            if not np.all(np.isfinite(block)):
-                raise AudioError(self.task.input, "contains NaN or inf samples")
-            x = np.ascontiguousarray(block.T)
-            self.n_in += x.shape[1]
+        for x in self.reader.blocks(self.block):
             if self.dry is not None:
                 self.dry_fifo.put(self.dry.push(x))
             yield from self._plan(self.to16.push(x))
         if self.n_in == 0:
-            raise AudioError(self.task.input, "empty (0 samples)")
+            raise AudioError(self.task.input, EMPTY)
         if self.dry is not None:
             self.dry_fifo.put(self.dry.flush())
         yield from self._plan(self.to16.flush())
@@ -337,26 +183,22 @@ class FileJob:
             rest = np.pad(rest, ((0, 0), (0, n - rest.shape[1])))
             dry = np.pad(dry, ((0, 0), (0, n - dry.shape[1])))
             rest = (1.0 - self.mix) * rest + self.mix * dry
-        rest = rest[:, :max(0, target - self.written)]
-        rest = np.pad(rest, ((0, 0), (0, max(0, target - self.written - rest.shape[1]))))
-        self._write(rest)
+        written = self.writer.written
+        rest = rest[:, :max(0, target - written)]
+        rest = np.pad(rest, ((0, 0), (0, max(0, target - written - rest.shape[1]))))
+        self.writer.write(rest)
         self.reader.close()
-        self.writer.close()
-        publish(self.tmp, self.task.output)
-        self.tmp = None
+        self.writer.commit()
 
     def abort(self) -> None:
         """Drop everything written for this file (failure or interruption)."""
         self.failed = True
-        for handle in (self.reader, self.writer):
-            try:
-                if handle is not None:
-                    handle.close()
-            except Exception:  # closing a broken handle must not hide the first error
-                pass
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
-            self.tmp = None
+        try:
+            self.reader.close()
+        except Exception:  # closing a broken handle must not hide the first error
+            pass
+        if self.writer is not None:
+            self.writer.abort()
 
 
 # --- the driver -------------------------------------------------------------------------------
@@ -365,7 +207,8 @@ class FileJob:
 class _Batcher:
     """Collect chunks (possibly of several files) and enhance them ``batch_size`` rows a time."""
 
-    def __init__(self, enhancer: Enhancer, batch_size: int, on_failure):
+    def __init__(self, enhancer: Enhancer, batch_size: int,
+                 on_failure: Callable[[FileJob, str], None]):
         self.enhancer, self.batch_size = enhancer, batch_size
         self.items: list[tuple[FileJob, Chunk]] = []
         self.on_failure = on_failure
@@ -396,17 +239,6 @@ class _Batcher:
                 job.accept(chunk, y)
 
 
-def _total_seconds(tasks: list[FileTask]) -> float:
-    total = 0.0
-    for task in tasks:
-        try:
-            info = sf.info(str(task.input))
-            total += info.frames / info.samplerate
-        except Exception:  # unreadable files are reported when processed
-            continue
-    return total
-
-
 def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enhancer,
                  cfg: DenoiseConfig, progress: bool = True) -> RunSummary:
     """Denoise a file or a folder tree into ``output_path`` (see module docstring).
@@ -421,7 +253,7 @@ def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enha
     summary = RunSummary(random_codec=enhancer.codec.is_random)
     open_jobs: list[FileJob] = []
     files_bar = tqdm(total=len(tasks), unit="file", desc="files", disable=not progress)
-    secs_bar = tqdm(total=round(_total_seconds(tasks), 1), unit="s", desc="audio",
+    secs_bar = tqdm(total=round(total_seconds(tasks), 1), unit="s", desc="audio",
                     disable=not progress, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s "
                                                      "[{elapsed}<{remaining}]")
 
@@ -499,7 +331,7 @@ def write_report(output_dir: Path, summary: RunSummary, enhancer: Enhancer,
     report.update({
         "enhancer": enhancer.describe(),
         "config": to_dict(cfg),
-        "counts": {s: summary.count(s) for s in ("ok", "skipped", "failed")},
+        "counts": {s: summary.count(s) for s in STATUSES},
         "audio_seconds": round(summary.audio_seconds, 3),
         "wall_seconds": round(summary.wall_seconds, 3),
         "files": [asdict(r) for r in summary.results],
@@ -509,18 +341,7 @@ def write_report(output_dir: Path, summary: RunSummary, enhancer: Enhancer,
     return path
 
 
-
-
 # --- the stage as the command line runs it ----------------------------------------------------
-
-
-def default_output(input_path: str | Path) -> Path:
-    """``<INPUT>_denoised`` beside the input (``name_denoised.ext`` for a file)."""
-    src = Path(input_path).expanduser()
-    src = Path(os.path.normpath(src.absolute()))
-    if src.is_file():
-        return src.with_name(f"{src.stem}_denoised{src.suffix}")
-    return src.with_name(f"{src.name}_denoised")
 
 
 def run_denoise(input_path: str | Path, output_path: str | Path | None,
@@ -551,7 +372,6 @@ __all__ = [
     "FileResult",
     "RunError",
     "RunSummary",
-    "audio_extensions",
     "default_output",
     "denoise_path",
     "plan_tasks",

@@ -4,7 +4,7 @@ Two conventions, tried in this order for every enhanced file:
 
 1. the same relative path (``a/b.wav`` ↔ ``a/b.wav``), or the same path with another audio
    extension (``a/b.flac`` ↔ ``a/b.wav``);
-2. the DNS Challenge test-set convention: ``clean/clean_fileid_12.wav`` ↔
+2. the DNS Challenge test-set convention (``pipeline.dns``): ``clean/clean_fileid_12.wav`` ↔
    ``noisy/book_..._snr5_tl-25_fileid_12.wav`` — the number after the last ``fileid_`` in the
    file name, looked up first in the same sub-folder, then anywhere in the tree when it is
    unique there.
@@ -14,14 +14,12 @@ noisy names) pairs without renaming anything. Files left without a partner are l
 """
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .run import audio_extensions
-
-FILEID = re.compile(r"fileid_(\d+)")
+from cleancodec.pipeline.audio import list_audio_files
+from cleancodec.pipeline.dns import fileid
 
 
 @dataclass
@@ -50,20 +48,12 @@ class Pairing:
 
 
 def list_audio(root: str | Path) -> dict[str, Path]:
-    """Relative posix path → file, for every audio file under ``root`` (sorted)."""
+    """Relative posix path → file, for every audio file under ``root`` (sorted).
+
+    Raises FileNotFoundError when ``root`` is not a folder.
+    """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
-    exts = audio_extensions()
-    files = sorted(p for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower().lstrip(".") in exts)
-    return {p.relative_to(root).as_posix(): p for p in files}
-
-
-def fileid(rel: str) -> int | None:
-    """The DNS ``fileid_N`` number in a file name, or None."""
-    found = FILEID.findall(PurePosixPath(rel).stem)
-    return int(found[-1]) if found else None
+    return {p.relative_to(root).as_posix(): p for p in list_audio_files(root)}
 
 
 class _Index:
@@ -128,4 +118,4 @@ def pair_files(enhanced: str | Path, clean: str | Path | None = None,
     return out
 
 
-__all__ = ["FILEID", "Pair", "Pairing", "fileid", "list_audio", "pair_files"]
+__all__ = ["Pair", "Pairing", "list_audio", "pair_files"]

@@ -1,10 +1,19 @@
-"""Audio I/O: read any soundfile format into float32 at a target rate; atomic writes.
+"""Audio I/O for every stage: what an audio file is, reading it, and writing it atomically.
 
-Every failure raises :class:`AudioError` whose message names the file and the reason, so a
-caller can log it, skip the file, and go on.
+*An audio file* is a file whose extension names a container libsndfile reads here
+(:func:`audio_extensions`, from ``soundfile.available_formats()``); every stage that walks a
+folder (the denoiser, the evaluation, the demo) takes files by :func:`is_audio_path`.
+
+Reading always goes through this module: whole files (:func:`read_audio_channels`,
+:func:`read_audio`), a span of one (:func:`read_mono`, :func:`read_segment`), or a stream
+(:func:`open_audio` then :func:`read_block`). Every failure raises :class:`AudioError` whose
+message is ``"<path>: <reason>"`` with one of the reasons below, so a caller can log it, skip
+the file, and go on.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +23,21 @@ import soxr
 from cleancodec.pipeline.atomic import atomic_path
 
 SILENCE_PEAK = 1e-6  # a file whose peak stays under this is treated as all-silent
+RESAMPLE_QUALITY = "HQ"
+RESAMPLE_MARGIN_S = 0.05  # context read on each side of a segment before resampling it
+# soundfile container names that are not audio files one would find in a folder
+NOT_AUDIO_FORMATS = frozenset({"raw", "mat4", "mat5"})
+# extensions libsndfile reads under another name than its container's
+EXTRA_EXTENSIONS = frozenset({"wave", "oga", "opus", "aif", "aifc", "snd", "sph", "sf"})
+OGG_EXTENSIONS = frozenset({"oga", "opus"})
+OGG_FORMAT = "OGG"
+
+# the reasons an AudioError gives
+EMPTY = "empty (0 samples)"
+NON_FINITE = "contains NaN or inf samples"
+ALL_SILENT = "all-silent"
+TOO_SHORT = "too short to resample"
+NO_CHANNELS = "no audio channels"
 
 
 class AudioError(ValueError):
@@ -25,14 +49,102 @@ class AudioError(ValueError):
         self.reason = reason
 
 
+def decode_error(path: str | Path, exc: BaseException) -> AudioError:
+    """The AudioError for a file libsndfile could not open or decode (``exc`` is its error)."""
+    return AudioError(path, f"cannot decode as audio ({type(exc).__name__}: {exc})")
+
+
+# --- what an audio file is ---------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def audio_extensions() -> frozenset[str]:
+    """File extensions (lower case, no dot) of every container libsndfile reads here."""
+    names = {name.lower() for name in sf.available_formats()} - NOT_AUDIO_FORMATS
+    return frozenset(names | EXTRA_EXTENSIONS)
+
+
+def is_audio_path(path: str | Path) -> bool:
+    """True when ``path``'s extension names a container libsndfile reads."""
+    return Path(path).suffix.lower().lstrip(".") in audio_extensions()
+
+
+def list_audio_files(root: str | Path) -> list[Path]:
+    """Every audio file under the folder ``root``, recursively, sorted.
+
+    Raises FileNotFoundError when ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_audio_path(p))
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: ``frames`` per channel, rate, channels, container, subtype."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+    format: str
+    subtype: str
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """The header of ``path``; raises AudioError when libsndfile cannot open it."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError…)
+        raise decode_error(path, exc) from exc
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels), info.format,
+                     info.subtype)
+
+
+def open_audio(path: str | Path) -> sf.SoundFile:
+    """Open ``path`` for streamed reading (:func:`read_block`); raises AudioError."""
+    try:
+        handle = sf.SoundFile(str(path))
+    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError…)
+        raise decode_error(path, exc) from exc
+    if handle.channels < 1:
+        handle.close()
+        raise AudioError(path, NO_CHANNELS)
+    return handle
+
+
+def check_finite(path: str | Path, data: np.ndarray) -> np.ndarray:
+    """``data`` unchanged; raises AudioError when it holds NaN or inf samples."""
+    if not np.all(np.isfinite(data)):
+        raise AudioError(path, NON_FINITE)
+    return data
+
+
+def read_block(handle: sf.SoundFile, path: str | Path, frames: int) -> np.ndarray:
+    """The next ``frames`` samples of an open file as float32 ``[C x n]`` (``n = 0`` at its end).
+
+    Raises AudioError for a decoding error or NaN / inf samples.
+    """
+    try:
+        block = handle.read(frames, dtype="float32", always_2d=True)
+    except Exception as exc:  # a corrupt stream fails part-way through
+        raise decode_error(path, exc) from exc
+    return np.ascontiguousarray(check_finite(path, block).T)
+
+
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Resample along the last axis with soxr (high quality). ``x``: ``[T]`` or ``[C x T]``."""
     if sr_in == sr_out:
         return np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 1:
-        return soxr.resample(x.astype(np.float32), sr_in, sr_out, quality="HQ").astype(np.float32)
+        y = soxr.resample(x.astype(np.float32), sr_in, sr_out, quality=RESAMPLE_QUALITY)
+        return y.astype(np.float32)
     # soxr wants [T x C]
-    y = soxr.resample(np.ascontiguousarray(x.T, dtype=np.float32), sr_in, sr_out, quality="HQ")
+    y = soxr.resample(np.ascontiguousarray(x.T, dtype=np.float32), sr_in, sr_out,
+                      quality=RESAMPLE_QUALITY)
     return np.ascontiguousarray(y.T, dtype=np.float32)
 
 
@@ -45,13 +157,12 @@ def read_audio_channels(path: str | Path, allow_silent: bool = True) -> tuple[np
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError…)
-        raise AudioError(path, f"cannot decode as audio ({type(exc).__name__}: {exc})") from exc
+        raise decode_error(path, exc) from exc
     if data.size == 0 or data.shape[0] == 0:
-        raise AudioError(path, "empty (0 samples)")
-    if not np.all(np.isfinite(data)):
-        raise AudioError(path, "contains NaN or inf samples")
+        raise AudioError(path, EMPTY)
+    check_finite(path, data)
     if not allow_silent and float(np.max(np.abs(data))) < SILENCE_PEAK:
-        raise AudioError(path, "all-silent")
+        raise AudioError(path, ALL_SILENT)
     return np.ascontiguousarray(data.T), int(sr)
 
 
@@ -61,8 +172,58 @@ def read_audio(path: str | Path, sample_rate: int, allow_silent: bool = False) -
     mono = data.mean(axis=0)
     out = resample(mono, sr, sample_rate)
     if out.size == 0:
-        raise AudioError(path, "too short to resample")
+        raise AudioError(path, TOO_SHORT)
     return out
+
+
+def read_mono(path: str | Path, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, int]:
+    """Samples ``start:stop`` of ``path`` at its own rate, channels averaged.
+
+    Returns ``(float32 [T], sample_rate)``; ``T`` is shorter than ``stop - start`` past the
+    file's end. Raises AudioError when the file cannot be decoded.
+    """
+    try:
+        data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError…)
+        raise decode_error(path, exc) from exc
+    return np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(sr)
+
+
+def read_segment(path: str | Path, start: int, length: int, sample_rate: int) -> np.ndarray:
+    """Mono float32 ``[length]`` of ``path`` from sample ``start`` at ``sample_rate``.
+
+    Reads only the needed part (plus a short resampling margin, aligned so the result is
+    deterministic); zero-pads past the end of the file. Raises AudioError on read failure.
+    """
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+        sr = info.samplerate
+        if sr == sample_rate:
+            data, _ = sf.read(str(path), start=start, frames=length, dtype="float32",
+                              always_2d=True)
+            mono = data.mean(axis=1)
+            offset = 0
+        else:
+            g = np.gcd(sr, sample_rate)
+            step_in, step_out = sr // g, sample_rate // g
+            margin = int(RESAMPLE_MARGIN_S * sample_rate)
+            block = max(0, start - margin) // step_out
+            first_in, first_out = block * step_in, block * step_out
+            stop_in = -(-(start + length + margin) * sr // sample_rate)
+            data, _ = sf.read(str(path), start=first_in, stop=min(stop_in, info.frames),
+                              dtype="float32", always_2d=True)
+            mono = resample(data.mean(axis=1), sr, sample_rate)
+            offset = start - first_out
+    except Exception as exc:
+        raise AudioError(path, f"cannot read segment ({type(exc).__name__}: {exc})") from exc
+    seg = mono[offset:offset + length]
+    if len(seg) < length:
+        seg = np.pad(seg, (0, length - len(seg)))
+    return np.ascontiguousarray(seg, dtype=np.float32)
+
+
+# --- writing -----------------------------------------------------------------------------------
 
 
 def write_audio_atomic(path: str | Path, audio: np.ndarray, sample_rate: int,
@@ -80,6 +241,14 @@ def _format_for(path: Path) -> str:
     formats = sf.available_formats()
     if ext.upper() in formats:
         return ext.upper()
-    if ext in ("oga", "opus"):
-        return "OGG"
+    if ext in OGG_EXTENSIONS:
+        return OGG_FORMAT
     raise AudioError(path, f"cannot write audio format '.{ext}'")
+
+
+__all__ = [
+    "ALL_SILENT", "EMPTY", "NON_FINITE", "NO_CHANNELS", "SILENCE_PEAK", "TOO_SHORT", "AudioError",
+    "AudioInfo", "audio_extensions", "audio_info", "check_finite", "decode_error",
+    "is_audio_path", "list_audio_files", "open_audio", "read_audio", "read_audio_channels",
+    "read_block", "read_mono", "read_segment", "resample", "write_audio_atomic",
+]

@@ -18,7 +18,6 @@ latents ``Tensor[B x D x F]`` with ``F = ceil(T / hop)`` (D = 1024, hop = 320 fo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.machinery
 import logging
 import sys
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cleancodec.pipeline.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +136,6 @@ def import_dac() -> types.ModuleType:
 # --- identity --------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_arch(arch: Any) -> dict[str, Any]:
     """``"dac16k"`` / ``"tiny"`` / dict → full ``dac.DAC`` keyword arguments."""
     if arch in (None, "dac16k"):
@@ -190,14 +182,29 @@ def weights_url() -> str:
     return dac_utils.__MODEL_URLS__[(MODEL_TYPE, MODEL_TAG, MODEL_BITRATE)]
 
 
-def _offline_message(path: Path, reason: str) -> str:
+def download_failure(exc: BaseException) -> str:
+    """Why the default weights are missing, for :func:`offline_message` (``exc``: the download
+    error)."""
+    return (f"not at {default_weights_path()} and could not be downloaded from {weights_url()} "
+            f"({type(exc).__name__}: {exc})")
+
+
+def offline_message(reason: str, make_target: str = "") -> str:
+    """What to do when the DAC 16 kHz weights cannot be had (the one offline-weights message).
+
+    ``reason`` says why (:func:`download_failure`, or a weights file that is missing);
+    ``make_target`` names the make target the user ran (``"demo"`` → ``make demo
+    CODEC=random``), empty for any target.
+    """
+    path = default_weights_path()
+    make = f"make {make_target} " if make_target else "make: "
     return (
-        f"DAC 16 kHz weights are not at {path} and could not be downloaded "
-        f"from {weights_url()} ({reason}).\n"
-        f"  - download that file on a machine with internet and copy it to {path}, or\n"
+        f"DAC 16 kHz weights are not available: {reason}.\n"
+        f"  - download {weights_url()} on a machine with internet and copy it to {path} "
+        f"(dac downloads it there by itself when this machine is online), or\n"
         f"  - pass --codec-weights /path/to/weights_16khz.pth (DAC's release format; "
-        f"make: CODEC=/path/to/weights_16khz.pth), or\n"
-        f"  - pass --codec random (make: CODEC=random) for an offline pipeline check with a "
+        f"{make}CODEC=/path/to/weights_16khz.pth), or\n"
+        f"  - pass --codec random ({make}CODEC=random) for an offline pipeline check with a "
         f"random-init codec (audio quality is then meaningless)."
     )
 
@@ -216,7 +223,7 @@ def fetch_default_weights() -> Path:
     except Exception as exc:  # network errors come in many types (requests, ssl, socket)
         if path.is_file() and path.stat().st_size == 0:
             path.unlink()
-        raise CodecWeightsError(_offline_message(path, f"{type(exc).__name__}: {exc}")) from exc
+        raise CodecWeightsError(offline_message(download_failure(exc))) from exc
 
 
 def _read_release_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -443,5 +450,6 @@ def save_random_release_file(path: str | Path, arch: Any = "tiny", seed: int = 0
 __all__ = [
     "Codec", "CodecConfig", "CodecWeightsError", "DAC16K_ARCH", "TINY_ARCH", "RANDOM",
     "RANDOM_INIT_BANNER", "load_codec", "import_dac", "identities_match", "describe_identity",
-    "default_weights_path", "save_random_release_file", "sha256_file",
+    "default_weights_path", "download_failure", "offline_message", "save_random_release_file",
+    "sha256_file",
 ]

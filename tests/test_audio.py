@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cleancodec.pipeline.audio import AudioError, read_audio, read_audio_channels, resample, write_audio_atomic
+from cleancodec.pipeline.audio import (
+    AudioError,
+    read_audio,
+    read_audio_channels,
+    resample,
+    write_audio_atomic,
+)
 
 
 def _tone(sr, seconds=1.0, channels=1):
@@ -65,3 +71,33 @@ def test_atomic_write_leaves_no_temp_and_keeps_old_on_failure(tmp_path):
         write_audio_atomic(p, np.zeros((2, 2, 2), np.float32), 16000)
     assert p.read_bytes() == before
     assert [f.name for f in p.parent.iterdir()] == ["a.wav"]
+
+
+def test_one_definition_of_an_audio_file_and_streamed_reads(tmp_path):
+    from cleancodec.pipeline.audio import (
+        audio_extensions,
+        is_audio_path,
+        list_audio_files,
+        open_audio,
+        read_block,
+        read_mono,
+    )
+
+    assert {"wav", "flac", "ogg", "opus", "aif"} <= audio_extensions()
+    assert not {"raw", "mat5", "txt"} & audio_extensions()
+    assert is_audio_path("a/B.WAV") and not is_audio_path("notes.txt")
+    x = _tone(16000, channels=2)
+    (tmp_path / "sub").mkdir()
+    sf.write(tmp_path / "sub" / "st.flac", x, 16000)
+    (tmp_path / "notes.txt").write_text("not audio")
+    assert list_audio_files(tmp_path) == [tmp_path / "sub" / "st.flac"]
+    mono, sr = read_mono(tmp_path / "sub" / "st.flac", 100, 300)
+    assert sr == 16000 and mono.shape == (200,)
+    handle = open_audio(tmp_path / "sub" / "st.flac")
+    blocks = []
+    while (block := read_block(handle, "st.flac", 7000)).shape[1]:
+        blocks.append(block)
+    handle.close()
+    assert [b.shape for b in blocks] == [(2, 7000), (2, 7000), (2, 2000)]
+    with pytest.raises(AudioError, match="notes.txt: cannot decode as audio"):
+        open_audio(tmp_path / "notes.txt")

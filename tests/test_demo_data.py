@@ -6,8 +6,8 @@ The slow test at the end builds the real corpus from Debian's packages through a
 from __future__ import annotations
 
 import csv
-import os
 import dataclasses
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,20 +19,28 @@ import soundfile as sf
 from cleancodec.pipeline.audio import AudioError
 from cleancodec.pipeline.config import ConfigError, load_section
 from cleancodec.pipeline.demo import debs
+from cleancodec.pipeline.demo.build import build_demo_data, sweep_leftovers
 from cleancodec.pipeline.demo.config import (
-    DemoDataConfig, GeneratedNoiseConfig, RealNoiseConfig, SessionConfig, validate,
+    DemoDataConfig,
+    GeneratedNoiseConfig,
+    RealNoiseConfig,
+    SessionConfig,
+    validate,
 )
 from cleancodec.pipeline.demo.g722_codec import (
-    G722_DELAY_SAMPLES, decode_g722_bytes, encode_g722_bytes, read_g722, read_prompt,
+    G722_DELAY_SAMPLES,
+    decode_g722_bytes,
+    encode_g722_bytes,
+    read_g722,
+    read_prompt,
 )
 from cleancodec.pipeline.demo.index import IndexRow, read_index, split_paths
-from cleancodec.pipeline.demo.noise_gen import BabbleSource, generate
 from cleancodec.pipeline.demo.noise_real import copyright_licenses, event_sequence, kind_of, segment
 from cleancodec.pipeline.demo.speech import load_prompts, plan_sessions, trim_silence
 from cleancodec.pipeline.demo.splits import SplitLeak, check_disjoint, hold_out
-from cleancodec.pipeline.demo.testset import noisy_name, pair_by_fileid, parse_noisy_name
-from cleancodec.pipeline.demo_data import build_demo_data, sweep_leftovers
+from cleancodec.pipeline.dns import noisy_name, pair_by_fileid, parse_noisy_name
 from cleancodec.pipeline.mix import rms_dbfs, snr_db, window_rng
+from cleancodec.pipeline.synth import BabbleSource, generate
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +54,11 @@ def speechlike(seconds: float, f0: float = 140.0, seed: int = 0, level: float = 
     env = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 6))
     x = tone * env
     return (level * x / np.max(np.abs(x))).astype(np.float32)
+
+
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, SR)
 
 
 def padded(x: np.ndarray, pad_s: float = 0.3) -> np.ndarray:
@@ -683,3 +696,46 @@ def test_real_demo_corpus_from_debian_packages(tmp_path):
     assert size < 250 * 2**20, f"corpus is {size / 2**20:.0f} MiB"
     again = build_demo_data(cfg, out, cache)
     assert again.built == [] and again.ok
+
+
+# --- make demo's steps ------------------------------------------------------------------------
+
+
+def test_demo_preflight_explains_missing_weights(tmp_path):
+    from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, CodecWeightsError
+    from cleancodec.pipeline.demo.preflight import (
+        EXIT_NO_WEIGHTS,
+        missing_weights_message,
+        preflight,
+        run_preflight,
+    )
+
+    assert preflight(CodecConfig(weights="random")) == RANDOM_INIT_BANNER
+    assert run_preflight(None, "random") == (0, RANDOM_INIT_BANNER)
+    with pytest.raises(CodecWeightsError, match="no such weights file") as err:
+        preflight(CodecConfig(weights=str(tmp_path / "missing.pth")))
+    message = missing_weights_message(err.value)
+    assert "make demo CODEC=random" in message and "CODEC=/path/to/" in message
+    status, text = run_preflight(None, str(tmp_path / "missing.pth"))
+    assert status == EXIT_NO_WEIGHTS and "missing.pth" in text and "make demo CODEC=random" in text
+
+
+def test_demo_testset_excerpt_copies_pairs_by_fileid(tmp_path):
+    from cleancodec.pipeline.demo.excerpt import copy_testset
+
+    root = tmp_path / "corpus" / "testset"
+    for k in range(3):
+        write_wav(root / "clean" / f"clean_fileid_{k}.wav", np.full(SR // 10, 0.1, np.float32))
+        write_wav(root / "noisy" / f"synth_snr5_tl-25_fileid_{k}.wav",
+                  np.full(SR // 10, 0.2, np.float32))
+    (root / "clean" / "clean_fileid_7.wav").write_bytes(b"")  # no noisy partner
+    names = copy_testset(tmp_path / "corpus", tmp_path / "out", clips=1)
+    assert names == ["synth_snr5_tl-25_fileid_0.wav"]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.wav")) == \
+        ["clean_fileid_0.wav", "synth_snr5_tl-25_fileid_0.wav"]
+    assert len(copy_testset(tmp_path / "corpus", tmp_path / "all", clips=0)) == 3
+    assert not list((tmp_path / "out").rglob(".*.tmp"))
+    for kind in ("clean", "noisy"):
+        (tmp_path / "empty" / "testset" / kind).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no clean/noisy pairs"):
+        copy_testset(tmp_path / "empty", tmp_path / "x", clips=1)

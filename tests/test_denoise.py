@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from cleancodec.infer.chunking import ChunkAssembler, ChunkPlanner, ChunkSpec
 from cleancodec.infer.denoise import (
-    CheckpointError,
-    ChunkAssembler,
-    ChunkPlanner,
-    ChunkSpec,
     DenoiseConfig,
     Enhancer,
     enhance_signal,
@@ -22,7 +19,7 @@ from cleancodec.infer.denoise import (
     snr_db,
 )
 from cleancodec.pipeline.codec import CodecConfig, load_codec
-from cleancodec.trainer.checkpoint import FORMAT_VERSION, save_atomic
+from cleancodec.trainer.checkpoint import FORMAT_VERSION, CheckpointError, save_atomic
 from cleancodec.trainer.models import Denoiser
 
 HOP = 320
@@ -247,3 +244,36 @@ def test_default_checkpoint_is_the_newest_best(tmp_path, codec):
     assert find_default_checkpoint(tmp_path / "runs", dict(codec.identity, seed=4)) == foreign
     enh = load_enhancer(DenoiseConfig(runs_dir=str(tmp_path / "runs")), TINY, codec=codec)
     assert enh.checkpoint == str(old)
+
+
+def test_default_checkpoint_reads_codec_identity_from_sidecars(tmp_path, codec, monkeypatch):
+    """Runs with a JSON sidecar naming the codec are never torch.load-ed; others are."""
+    import json
+
+    import cleancodec.infer.denoise as denoise_mod
+
+    model = trained_like_denoiser(codec)
+    runs = tmp_path / "runs"
+    # newest: the run's config.json (the trainer writes it) names another codec
+    foreign = save_checkpoint(runs / "foreign" / "best.pt", model, codec.identity)
+    (runs / "foreign" / "config.json").write_text(
+        json.dumps({"codec_identity": dict(codec.identity, seed=5)}))
+    # then: a checkpoint's own best.json names this codec (and beats config.json)
+    mine = save_checkpoint(runs / "mine" / "best.pt", model, dict(codec.identity, seed=6))
+    (runs / "mine" / "best.json").write_text(json.dumps({"codec_identity": codec.identity}))
+    (runs / "mine" / "config.json").write_text(json.dumps({"codec_identity": {"kind": "x"}}))
+    # oldest: no sidecar at all (an older run) → read from the checkpoint itself
+    legacy = save_checkpoint(runs / "legacy" / "best.pt", model, dict(codec.identity, seed=7))
+    (runs / "legacy" / "config.json").write_text("{torn")
+    now = time.time()
+    for age, path in enumerate((foreign, mine, legacy)):
+        os.utime(path, (now - 100 * age, now - 100 * age))
+    loaded = []
+    real_load = denoise_mod.load_checkpoint
+    monkeypatch.setattr(denoise_mod, "load_checkpoint",
+                        lambda path: loaded.append(path) or real_load(path))
+    assert find_default_checkpoint(runs, codec.identity) == mine
+    assert loaded == []
+    assert find_default_checkpoint(runs, dict(codec.identity, seed=7)) == legacy
+    assert loaded == [legacy]
+    assert find_default_checkpoint(runs, dict(codec.identity, seed=8)) == foreign

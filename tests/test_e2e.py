@@ -92,31 +92,3 @@ def test_cache_train_denoise_evaluate(tmp_path, tiny_latent_cache):
         assert fh.readline().strip() == f"# {RANDOM_INIT_BANNER}"
         assert len(list(csv.DictReader(fh))) == CLIPS
     assert len(list((tmp_path / "eval" / "spectrograms").glob("*.png"))) == 2
-
-
-# --- make demo's helpers ----------------------------------------------------------------------
-
-
-def test_demo_preflight_explains_missing_weights(tmp_path):
-    from cleancodec.infer.demo import main as demo_main
-    from cleancodec.infer.demo import offline_message, preflight
-    from cleancodec.pipeline.codec import CodecWeightsError
-
-    assert preflight(CodecConfig(weights="random")) == RANDOM_INIT_BANNER
-    with pytest.raises(CodecWeightsError, match="no such weights file"):
-        preflight(CodecConfig(weights=str(tmp_path / "missing.pth")))
-    message = offline_message("reason")
-    assert "make demo CODEC=random" in message and "CODEC=/path/to/" in message
-    assert demo_main(["preflight", "--codec", str(tmp_path / "missing.pth")]) == 2
-
-
-def test_demo_testset_excerpt_copies_pairs_by_fileid(tmp_path):
-    from cleancodec.infer.demo import copy_testset
-
-    write_testset(tmp_path / "corpus" / "testset")
-    (tmp_path / "corpus" / "testset" / "clean" / "clean_fileid_7.wav").write_bytes(b"")  # alone
-    names = copy_testset(tmp_path / "corpus", tmp_path / "out", clips=1)
-    assert names == ["synth_snr5_tl-25_fileid_0.wav"]
-    assert sorted(p.name for p in (tmp_path / "out").rglob("*.wav")) == \
-        ["clean_fileid_0.wav", "synth_snr5_tl-25_fileid_0.wav"]
-    assert len(copy_testset(tmp_path / "corpus", tmp_path / "all", clips=0)) == CLIPS

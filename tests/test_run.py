@@ -11,7 +11,8 @@ import soxr
 from click.testing import CliRunner
 
 from cleancodec.cli import main
-from cleancodec.infer.denoise import ChunkSpec, DenoiseConfig, Enhancer, enhance_signal
+from cleancodec.infer.chunking import ChunkSpec
+from cleancodec.infer.denoise import DenoiseConfig, Enhancer, enhance_signal
 from cleancodec.infer.run import REPORT_NAME, RunError, default_output, denoise_path, plan_tasks
 from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec
 from cleancodec.trainer.checkpoint import FORMAT_VERSION, save_atomic

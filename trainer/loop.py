@@ -43,8 +43,10 @@ TENSORBOARD_DIR = "tensorboard"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 RESTART_PREFIX = "restarted-"
-RUN_ARTIFACTS = (ckpt_io.LATEST, ckpt_io.BEST, METRICS_FILE, TENSORBOARD_DIR, CONFIG_FILE,
-                 SUMMARY_FILE)
+# best.pt's step, score and codec identity, readable without torch.load (denoise's discovery)
+BEST_INFO_FILE = Path(ckpt_io.BEST).with_suffix(".json").name
+RUN_ARTIFACTS = (ckpt_io.LATEST, ckpt_io.BEST, BEST_INFO_FILE, METRICS_FILE, TENSORBOARD_DIR,
+                 CONFIG_FILE, SUMMARY_FILE)
 MODEL_SECTIONS = ("denoiser", "discriminator")
 
 
@@ -376,6 +378,12 @@ class Trainer:
         if self.val["val/latent_l1"] < self.best_val:
             self.best_val = self.val["val/latent_l1"]
             self._save(ckpt_io.BEST, light=True)
+            if self.env.is_main:  # what denoise's checkpoint discovery reads without torch.load
+                write_json_atomic(self.run_dir / BEST_INFO_FILE, {
+                    "format_version": ckpt_io.FORMAT_VERSION, "step": self.step,
+                    "codec_identity": self.manifest["codec"]["identity"],
+                    "cache_manifest_digest": self.digest, "val": dict(self.val),
+                    "best_val": self.best_val})
         self._postfix["val_gain"] = f"{self.val['val/gain']:.3f}"
         bar.set_postfix(self._postfix)
 

@@ -1,12 +1,17 @@
-"""Building blocks of the embedded demo corpus (``pipeline.demo_data`` puts them together).
+"""The embedded demo: its corpus (``cleancodec demo-data``) and the steps of ``make demo``.
 
-- ``config``     the ``demo_data`` profile section as dataclasses
+- ``build``      build the demo corpus from the parts below (resumable, per unit)
+- ``config``     the ``demo_data`` and ``demo`` profile sections as dataclasses
 - ``debs``       fetch Debian packages with ``apt-get download`` (cached), unpack with ``dpkg -x``
 - ``g722_codec`` raw G.722 (64 kbit/s, 16 kHz) files → float32 PCM
 - ``speech``     prompts of one voice → trimmed utterances → clean session files
 - ``noise_real`` noise from packages (music, ambience, machine loops, event sequences)
-- ``noise_gen``  seeded generated noise (white, pink, brown, hum, crackle, babble, mixtures)
 - ``splits``     speaker-disjoint splits and held-out noise files
-- ``index``      ``index.csv`` rows, per-unit build state, summary table
-- ``testset``    the DNS-style synthetic test set (names, pairing, building)
+- ``index``      ``index.csv`` rows, per-unit build state
+- ``summary``    the summary tables printed after a build
+- ``testset``    the DNS-style synthetic test set (names: ``pipeline.dns``)
+- ``preflight``  ``make demo``'s first step: can the DAC weights be had?
+- ``excerpt``    ``make demo``'s test-set excerpt (the first clips of the test set)
+
+Generated noise comes from the project's one noise synthesiser, ``pipeline.synth.generate``.
 """

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cleancodec.pipeline.config import ConfigError, from_dict
+from cleancodec.pipeline.synth import GENERATED_KINDS, NoiseSynthConfig
 
 SPLITS = ("train", "val", "test")
 
@@ -81,19 +82,13 @@ class RealNoiseConfig:
 
 
 @dataclass
-class GeneratedNoiseConfig:
-    """Seeded generated noise: files per split, length, and the babble recipe."""
+class GeneratedNoiseConfig(NoiseSynthConfig):
+    """Seeded generated noise: kinds, files per split, length; the synthesiser's settings
+    (level, babble recipe, mains frequencies) are those of :class:`NoiseSynthConfig`."""
 
-    kinds: list[str] = field(default_factory=lambda: [
-        "white", "pink", "brown", "hum", "crackle", "babble", "nonstationary"])
+    kinds: list[str] = field(default_factory=lambda: list(GENERATED_KINDS))
     seconds: float = 30.0
     files: dict[str, int] = field(default_factory=lambda: {"train": 4, "val": 1, "test": 2})
-    level_dbfs: float = -25.0
-    babble_min_talkers: int = 4
-    babble_max_talkers: int = 8
-    babble_rate_min: float = 0.85  # resampling factor range: varies pitch and tempo per talker
-    babble_rate_max: float = 1.2
-    hum_mains_hz: list[float] = field(default_factory=lambda: [50.0, 60.0])
 
 
 @dataclass
@@ -119,6 +114,16 @@ class TestSetConfig:
     silence_threshold_db: float = -45.0
     noise_floor_dbfs: float = -70.0  # noise windows quieter than this are redrawn
     max_noise_draws: int = 20
+
+
+@dataclass
+class DemoConfig:
+    """The ``demo`` section of a profile (``make demo``).
+
+    testset_clips: test-set clips denoised and scored (0 = all of them).
+    """
+
+    testset_clips: int = 12
 
 
 @dataclass
@@ -216,5 +221,3 @@ def split_of_speaker(cfg: DemoDataConfig) -> dict[str, str]:
     """``speaker -> split`` from the fixed speaker lists."""
     return {spk: split for split, spks in cfg.splits.speakers.items() for spk in spks}
 
-
-GENERATED_KINDS = ("white", "pink", "brown", "hum", "crackle", "babble", "nonstationary")

@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cleancodec.pipeline.atomic import publish
+
 APT_TIMEOUT_S = 900  # one package download
 DPKG_TIMEOUT_S = 300  # one unpack
 STALE_LIST_MARKERS = ("Unable to locate package", "has no installation candidate",
@@ -98,7 +100,7 @@ class AptFetcher:
             if proc.returncode != 0 or not debs:
                 return False, proc.stderr + proc.stdout
             for deb in debs:
-                os.replace(deb, self.cache_dir / deb.name)
+                publish(deb, self.cache_dir / deb.name)
             return True, ""
         except subprocess.TimeoutExpired:
             return False, f"apt-get download timed out after {APT_TIMEOUT_S} s"

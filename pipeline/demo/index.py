@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cleancodec.pipeline import hashing
 from cleancodec.pipeline.atomic import write_json_atomic, write_text_atomic
 
 INDEX_NAME = "index.csv"
 SKIPPED_NAME = "skipped.csv"
 STATE_DIR = ".state"
 STATE_VERSION = 2  # bump when the content a unit produces changes for the same config
+FINGERPRINT_CHARS = 16
 
 
 @dataclass
@@ -67,9 +68,9 @@ SKIPPED_FIELDS = [f.name for f in dataclasses.fields(Skipped)]
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable hash of JSON-able ``parts`` (config dicts, seeds, other fingerprints)."""
-    blob = json.dumps([STATE_VERSION, *parts], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """A unit's fingerprint: :func:`pipeline.hashing.fingerprint` of ``STATE_VERSION`` and the
+    JSON-able ``parts`` (config dicts, seeds, other fingerprints), cut to ``FINGERPRINT_CHARS``."""
+    return hashing.fingerprint(STATE_VERSION, *parts)[:FINGERPRINT_CHARS]
 
 
 def _state_path(root: Path, unit: str) -> Path:

@@ -5,17 +5,17 @@ test noise segment shares a recording with a training one.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 
 from cleancodec.pipeline.demo.index import IndexRow
+from cleancodec.pipeline.hashing import sha256_text
 
 MIN_FILES_FOR_TEST = 2  # a kind with fewer source files keeps them all for training
 MIN_FILES_FOR_VAL = 3
 
 
 def _rank(seed: int, scope: str, name: str) -> str:
-    return hashlib.sha256(f"{seed}/{scope}/{name}".encode()).hexdigest()
+    return sha256_text(f"{seed}/{scope}/{name}")
 
 
 def hold_out(names: list[str], seed: int, scope: str, test_fraction: float,

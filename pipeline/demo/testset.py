@@ -1,9 +1,8 @@
 """The DNS-style synthetic test set: ``testset/clean/clean_fileid_N.wav`` and
 ``testset/noisy/clnspN_<kind>_<noise>_snrS_tlL_fileid_N.wav``.
 
-Names follow the DNS Challenge 2020 synthetic test set (``clean_fileid_12.wav`` pairs with
-``clnsp12_traffic_248091_3_snr5_tl-30_fileid_12.wav``): the pair is found by ``fileid_N``, the
-SNR (dB) and target level (dBFS) are integers in the noisy name, so evaluation code written for
+Names follow the DNS Challenge 2020 synthetic test set (``pipeline.dns``: ``clean_fileid_12.wav``
+pairs with ``clnsp12_traffic_248091_3_snr5_tl-30_fileid_12.wav``), so evaluation code written for
 the DNS test set runs on this one unchanged. Clips are cut from *test* speakers only and mixed
 with *test* noise files only, with :func:`pipeline.mix.mix`; every draw for clip ``k`` comes
 from :func:`pipeline.mix.window_rng` ``(seed, "test", k)``. As in the DNS synthesiser, a
@@ -11,73 +10,21 @@ mixture the clipping guard had to scale down is named with its actual level.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
-from cleancodec.pipeline.audio import write_audio_atomic
+from cleancodec.pipeline.audio import read_mono, write_audio_atomic
 from cleancodec.pipeline.demo.config import TestSetConfig
 from cleancodec.pipeline.demo.index import IndexRow
+from cleancodec.pipeline.dns import clean_name, noisy_name
 from cleancodec.pipeline.mix import MixConfig, active_fraction, fit_noise, mix, rms_dbfs, window_rng
 
 TESTSET_DIR = "testset"
 PCM_SUBTYPE = "PCM_16"
-FILEID_RE = re.compile(r"fileid_(\d+)\.wav$")
-SNR_RE = re.compile(r"_snr(-?\d+)_")
-TL_RE = re.compile(r"_tl(-?\d+)_")
-TAG_PART_RE = re.compile(r"[A-Za-z0-9-]+")
-FIELD_LIKE_RE = re.compile(r"(snr|tl)-?\d")
 CLEAN_ORDER_SCOPE = "test/clean-order"
-
-
-def clean_name(fileid: int) -> str:
-    return f"clean_fileid_{fileid}.wav"
-
-
-def noisy_name(fileid: int, noise_tag: str, snr_db: int, level_dbfs: int) -> str:
-    """DNS-style noisy name ``clnspN_<noise_tag>_snrS_tlL_fileid_N.wav``.
-
-    ``noise_tag`` is ``_``-separated parts of letters, digits and ``-``; no part may look like
-    an SNR or level field (``snr5``, ``tl-20``) or contain ``fileid``, so parsing stays exact.
-    """
-    parts = noise_tag.split("_")
-    bad = [p for p in parts if not TAG_PART_RE.fullmatch(p) or FIELD_LIKE_RE.match(p)
-           or "fileid" in p]
-    if bad:
-        raise ValueError(f"noise tag {noise_tag!r}: part(s) {bad} would break DNS-style names")
-    return f"clnsp{fileid}_{noise_tag}_snr{int(snr_db)}_tl{int(level_dbfs)}_fileid_{fileid}.wav"
-
-
-@dataclass
-class NoisyNameInfo:
-    fileid: int
-    snr_db: int
-    level_dbfs: int
-
-
-def parse_noisy_name(name: str) -> NoisyNameInfo:
-    """Read fileid, SNR and target level from a DNS-style noisy file name."""
-    fid, snr, tl = FILEID_RE.search(name), SNR_RE.search(name), TL_RE.search(name)
-    if not (fid and snr and tl):
-        raise ValueError(f"{name}: not a DNS-style noisy name (…_snrS_tlL_fileid_N.wav)")
-    return NoisyNameInfo(int(fid.group(1)), int(snr.group(1)), int(tl.group(1)))
-
-
-def pair_by_fileid(clean_dir: Path, noisy_dir: Path) -> list[tuple[Path, Path]]:
-    """``(clean, noisy)`` pairs matched on ``fileid_N`` (sorted by N); unmatched files dropped."""
-    def by_id(folder: Path) -> dict[int, Path]:
-        out = {}
-        for p in Path(folder).glob("*.wav"):
-            m = FILEID_RE.search(p.name)
-            if m:
-                out[int(m.group(1))] = p
-        return out
-    clean, noisy = by_id(clean_dir), by_id(noisy_dir)
-    return [(clean[k], noisy[k]) for k in sorted(set(clean) & set(noisy))]
 
 
 @dataclass
@@ -97,8 +44,8 @@ def clean_segments(rows: list[IndexRow], root: Path, length: int,
 
 
 def _read(root: Path, rel: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-    audio, _ = sf.read(str(root / rel), start=start, stop=stop, dtype="float32")
-    return audio if audio.ndim == 1 else audio.mean(axis=1)
+    """Samples ``start:stop`` of the corpus file ``rel``, mono float32 ``[T]``."""
+    return read_mono(root / rel, start, stop)[0]
 
 
 def choose_clean(segments: list[CleanSegment], root: Path, length: int, sample_rate: int,

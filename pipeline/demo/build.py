@@ -1,4 +1,4 @@
-"""Build the embedded demo corpus (``make demo-data``): real speech and noise from Debian
+"""Build the embedded demo corpus (``cleancodec demo-data``): real speech and noise from Debian
 packages plus seeded generated noise, speaker-disjoint splits, and a DNS-style test set.
 
 Layout under the output folder (default ``data/demo``)::
@@ -28,28 +28,44 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
+from cleancodec.pipeline.atomic import atomic_path, write_json_atomic
 from cleancodec.pipeline.audio import write_audio_atomic
-from cleancodec.pipeline.demo import noise_gen
 from cleancodec.pipeline.demo.config import (
-    SPLITS, DemoDataConfig, NoisePackage, SpeechSource, split_of_speaker, validate,
+    SPLITS,
+    DemoDataConfig,
+    NoisePackage,
+    SpeechSource,
+    split_of_speaker,
+    validate,
 )
 from cleancodec.pipeline.demo.debs import AptFetcher, PackageError, deb_version, unpack_deb
 from cleancodec.pipeline.demo.g722_codec import G722Unavailable
 from cleancodec.pipeline.demo.index import (
-    IndexRow, Skipped, UnitState, fingerprint, load_unit, save_unit, write_index, write_skipped,
+    IndexRow,
+    Skipped,
+    UnitState,
+    fingerprint,
+    load_unit,
+    save_unit,
+    write_index,
+    write_skipped,
 )
-from cleancodec.pipeline.demo.noise_real import build_noise_package, copyright_licenses, load_noise_files
+from cleancodec.pipeline.demo.noise_real import (
+    build_noise_package,
+    copyright_licenses,
+    load_noise_files,
+)
 from cleancodec.pipeline.demo.speech import common_base, list_files, load_prompts, write_sessions
 from cleancodec.pipeline.demo.splits import check_disjoint, hold_out
 from cleancodec.pipeline.demo.testset import TESTSET_DIR, build_testset
-from cleancodec.pipeline.atomic import atomic_path, write_json_atomic
 from cleancodec.pipeline.mix import window_rng
+from cleancodec.pipeline.synth import BabbleSource, generate
 
 SPLITS_NAME = "splits.json"
 LICENSES_DIR = "licenses"
@@ -247,7 +263,7 @@ def _generated(ctx: _Ctx, unit: str, kind: str) -> tuple[list[IndexRow], list[Sk
     jobs = [(split, i) for split in SPLITS for i in range(gen.files.get(split, 0))]
     for split, i in tqdm(jobs, desc=unit, unit="file", leave=False):
         rng = window_rng(cfg.seed, f"noise/generated/{kind}/{split}", i)
-        audio, used = noise_gen.generate(kind, rng, n, cfg.sample_rate, gen, pools.get(split))
+        audio, used = generate(kind, rng, n, cfg.sample_rate, gen, pools.get(split))
         rel = f"noise/{kind}/{kind}-{split}_{i:03d}.wav"
         write_audio_atomic(ctx.root / rel, audio, cfg.sample_rate, subtype=PCM_SUBTYPE)
         used_rel = sorted(os.path.relpath(p, ctx.root) for p in used)
@@ -260,7 +276,7 @@ def _generated(ctx: _Ctx, unit: str, kind: str) -> tuple[list[IndexRow], list[Sk
     return rows, []
 
 
-def _babble_pools(ctx: _Ctx) -> tuple[dict[str, list[noise_gen.BabbleSource]], dict[str, str]]:
+def _babble_pools(ctx: _Ctx) -> tuple[dict[str, list[BabbleSource]], dict[str, str]]:
     """Training speakers' clean files, divided (seeded) into disjoint pools for the babble of
     each split, so no speech recording sits in the babble of two splits."""
     units = set(_train_speech_units(ctx))
@@ -268,10 +284,10 @@ def _babble_pools(ctx: _Ctx) -> tuple[dict[str, list[noise_gen.BabbleSource]], d
             and f"speech/{r.source_package}" in units]
     split_of = hold_out([r.path for r in rows], ctx.cfg.seed, "noise/generated/babble",
                         ctx.cfg.splits.noise_test_fraction, ctx.cfg.splits.noise_val_fraction)
-    pools: dict[str, list[noise_gen.BabbleSource]] = {s: [] for s in SPLITS}
+    pools: dict[str, list[BabbleSource]] = {s: [] for s in SPLITS}
     for r in rows:
         frames = int(r.duration_s * ctx.cfg.sample_rate)
-        pools[split_of[r.path]].append(noise_gen.BabbleSource(ctx.root / r.path, frames))
+        pools[split_of[r.path]].append(BabbleSource(ctx.root / r.path, frames))
     return pools, {r.path: r.license for r in rows}
 
 
