@@ -1,7 +1,12 @@
 """The ``cleancodec`` command: one subcommand per stage, each a thin wrapper over one typed
-stage function (``pipeline.build.build_cache``, ``trainer.loop.fit``, ``infer.run.denoise_path``,
-``infer.evaluate.evaluate_dirs``)."""
+stage function (``cleancodec.pipeline.build.run_cache``, ``cleancodec.trainer.loop.fit``,
+``cleancodec.infer.run.run_denoise``, ``cleancodec.infer.evaluate.run_evaluate``, the demo's in
+``cleancodec.pipeline.demo``). Every stage takes ``section.key=value`` overrides after its
+options (see ``cleancodec.pipeline.config``); an option such as ``--steps`` is a shorthand for
+one of them."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -29,10 +34,14 @@ def option_overrides(section: str, values: dict[str, object]) -> list[str]:
     """Command-line options as ``section.key=value`` overrides (options left unset are skipped).
 
     The options are shorthands; they are applied before the explicit ``KEY=VALUE`` arguments,
-    so an explicit override wins.
+    so an explicit override wins. Strings (paths) are quoted so that YAML reads them verbatim.
     """
     def text(value: object) -> str:
-        return str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, (int, float)):
+            return repr(value)
+        return "'" + str(value).replace("'", "''") + "'"
 
     return [f"{section}.{key}={text(value)}" for key, value in values.items() if value is not None]
 
@@ -68,8 +77,9 @@ def resolve_codec_choice(codec: str | None, codec_weights: str | None) -> str | 
 @click.option("--verify", is_flag=True,
               help="On resume, re-hash every finished shard (default: check sizes).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.argument("overrides", nargs=-1, metavar="[codec|cache.KEY=VALUE]...")
 def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storage, workers,
-                  overwrite, verify, quiet):
+                  overwrite, verify, quiet, overrides):
     """Mix clean speech with noise, encode both with DAC, and write the sharded latent cache.
 
     Resumable: rerun the same command after an interruption and only unfinished shards are
@@ -78,11 +88,13 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
     """
     from cleancodec.pipeline.build import BuildError, run_cache
     from cleancodec.pipeline.codec import CodecWeightsError
-    from cleancodec.pipeline.config import ConfigError
+    from cleancodec.pipeline.config import ConfigError, check_overrides
 
     try:
+        check_overrides(overrides, ("codec", "cache"), "cache")
         summary = run_cache(conf, resolve_codec_choice(codec, codec_weights), clean, noise, rir,
-                            out_dir, storage, workers, overwrite, verify, progress=not quiet)
+                            out_dir, storage, workers, overwrite, verify, progress=not quiet,
+                            overrides=overrides)
     except (BuildError, CodecWeightsError, ConfigError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     if summary.rank == 0:
@@ -268,8 +280,7 @@ def demo_testset_command(conf, corpus, out):
 
 
 @main.command("denoise")
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
-@click.argument("output_path", metavar="[OUTPUT]", required=False, type=click.Path())
+@click.argument("args", nargs=-1, metavar="INPUT [OUTPUT] [section.KEY=VALUE]...")
 @click.option("--conf", type=click.Path(dir_okay=False), default=None,
               help="Profile with `codec` and `denoise` sections (e.g. conf/denoise.yaml).")
 @codec_options
@@ -293,9 +304,8 @@ def demo_testset_command(conf, corpus, out):
               help="torch CPU threads (default: codec.num_threads, else all cores; on a busy "
                    "shared machine fewer threads than cores run faster).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def denoise_command(input_path, output_path, conf, codec, codec_weights, checkpoint, bypass, mix,
-                    output_sr, skip_existing, allow_codec_mismatch, batch_size, device, threads,
-                    quiet):
+def denoise_command(args, conf, codec, codec_weights, checkpoint, bypass, mix, output_sr,
+                    skip_existing, allow_codec_mismatch, batch_size, device, threads, quiet):
     """Denoise INPUT (a file or a folder, recursively) into OUTPUT.
 
     OUTPUT mirrors INPUT's tree and file names (default: INPUT_denoised beside it); every
@@ -303,15 +313,25 @@ def denoise_command(input_path, output_path, conf, codec, codec_weights, checkpo
     when any file failed.
     """
     from cleancodec.infer.run import run_denoise
+    from cleancodec.pipeline.config import ConfigError, check_overrides, split_overrides
 
-    overrides = {"checkpoint": checkpoint, "bypass": bypass, "mix": mix, "output_sr": output_sr,
+    overrides, paths = split_overrides(args)
+    if not 1 <= len(paths) <= 2:
+        raise click.UsageError("give INPUT (a file or folder) and optionally OUTPUT")
+    input_path, output_path = paths[0], (paths[1] if len(paths) == 2 else None)
+    if not Path(input_path).exists():
+        raise click.BadParameter(f"{input_path}: no such file or folder", param_hint="INPUT")
+    items = [*option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights),
+                                         "device": device, "num_threads": threads}),
+             *option_overrides("denoise", {
+                 "checkpoint": checkpoint, "bypass": bypass, "mix": mix, "output_sr": output_sr,
                  "skip_existing": skip_existing, "allow_codec_mismatch": allow_codec_mismatch,
-                 "batch_size": batch_size}
+                 "batch_size": batch_size})]
     try:
-        summary, output = run_denoise(input_path, output_path, conf,
-                                      resolve_codec_choice(codec, codec_weights), overrides,
-                                      device, threads, progress=not quiet)
-    except (ValueError, RuntimeError, OSError) as exc:
+        check_overrides(overrides, ("codec", "denoise"), "denoise")
+        summary, output = run_denoise(input_path, output_path, conf, [*items, *overrides],
+                                      progress=not quiet)
+    except (ConfigError, ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(summary.lines()))
     click.echo(f"output: {output}")
@@ -337,19 +357,23 @@ def denoise_command(input_path, output_path, conf, codec, codec_weights, checkpo
 @click.option("--personalized", "dnsmos_personalized", is_flag=True, default=None,
               help="DNSMOS personalised models instead of the standard ones.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.argument("overrides", nargs=-1, metavar="[evaluate.KEY=VALUE]...")
 def evaluate_command(enhanced, clean, noisy, out, conf, workers, spectrograms,
-                     dnsmos_personalized, quiet):
+                     dnsmos_personalized, quiet, overrides):
     """Score enhanced speech: DNSMOS, PESQ-WB, STOI, SI-SDR, speaker similarity.
 
     Files pair by relative path or by the DNS test-set `fileid_N` convention.
     """
     from cleancodec.infer.evaluate import run_evaluate
+    from cleancodec.pipeline.config import ConfigError, check_overrides
 
-    overrides = {"workers": workers, "spectrograms": spectrograms,
-                 "dnsmos_personalized": dnsmos_personalized}
+    items = option_overrides("evaluate", {"workers": workers, "spectrograms": spectrograms,
+                                          "dnsmos_personalized": dnsmos_personalized})
     try:
-        result = run_evaluate(enhanced, out, clean, noisy, conf, overrides, progress=not quiet)
-    except (ValueError, OSError) as exc:
+        check_overrides(overrides, ("evaluate",), "evaluate")
+        result = run_evaluate(enhanced, out, clean, noisy, conf, [*items, *overrides],
+                              progress=not quiet)
+    except (ConfigError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(result.table)
     for kind, paths in result.summary["unmatched"].items():

@@ -26,8 +26,9 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -388,11 +389,10 @@ def evaluate_dirs(enhanced: str | Path, out: str | Path, clean: str | Path | Non
 
 def run_evaluate(enhanced: str | Path, out: str | Path, clean: str | Path | None = None,
                  noisy: str | Path | None = None, conf: str | Path | None = None,
-                 overrides: dict[str, Any] | None = None,
+                 overrides: Sequence[str] = (),
                  progress: bool = True) -> EvaluationResult:
-    """Load the profile's ``evaluate`` section, apply overrides (``None`` ignored), evaluate."""
-    cfg = load_section(conf, "evaluate", EvaluateConfig)
-    cfg = replace(cfg, **{k: v for k, v in (overrides or {}).items() if v is not None})
+    """Load the profile's ``evaluate`` section and ``evaluate.key=value`` overrides, evaluate."""
+    cfg = load_section(conf, "evaluate", EvaluateConfig, overrides)
     return evaluate_dirs(enhanced, out, clean=clean, noisy=noisy, cfg=cfg, progress=progress)
 
 

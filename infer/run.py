@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -345,21 +345,15 @@ def write_report(output_dir: Path, summary: RunSummary, enhancer: Enhancer,
 
 
 def run_denoise(input_path: str | Path, output_path: str | Path | None,
-                conf: str | Path | None = None, codec_weights: str | None = None,
-                overrides: dict[str, Any] | None = None, device: str | None = None,
-                threads: int | None = None,
+                conf: str | Path | None = None, overrides: Sequence[str] = (),
                 progress: bool = True) -> tuple[RunSummary, Path]:
     """Load the profile's ``codec`` / ``denoise`` sections, apply overrides, denoise.
 
-    ``overrides`` holds ``DenoiseConfig`` fields (``None`` values are ignored); ``codec_weights``,
-    ``device`` and ``threads`` override ``codec.weights`` / ``codec.device`` /
-    ``codec.num_threads``. Returns the summary and the output path.
+    ``overrides``: ``codec.key=value`` / ``denoise.key=value`` items, applied after the profile.
+    Returns the summary and the output path.
     """
-    codec_cfg = load_section(conf, "codec", CodecConfig)
-    codec_over = {"weights": codec_weights, "device": device, "num_threads": threads}
-    codec_cfg = replace(codec_cfg, **{k: v for k, v in codec_over.items() if v})
-    cfg = load_section(conf, "denoise", DenoiseConfig)
-    cfg = replace(cfg, **{k: v for k, v in (overrides or {}).items() if v is not None})
+    codec_cfg = load_section(conf, "codec", CodecConfig, overrides)
+    cfg = load_section(conf, "denoise", DenoiseConfig, overrides)
     cfg.validate()
     output = Path(output_path) if output_path else default_output(input_path)
     plan_tasks(input_path, output)  # refuse a bad INPUT / OUTPUT before loading any model
