@@ -6,9 +6,12 @@ options (see ``cleancodec.pipeline.config``); an option such as ``--steps`` is a
 one of them."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
+
+from cleancodec.pipeline.stopping import SIGNAL_EXIT_BASE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -335,6 +338,8 @@ def denoise_command(args, conf, codec, codec_weights, checkpoint, bypass, mix, o
         raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(summary.lines()))
     click.echo(f"output: {output}")
+    if summary.stopped_by:
+        raise SystemExit(SIGNAL_EXIT_BASE + signal.Signals[summary.stopped_by])
     if summary.failed:
         raise SystemExit(1)
 

@@ -41,6 +41,9 @@ from cleancodec.pipeline.atomic import write_json_atomic
 from cleancodec.pipeline.audio import EMPTY, AudioError
 from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
 from cleancodec.pipeline.config import load_section, to_dict
+from cleancodec.pipeline.dirlock import DirectoryLock
+from cleancodec.pipeline.oserrors import describe, is_os_failure, named_os_errors
+from cleancodec.pipeline.stopping import GracefulStop
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class RunSummary:
     wall_seconds: float = 0.0
     audio_seconds: float = 0.0
     random_codec: bool = False
+    stopped_by: str = ""      # the signal that stopped the run before its last file
 
     @property
     def failed(self) -> list[FileResult]:
@@ -85,6 +89,9 @@ class RunSummary:
                    f"failed {self.count('failed')}; {self.audio_seconds:.1f} s of audio in "
                    f"{self.wall_seconds:.1f} s (real-time factor {rtf:.3f})")
         out += [f"  FAILED {r.input}: {r.reason}" for r in self.failed]
+        if self.stopped_by:
+            out.append(f"stopped by {self.stopped_by} after the file in flight; rerun with "
+                       "--skip-existing to do the rest")
         return out
 
 
@@ -240,11 +247,14 @@ class _Batcher:
 
 
 def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enhancer,
-                 cfg: DenoiseConfig, progress: bool = True) -> RunSummary:
+                 cfg: DenoiseConfig, progress: bool = True,
+                 stop: GracefulStop | None = None) -> RunSummary:
     """Denoise a file or a folder tree into ``output_path`` (see module docstring).
 
     Returns a RunSummary; failures are in ``summary.failed``. Raises RunError when the run
     cannot start. A folder run also writes ``OUTPUT/cleancodec_denoise.json`` (the report).
+    When ``stop`` is requested (a signal), the files in flight are finished and no new one is
+    started; ``summary.stopped_by`` names the signal.
     """
     cfg.validate()
     t0 = time.perf_counter()
@@ -277,13 +287,16 @@ def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enha
             try:
                 job.finish()
             except (OSError, sf.LibsndfileError) as exc:
-                fail(job, f"cannot write output ({type(exc).__name__}: {exc})")
+                fail(job, f"cannot write output ({describe(exc, job.task.output)})")
                 continue
             record(job, "ok")
 
     batcher = _Batcher(enhancer, enhancer.auto_batch_size(cfg.batch_size), fail)
     try:
         for task in tasks:
+            if stop is not None and stop.requested:
+                summary.stopped_by = stop.name
+                break
             if cfg.skip_existing and task.output.exists():
                 summary.results.append(FileResult(str(task.input), str(task.output), "skipped",
                                                   "output exists"))
@@ -306,8 +319,13 @@ def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enha
                         break
                 secs_bar.update(round(job.seconds, 1))
             except Exception as exc:  # any per-file problem: report it and go on
-                fail(job, exc.reason if isinstance(exc, AudioError)
-                     else f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, AudioError):
+                    reason = exc.reason
+                elif is_os_failure(exc):  # e.g. the disk filled up while writing
+                    reason = f"cannot write output ({describe(exc, job.task.output)})"
+                else:
+                    reason = f"{type(exc).__name__}: {exc}"
+                fail(job, reason)
             settle()
         batcher.flush()
         settle()
@@ -357,8 +375,11 @@ def run_denoise(input_path: str | Path, output_path: str | Path | None,
     cfg.validate()
     output = Path(output_path) if output_path else default_output(input_path)
     plan_tasks(input_path, output)  # refuse a bad INPUT / OUTPUT before loading any model
-    enhancer = load_enhancer(cfg, codec_cfg)
-    return denoise_path(input_path, output, enhancer, cfg, progress=progress), output
+    folder = output if Path(input_path).is_dir() else output.parent
+    with named_os_errors(folder), DirectoryLock(folder, "denoise"), GracefulStop() as stop:
+        enhancer = load_enhancer(cfg, codec_cfg)
+        summary = denoise_path(input_path, output, enhancer, cfg, progress=progress, stop=stop)
+    return summary, output
 
 
 __all__ = [

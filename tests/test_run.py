@@ -264,3 +264,57 @@ def test_command_succeeds_on_good_input_and_refuses_a_foreign_checkpoint(tmp_pat
                                                     str(tmp_path / "b.wav")])
     assert allowed.exit_code == 0, allowed.output
     assert sf.info(str(tmp_path / "b.wav")).frames == 16000
+
+
+# --- operations: full disk, locked output folder -----------------------------------------------
+
+TMPFS_BYTES = 64 * 1024  # room for the lock file, not for one second of 16-bit stereo audio
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A tiny tmpfs mounted for the test (needs mount rights: root in CI)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny_disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs",
+                           str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_denoise_onto_a_full_disk_says_no_space_and_leaves_nothing(tmp_path, full_disk):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "long.wav", tone(48000, 3.0, 2), 48000, subtype="FLOAT")
+    result = CliRunner().invoke(main, ["denoise", str(src / "long.wav"),
+                                       str(full_disk / "out.wav"), "--conf", "conf/tiny.yaml",
+                                       "--bypass", "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "no space left on device" in result.output and "out.wav" in result.output
+    assert "LibsndfileError" not in result.output and "System error" not in result.output
+    assert not [p for p in full_disk.iterdir() if p.suffix == ".wav" or "tmp" in p.name]
+
+
+def test_a_second_denoise_into_a_held_output_folder_is_refused(tmp_path):
+    import os
+    import socket
+
+    from cleancodec.pipeline.dirlock import DirectoryLock
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(16000, 1.0, 1), 16000)
+    with DirectoryLock(out, "denoise"):
+        result = CliRunner().invoke(main, ["denoise", str(src), str(out), "--conf",
+                                           "conf/tiny.yaml", "--bypass", "--quiet"])
+    assert result.exit_code != 0
+    assert f"pid {os.getpid()}" in result.output and socket.gethostname() in result.output
+    assert not (out / "a.wav").exists()
+    again = CliRunner().invoke(main, ["denoise", str(src), str(out), "--conf", "conf/tiny.yaml",
+                                      "--bypass", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert (out / "a.wav").is_file()
