@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from cleancodec.pipeline.stopping import SIGNAL_EXIT_BASE
+from cleancodec.pipeline.stopping import SIGNAL_EXIT_BASE, StopRequested
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,6 +171,7 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     --run-dir DIR ...` for multi-GPU (DDP).
     """
     from cleancodec.pipeline.config import ConfigError, check_overrides
+    from cleancodec.pipeline.dirlock import DirectoryLockedError
     from cleancodec.pipeline.manifest import ManifestError
     from cleancodec.trainer.checkpoint import CheckpointError
     from cleancodec.trainer.config import load_train_config
@@ -185,8 +186,12 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
         check_overrides(overrides, ("train",), "train")
         cfg = load_train_config(conf, preset, [*items, *overrides])
         result = fit(cfg, cache_dir, run_dir or f"runs/{cfg.run_name}", restart=restart)
+    except StopRequested as exc:
+        if is_main_process():
+            click.echo(str(exc), err=True)
+        raise SystemExit(exc.exit_code) from exc
     except (ConfigError, ManifestError, CheckpointError, CacheDataError, FloatingPointError,
-            OSError) as exc:
+            DirectoryLockedError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     if not is_main_process():
         return

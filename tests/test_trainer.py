@@ -278,3 +278,100 @@ def test_two_process_ddp_keeps_replicas_in_sync(tiny_latent_cache, tmp_path):
     assert fresh["step"] == 4 and fresh["data"]["world_size"] == 2
     assert tensors_equal(fresh["denoiser"], r0["denoiser"]) == []
     assert r0["summary"]["val/gain"] == r1["summary"]["val/gain"]
+
+
+# --- unattended runs: signals, the run-folder lock, non-finite steps ---------------------------
+
+def _cli_train(cache: Path, run: Path, *overrides: str) -> subprocess.Popen:
+    """``cleancodec train`` in a new session (so SIGINT is not ignored), tiny profile."""
+    cmd = [sys.executable, "-m", "cleancodec", "train", "--conf", str(TINY), "--cache",
+           str(cache), "--run-dir", str(run), "--quiet", "train.num_threads=1", *overrides]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _logged_step(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+    return max(steps, default=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_saves_the_step_and_the_rerun_equals_a_straight_run(tiny_latent_cache,
+                                                                          tmp_path, sig, code):
+    cache = tiny_latent_cache("zarr")
+    steps = ["train.steps=80", "train.log_every=10", "train.val_every=40",
+             "train.checkpoint_every=1000", "train.milestones=[]", "train.data.num_workers=1"]
+    proc = _cli_train(cache, tmp_path / "stopped", *steps)
+    deadline = time.monotonic() + 240
+    while _logged_step(tmp_path / "stopped") < 30 and proc.poll() is None:
+        assert time.monotonic() < deadline, "training never reached step 30"
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    saved = load_checkpoint(tmp_path / "stopped" / "latest.pt")
+    assert 30 <= saved["step"] < 80 and f"saved at step {saved['step']}" in err
+    rerun = _cli_train(cache, tmp_path / "stopped", *steps)
+    _, err = rerun.communicate(timeout=240)
+    assert rerun.returncode == 0, err[-3000:]
+    straight = _cli_train(cache, tmp_path / "straight", *steps)
+    _, err = straight.communicate(timeout=240)
+    assert straight.returncode == 0, err[-3000:]
+    a = load_checkpoint(tmp_path / "straight" / "latest.pt")
+    b = load_checkpoint(tmp_path / "stopped" / "latest.pt")
+    assert a["step"] == b["step"] == 80
+    for part in ("denoiser", "discriminator", "opt_g", "opt_d"):
+        assert tensors_equal(a[part], b[part]) == [], part
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_the_same_run_is_refused_until_the_first_dies(tiny_latent_cache,
+                                                                         tmp_path):
+    import socket
+
+    from cleancodec.pipeline.dirlock import DirectoryLockedError
+
+    cache, run = tiny_latent_cache("zarr"), tmp_path / "run"
+    first = _cli_train(cache, run, "train.steps=100000", "train.data.num_workers=0")
+    deadline = time.monotonic() + 120
+    while _logged_step(run) < 10:
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
+        time.sleep(0.05)
+    with pytest.raises(DirectoryLockedError) as err:
+        fit(tiny_cfg(steps=4), cache, run)
+    assert f"pid {first.pid}" in str(err.value) and socket.gethostname() in str(err.value)
+    os.kill(first.pid, signal.SIGKILL)  # the OS releases the lock with the process
+    first.communicate(timeout=60)
+    assert fit(tiny_cfg(steps=4), cache, run)["step"] == 4
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_latent_cache, tmp_path):
+    cfg = tiny_cfg(steps=30, log_every=2, val_every=100, checkpoint_every=4, milestones=[],
+                   max_skipped_steps=3)
+    trainer = Trainer(cfg, tiny_latent_cache("zarr"), tmp_path / "run", DistEnv())
+    trainer.prepare()
+    real_next, calls = trainer.next_batch, {"n": 0}
+
+    def poisoned() -> dict:
+        batch = real_next()
+        calls["n"] += 1
+        if calls["n"] in (3, 9) or calls["n"] >= 15:  # one bad step, one bad step, then all bad
+            batch = {**batch, "noisy": torch.full_like(batch["noisy"], float("nan"))}
+        return batch
+
+    trainer.next_batch = poisoned
+    before = {k: v.clone() for k, v in trainer.denoiser.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="3 steps in a row"):
+        trainer.train()
+    assert trainer.skipped_total == 2 + 3 and trainer.step == 16  # 17th batch: 3rd bad in a row
+    latest = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert latest["step"] == 12
+    assert all(torch.isfinite(v).all() for v in latest["denoiser"].values()
+               if torch.is_floating_point(v))
+    assert tensors_equal(before, trainer.denoiser.state_dict()) != []  # good steps did train
+    logged = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert "nan" not in logged.lower()

@@ -9,11 +9,10 @@ command-line overrides change them (see :mod:`cleancodec.pipeline.config`). Mode
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from collections.abc import Sequence
 
 from cleancodec.pipeline.config import ConfigError, from_dict, load_section, to_dict
 
@@ -102,6 +101,7 @@ class TrainConfig:
     bf16: bool = True                 # bf16 autocast, CUDA only
     activation_checkpointing: bool = False  # recompute denoiser blocks in backward: less memory
     num_threads: int = 0              # torch intra-op threads on CPU (0: torch's default)
+    max_skipped_steps: int = 10       # non-finite loss/gradient steps in a row before stopping
     progress: bool = True             # tqdm bar on the main rank
 
     @property
@@ -150,6 +150,7 @@ def validate(cfg: TrainConfig) -> None:
         "data.stats_windows": cfg.data.stats_windows,
         "denoiser.width": cfg.denoiser.width, "denoiser.depth": cfg.denoiser.depth,
         "discriminator.channels": cfg.discriminator.channels,
+        "max_skipped_steps": cfg.max_skipped_steps,
     }
     for key, value in positive.items():
         if not isinstance(value, int) or value < 1:

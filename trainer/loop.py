@@ -17,22 +17,41 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from cleancodec.pipeline.config import to_dict
 from cleancodec.pipeline.atomic import write_json_atomic, write_text_atomic
+from cleancodec.pipeline.config import to_dict
+from cleancodec.pipeline.dirlock import DirectoryLock
 from cleancodec.pipeline.manifest import latent_shape, load_manifest
+from cleancodec.pipeline.oserrors import named_os_errors
+from cleancodec.pipeline.stopping import GracefulStop
 from cleancodec.trainer import checkpoint as ckpt_io
 from cleancodec.trainer.config import TrainConfig, validate
-from cleancodec.trainer.data import (TRAIN, VAL, Batch, SplitSource, latent_stats, open_split, train_batches,
-                          val_batches)
-from cleancodec.trainer.distributed import DistEnv, all_reduce_sum, barrier, distributed_session, wrap
+from cleancodec.trainer.data import (
+    TRAIN,
+    VAL,
+    Batch,
+    SplitSource,
+    latent_stats,
+    open_split,
+    train_batches,
+    val_batches,
+)
+from cleancodec.trainer.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    distributed_session,
+    wrap,
+)
 from cleancodec.trainer.losses import discriminator_losses, generator_losses
 from cleancodec.trainer.models import Denoiser, Discriminator, count_parameters
 
@@ -48,6 +67,7 @@ BEST_INFO_FILE = Path(ckpt_io.BEST).with_suffix(".json").name
 RUN_ARTIFACTS = (ckpt_io.LATEST, ckpt_io.BEST, BEST_INFO_FILE, METRICS_FILE, TENSORBOARD_DIR,
                  CONFIG_FILE, SUMMARY_FILE)
 MODEL_SECTIONS = ("denoiser", "discriminator")
+SKIPPED_KEY = "skipped"  # in train_step's output when the step changed no weights
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -140,6 +160,8 @@ class Trainer:
         self.logger: RunLogger | None = None
         self._batches: Iterator[Batch] | None = None
         self._postfix: dict[str, str] = {}
+        self.skipped_in_a_row = 0
+        self.skipped_total = 0
 
     # --- setup -------------------------------------------------------------------------------
     def prepare(self, restart: bool = False) -> None:
@@ -248,7 +270,11 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         d_losses["d/loss"].backward()
         d_norm = clip_grad_norm_(self.discriminator.parameters(), clip)
-        self.opt_d.step()
+        # Gradients are all-reduced under DDP, so every rank sees the same norm and skips alike;
+        # a non-finite loss always gives a non-finite norm.
+        d_ok = bool(torch.isfinite(d_norm))
+        if d_ok:
+            self.opt_d.step()
 
         self.discriminator.requires_grad_(False)
         try:
@@ -259,10 +285,32 @@ class Trainer:
         finally:
             self.discriminator.requires_grad_(True)
         g_norm = clip_grad_norm_(self.denoiser.parameters(), clip)
-        self.opt_g.step()
+        g_ok = d_ok and bool(torch.isfinite(g_norm))
+        if g_ok:
+            self.opt_g.step()
         out = {k: v.detach() for k, v in {**d_losses, **g_losses}.items()}
         out["d/grad_norm"], out["g/grad_norm"] = d_norm.detach(), g_norm.detach()
+        if not g_ok:
+            out[SKIPPED_KEY] = torch.ones(())
         return out
+
+    def _count_skip(self, losses: dict[str, torch.Tensor]) -> bool:
+        """Book a step whose loss or gradient was not finite (no weights changed); stop the run
+        after ``train.max_skipped_steps`` such steps in a row. Returns whether it was skipped."""
+        if SKIPPED_KEY not in losses:
+            self.skipped_in_a_row = 0
+            return False
+        self.skipped_in_a_row += 1
+        self.skipped_total += 1
+        log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row, %d in all)",
+                    self.step, self.skipped_in_a_row, self.skipped_total)
+        if self.skipped_in_a_row >= self.cfg.max_skipped_steps:
+            raise FloatingPointError(
+                f"{self.skipped_in_a_row} steps in a row had a non-finite loss or gradient (step "
+                f"{self.step}); stopped. The last good weights are in "
+                f"{self.run_dir / ckpt_io.LATEST} (lower the learning rates, or check the cache)"
+            )
+        return True
 
     # --- validation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -312,8 +360,13 @@ class Trainer:
             ckpt_io.save_atomic(self.checkpoint(light), self.run_dir / name)
 
     # --- the loop ----------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
-        """Run until ``cfg.steps``; returns the final metrics (see :func:`fit`)."""
+    def train(self, stop: GracefulStop | None = None) -> dict[str, Any]:
+        """Run until ``cfg.steps``; returns the final metrics (see :func:`fit`).
+
+        When ``stop`` is requested (SIGINT, SIGTERM, SIGUSR1), the step in flight finishes,
+        ``latest.pt`` is written and :class:`StopRequested` is raised; every rank stops at the
+        same step.
+        """
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.env.is_main and cfg.progress), desc=f"train {cfg.run_name}")
@@ -322,12 +375,13 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 losses = self.train_step(self.next_batch())
-                for key, value in losses.items():
-                    sums[key] = sums.get(key, 0) + value.float()
-                count += 1
+                if not self._count_skip(losses):
+                    for key, value in losses.items():
+                        sums[key] = sums.get(key, 0) + value.float()
+                    count += 1
                 self.step += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if (self.step % cfg.log_every == 0 or self.step == cfg.steps) and count:
                     now = time.perf_counter()
                     steps_per_s = count / max(now - t_last, 1e-9)
                     self._log_train(sums, count, steps_per_s, bar)
@@ -338,6 +392,13 @@ class Trainer:
                     self._save(ckpt_io.LATEST)
                 if self.step in cfg.milestones:
                     self._save(ckpt_io.milestone_name(self.step))
+                if stop is not None and self._stop_agreed(stop):
+                    self._save(ckpt_io.LATEST)
+                    where = self.run_dir / ckpt_io.LATEST
+                    log.warning("%s: saved %s at step %d; rerun the same command to resume",
+                                stop.name, where, self.step)
+                    raise stop.stop(f"{where} saved at step {self.step}; rerun the same "
+                                    "command to resume")
         finally:
             bar.close()
             self._batches = None
@@ -350,6 +411,16 @@ class Trainer:
         if self.env.is_main:
             write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         return summary
+
+    def _stop_agreed(self, stop: GracefulStop) -> bool:
+        """Whether any rank was asked to stop (one all-reduce per step under DDP)."""
+        if self.env.world_size <= 1:
+            return stop.requested
+        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.env.device)
+        all_reduce_sum(flag, self.env)
+        if flag.item() > 0:
+            stop.request(stop.signum or signal.SIGTERM)
+        return flag.item() > 0
 
     def _log_train(self, sums: dict[str, torch.Tensor], count: int, steps_per_s: float,
                    bar: tqdm) -> None:
@@ -412,7 +483,9 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path,
     validate(cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    with distributed_session(cfg.device) as env:
-        trainer = Trainer(cfg, cache_dir, run_dir, env)
-        trainer.prepare(restart)
-        return trainer.train()
+    with distributed_session(cfg.device) as env, GracefulStop() as stop:
+        lock = DirectoryLock(run_dir, "train") if env.is_main else contextlib.nullcontext()
+        with lock, named_os_errors(run_dir):
+            trainer = Trainer(cfg, cache_dir, run_dir, env)
+            trainer.prepare(restart)
+            return trainer.train(stop)

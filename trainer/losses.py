@@ -7,7 +7,7 @@ unweighted terms that get logged. Weights come from :class:`trainer.config.LossC
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
