@@ -153,6 +153,7 @@ class Enhancer:
         return {
             "checkpoint": self.checkpoint,
             "step": self.info.get("step"),
+            "ema": bool(self.info.get("ema")),
             "bypass": self.bypass,
             "codec": self.codec.identity,
             "codec_random_init": self.codec.is_random,

@@ -375,3 +375,21 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_latent_cache, tmp_
     assert tensors_equal(before, trainer.denoiser.state_dict()) != []  # good steps did train
     logged = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert "nan" not in logged.lower()
+
+
+def test_ema_is_kept_in_checkpoints_validated_and_used_by_denoise(tiny_latent_cache, tmp_path):
+    cache, run = tiny_latent_cache("zarr"), tmp_path / "run"
+    result = fit(tiny_cfg(steps=20, log_every=5, val_every=10, checkpoint_every=10,
+                          milestones=[], ema_decay=0.9), cache, run)
+    assert {"val/gain", "val/gain_raw"} <= set(result)
+    ckpt = load_checkpoint(run / "latest.pt")
+    ema, raw = ckpt["denoiser_ema"], ckpt["denoiser"]
+    assert set(ema) == set(raw) and tensors_equal(ema, raw) != []   # an average, not a copy
+    model, info = load_denoiser(run / "best.pt")
+    assert info["ema"] and tensors_equal(model.state_dict(), load_checkpoint(
+        run / "best.pt")["denoiser_ema"]) == []
+    plain, info = load_denoiser(run / "best.pt", use_ema=False)
+    assert not info["ema"]
+    off = fit(tiny_cfg(steps=4, ema_decay=None), cache, tmp_path / "off")
+    assert "val/gain_raw" not in off
+    assert load_checkpoint(tmp_path / "off" / "latest.pt")["denoiser_ema"] is None

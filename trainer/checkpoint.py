@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
 LATEST = "latest.pt"
 BEST = "best.pt"
-TENSOR_KEYS = ("denoiser", "discriminator", "opt_g", "opt_d", "rng")
+TENSOR_KEYS = ("denoiser", "denoiser_ema", "discriminator", "opt_g", "opt_d", "rng")
 
 
 class CheckpointError(RuntimeError):
@@ -150,8 +150,8 @@ def checkpoint_info(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in ckpt.items() if k not in TENSOR_KEYS}
 
 
-def load_denoiser(path: str | Path,
-                  map_location: str | torch.device = "cpu") -> tuple[Denoiser, dict[str, Any]]:
+def load_denoiser(path: str | Path, map_location: str | torch.device = "cpu",
+                  use_ema: bool = True) -> tuple[Denoiser, dict[str, Any]]:
     """Rebuild the trained denoiser from a checkpoint alone.
 
     Parameters
@@ -160,6 +160,9 @@ def load_denoiser(path: str | Path,
         ``latest.pt``, ``best.pt`` or ``step_<N>.pt`` of a run.
     map_location : str or torch.device
         Where tensors are loaded.
+    use_ema : bool
+        Take the EMA of the weights when the run kept one (``train.ema_decay``); ``info["ema"]``
+        says which weights were loaded.
 
     Returns
     -------
@@ -171,10 +174,15 @@ def load_denoiser(path: str | Path,
         ``val``, ``cache_manifest_digest``, ``format_version``, ...
     """
     ckpt = load_checkpoint(path, map_location)
+    weights = ckpt["denoiser"]
+    if use_ema and ckpt.get("denoiser_ema") is not None:
+        weights = ckpt["denoiser_ema"]
     try:
         model = Denoiser(**ckpt["model_args"])
-        model.load_state_dict(ckpt["denoiser"])
+        model.load_state_dict(weights)
     except (KeyError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: denoiser does not match its model_args ({exc})") from exc
     model.to(map_location).eval()
-    return model, checkpoint_info(ckpt)
+    info = checkpoint_info(ckpt)
+    info["ema"] = weights is not ckpt["denoiser"]
+    return model, info

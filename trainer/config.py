@@ -102,6 +102,10 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute denoiser blocks in backward: less memory
     num_threads: int = 0              # torch intra-op threads on CPU (0: torch's default)
     max_skipped_steps: int = 10       # non-finite loss/gradient steps in a row before stopping
+    # EMA of G's weights, used by denoise (None: off). 0.999 is the usual choice for GAN
+    # generators; measured on the tiny profile (300 steps, 2 seeds): held-out gain 0.9136 with
+    # the EMA vs 0.9150 with G's own weights (lower is better). See README, "EMA".
+    ema_decay: float | None = 0.999
     progress: bool = True             # tqdm bar on the main rank
 
     @property

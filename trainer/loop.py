@@ -14,6 +14,7 @@ from the cache manifest.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -67,6 +68,7 @@ BEST_INFO_FILE = Path(ckpt_io.BEST).with_suffix(".json").name
 RUN_ARTIFACTS = (ckpt_io.LATEST, ckpt_io.BEST, BEST_INFO_FILE, METRICS_FILE, TENSORBOARD_DIR,
                  CONFIG_FILE, SUMMARY_FILE)
 MODEL_SECTIONS = ("denoiser", "discriminator")
+EMA_WARMUP = 10  # the EMA decay ramps as (1 + t) / (EMA_WARMUP + t) up to train.ema_decay
 SKIPPED_KEY = "skipped"  # in train_step's output when the step changed no weights
 
 
@@ -173,11 +175,14 @@ class Trainer:
                 self._move_previous_run()
         barrier(self.env)
         latest = self.run_dir / ckpt_io.LATEST
+        resumed = None
         if latest.is_file():
-            self._resume(ckpt_io.load_checkpoint(latest, self.env.device), latest)
+            resumed = ckpt_io.load_checkpoint(latest, self.env.device)
+            self._resume(resumed, latest)
         else:
             mean, std = latent_stats(self.train_src, self.cfg.data.stats_windows, self.cfg.seed)
             self.denoiser.set_latent_stats(mean, std)
+        self._init_ema(resumed)
         self.g = wrap(self.denoiser, self.env)
         self.d = wrap(self.discriminator, self.env)
         if self.env.is_main:
@@ -236,6 +241,27 @@ class Trainer:
         ckpt_io.restore_rng(ckpt["rng"])
         log.info("resumed %s at step %d", path, self.step)
 
+    def _init_ema(self, resumed: dict[str, Any] | None) -> None:
+        """The exponential moving average of G's weights (``train.ema_decay``; None: off)."""
+        self.ema = None
+        if self.cfg.ema_decay is None:
+            return
+        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        if resumed is not None and resumed.get("denoiser_ema") is not None:
+            self.ema.load_state_dict(resumed["denoiser_ema"])
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema ← ema + (1 - d) (w - ema)`` with ``d = min(decay, (1 + t) / (10 + t))``: the
+        usual warm-up of the decay, so that early averages are not dominated by the init."""
+        if self.ema is None:
+            return
+        decay = min(float(self.cfg.ema_decay), (1 + self.step) / (EMA_WARMUP + self.step))
+        ema_p = [p for p in self.ema.parameters()]
+        torch._foreach_lerp_(ema_p, [p.detach() for p in self.denoiser.parameters()], 1 - decay)
+        for ema_b, b in zip(self.ema.buffers(), self.denoiser.buffers()):
+            ema_b.copy_(b)
+
     def next_batch(self) -> Batch:
         """The training batch of the current step (``{"noisy", "clean"}`` ``Tensor[B x D x F]``)."""
         return next(self._batches)
@@ -288,6 +314,7 @@ class Trainer:
         g_ok = d_ok and bool(torch.isfinite(g_norm))
         if g_ok:
             self.opt_g.step()
+            self._update_ema()
         out = {k: v.detach() for k, v in {**d_losses, **g_losses}.items()}
         out["d/grad_norm"], out["g/grad_norm"] = d_norm.detach(), g_norm.detach()
         if not g_ok:
@@ -317,21 +344,31 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Latent L1(denoised, clean), L1(noisy, clean) and their ratio (gain) on the val split.
 
-        Each rank takes its share of the split; the sums are added over ranks.
+        The ``val/...`` figures are those of the weights denoise will use: the EMA of G when
+        ``train.ema_decay`` is set (then ``val/latent_l1_raw`` and ``val/gain_raw`` are G's own),
+        else G. Each rank takes its share of the split; the sums are added over ranks.
         """
-        sums = torch.zeros(3, dtype=torch.float64, device=self.env.device)
+        models = [self.ema, self.denoiser] if self.ema is not None else [self.denoiser]
+        sums = torch.zeros(1 + len(models) + 1, dtype=torch.float64, device=self.env.device)
         for batch in val_batches(self.val_src, self.cfg.data, self.env.rank, self.env.world_size):
             noisy = batch["noisy"].to(self.env.device, torch.float32)
             clean = batch["clean"].to(self.env.device, torch.float32)
-            with self._autocast():
-                denoised = self.denoiser(noisy).float()
-            sums[0] += (denoised - clean).abs().sum(dtype=torch.float64)
-            sums[1] += (noisy - clean).abs().sum(dtype=torch.float64)
-            sums[2] += clean.numel()
+            for i, model in enumerate(models):
+                with self._autocast():
+                    denoised = model(noisy).float()
+                sums[i] += (denoised - clean).abs().sum(dtype=torch.float64)
+            sums[-2] += (noisy - clean).abs().sum(dtype=torch.float64)
+            sums[-1] += clean.numel()
         all_reduce_sum(sums, self.env)
-        l1, noisy_l1, n = sums.tolist()
-        return {"val/latent_l1": l1 / n, "val/noisy_l1": noisy_l1 / n,
-                "val/gain": l1 / noisy_l1 if noisy_l1 > 0 else float("nan")}
+        *l1s, noisy_l1, n = sums.tolist()
+
+        def gain(l1: float) -> float:
+            return l1 / noisy_l1 if noisy_l1 > 0 else float("nan")
+
+        out = {"val/latent_l1": l1s[0] / n, "val/noisy_l1": noisy_l1 / n, "val/gain": gain(l1s[0])}
+        if len(l1s) > 1:
+            out.update({"val/latent_l1_raw": l1s[1] / n, "val/gain_raw": gain(l1s[1])})
+        return out
 
     # --- checkpoints -------------------------------------------------------------------------
     def checkpoint(self, light: bool = False) -> dict[str, Any]:
@@ -341,6 +378,7 @@ class Trainer:
             "model_args": dict(self.denoiser.model_args),
             "disc_args": dict(self.discriminator.model_args),
             "denoiser": self.denoiser.state_dict(),
+            "denoiser_ema": self.ema.state_dict() if self.ema is not None else None,
             "discriminator": self.discriminator.state_dict(),
             "opt_g": None if light else self.opt_g.state_dict(),
             "opt_d": None if light else self.opt_d.state_dict(),
