@@ -284,6 +284,40 @@ def demo_testset_command(conf, corpus, out):
     click.echo(f"demo test set: {len(names)} clean/noisy pairs in {out}")
 
 
+# --- watch (infer/watch.py) -------------------------------------------------------------------
+
+
+@main.command("watch")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--testset", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder with clean/ and noisy/ audio (e.g. the demo's test-set excerpt).")
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile with `codec`, `denoise` and `evaluate` sections.")
+@codec_options
+@click.option("--once", is_flag=True, help="Score the checkpoints there now and exit.")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds between looks for new checkpoints.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Stop waiting for the run after this many seconds.")
+@click.argument("overrides", nargs=-1, metavar="[section.KEY=VALUE]...")
+def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, timeout, overrides):
+    """Score each new best.pt / step_<N>.pt of RUN with audio metrics (DNSMOS, PESQ, STOI,
+    SI-SDR, speaker similarity) on a test set: RUN/eval/eval.jsonl, RUN/eval/scores.png and
+    TensorBoard (RUN/tensorboard/eval). Follows a live run until it ends; the trainer itself
+    never loads the codec."""
+    from cleancodec.infer.watch import summary_lines, watch_run
+    from cleancodec.pipeline.config import ConfigError, check_overrides
+
+    items = option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights)})
+    try:
+        check_overrides(overrides, ("codec", "denoise", "evaluate"), "watch")
+        result = watch_run(run_dir, testset, conf, [*items, *overrides], follow=not once,
+                           poll_seconds=poll, timeout_seconds=timeout)
+    except (ConfigError, ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(summary_lines(result)))
+
+
 # --- denoise and evaluate (infer/) -----------------------------------------------------------
 
 
