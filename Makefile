@@ -62,11 +62,14 @@ cache:
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(OVERWRITE),--overwrite) $(ARGS)
 
 # train: CACHE (default data/cache), RUN (default runs/<name>), CONF (default conf/train.yaml),
-# optional PRESET=medium|large, STEPS=N, RESTART=1. Rerunning resumes from $(RUN)/latest.pt.
+# optional PRESET=medium|large, STEPS=N, RESTART=1, WATCH=testset-dir (scores every best /
+# milestone checkpoint with audio metrics in a separate process; CODEC= is the watcher's codec).
+# Rerunning resumes from $(RUN)/latest.pt.
 train:
 	$(CLI) train --conf $(call conf_or,conf/train.yaml) --cache $(CACHE) \
 		$(if $(RUN),--run $(RUN)) $(if $(PRESET),--preset $(PRESET)) \
-		$(if $(STEPS),--steps $(STEPS)) $(if $(RESTART),--restart) $(ARGS)
+		$(if $(STEPS),--steps $(STEPS)) $(if $(RESTART),--restart) \
+		$(if $(WATCH),--watch $(WATCH) $(if $(CODEC),--watch-codec $(CODEC))) $(ARGS)
 
 # denoise: INPUT=file|dir (required), OUTPUT (default <INPUT>_denoised beside it), CHECKPOINT
 # (default: the newest best.pt under runs/ for that codec), CONF (default conf/denoise.yaml),
@@ -100,13 +103,15 @@ demo:
 	$(CLI) demo data --conf conf/demo_data.yaml --out $(DEMO)
 	$(CLI) cache --conf $(demo_conf) $(codec_opt) --clean $(DEMO)/clean --noise $(DEMO)/noise \
 		--out $(DEMO_CACHE)
-	$(CLI) train --conf $(demo_conf) --cache $(DEMO_CACHE) --run $(DEMO_WORK)/train
 	$(CLI) demo testset --conf $(demo_conf) --corpus $(DEMO) --out $(DEMO_WORK)/testset
+	$(CLI) train --conf $(demo_conf) --cache $(DEMO_CACHE) --run $(DEMO_WORK)/train \
+		--watch $(DEMO_WORK)/testset --watch-conf $(demo_conf) $(if $(CODEC),--watch-codec $(CODEC))
 	$(CLI) denoise $(DEMO_WORK)/testset/noisy $(DEMO_WORK)/denoised --conf $(demo_conf) \
 		$(codec_opt) --checkpoint $(DEMO_WORK)/train/best.pt
 	$(CLI) evaluate --clean $(DEMO_WORK)/testset/clean --noisy $(DEMO_WORK)/testset/noisy \
 		--enhanced $(DEMO_WORK)/denoised --out $(DEMO_WORK)/eval --conf $(demo_conf)
-	@echo "demo done: denoised audio in $(DEMO_WORK)/denoised, report in $(DEMO_WORK)/eval"
+	@echo "demo done: denoised audio in $(DEMO_WORK)/denoised, report in $(DEMO_WORK)/eval,"
+	@echo "scores per checkpoint in $(DEMO_WORK)/train/eval/scores.png (and tensorboard --logdir $(DEMO_WORK)/train)"
 
 test:
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -7,11 +7,16 @@ one of them."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
 
 from cleancodec.pipeline.stopping import SIGNAL_EXIT_BASE, StopRequested
+
+WATCH_POLL_SECONDS = 5.0  # how often the watcher started by `train --watch` looks for checkpoints
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,6 +111,25 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
         raise SystemExit(1)
 
 
+def start_watcher(run_dir: str, testset: str, conf: str | None,
+                  codec: str | None) -> subprocess.Popen:
+    """``cleancodec watch RUN --testset DIR`` as a child process following the run."""
+    cmd = [sys.executable, "-m", "cleancodec", "watch", str(run_dir), "--testset", str(testset),
+           "--poll", str(WATCH_POLL_SECONDS), "--started-after", str(time.time())]
+    if conf:
+        cmd += ["--conf", str(conf)]
+    if codec:
+        cmd += ["--codec", str(codec)]
+    click.echo(f"watcher: {' '.join(cmd[2:])}", err=True)
+    return subprocess.Popen(cmd)
+
+
+def stop_watcher(watcher: subprocess.Popen | None) -> None:
+    if watcher is not None and watcher.poll() is None:
+        watcher.terminate()
+        watcher.wait()
+
+
 # --- config -----------------------------------------------------------------------------------
 
 
@@ -160,9 +184,17 @@ def config_command(conf, args):
 @click.option("--restart", is_flag=True,
               help="Start over: move the run folder's previous files into restarted-<time>/.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--watch", "watch_testset", type=click.Path(exists=True, file_okay=False),
+              default=None, help="Also start `cleancodec watch RUN --testset DIR` beside the "
+                                 "trainer (its own process: the trainer never loads the codec).")
+@click.option("--watch-conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile of the watcher (codec / denoise / evaluate sections).")
+@click.option("--watch-codec", default=None,
+              help="The watcher's codec: 'random' or a DAC weights path (default: the run's "
+                   "random-init codec, else dac's cached weights).")
 @click.argument("overrides", nargs=-1, metavar="[train.KEY=VALUE]...")
 def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, device, restart,
-                  quiet, overrides):
+                  quiet, watch_testset, watch_conf, watch_codec, overrides):
     """Train the latent denoiser (GAN) on a latent cache; never loads the codec.
 
     Any key of the profile's `train` section can be set after the options, e.g.
@@ -182,19 +214,30 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     items = option_overrides("train", {"steps": steps, "data.batch_size": batch_size,
                                        "data.num_workers": workers, "device": device,
                                        "progress": False if quiet else None})
+    watcher = None
     try:
         check_overrides(overrides, ("train",), "train")
         cfg = load_train_config(conf, preset, [*items, *overrides])
-        result = fit(cfg, cache_dir, run_dir or f"runs/{cfg.run_name}", restart=restart)
+        run_dir = run_dir or f"runs/{cfg.run_name}"
+        if watch_testset and is_main_process():
+            watcher = start_watcher(run_dir, watch_testset, watch_conf, watch_codec)
+        result = fit(cfg, cache_dir, run_dir, restart=restart)
     except StopRequested as exc:
+        stop_watcher(watcher)
         if is_main_process():
             click.echo(str(exc), err=True)
         raise SystemExit(exc.exit_code) from exc
     except (ConfigError, ManifestError, CheckpointError, CacheDataError, FloatingPointError,
             DirectoryLockedError, OSError) as exc:
+        stop_watcher(watcher)
         raise click.ClickException(str(exc)) from exc
     if not is_main_process():
         return
+    if watcher is not None:
+        click.echo("training done; the watcher is scoring the last checkpoints …", err=True)
+        if watcher.wait() != 0:
+            click.echo(f"the watcher failed (exit {watcher.returncode}); the run itself is fine",
+                       err=True)
     click.echo(
         f"step {result['step']}: val latent L1 {result['val/latent_l1']:.6g} "
         f"(noisy {result['val/noisy_l1']:.6g}), gain {result['val/gain']:.4f} "
@@ -299,8 +342,11 @@ def demo_testset_command(conf, corpus, out):
               help="Seconds between looks for new checkpoints.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Stop waiting for the run after this many seconds.")
+@click.option("--started-after", type=float, default=0.0, hidden=True,
+              help="Only a summary.json newer than this epoch time ends the run.")
 @click.argument("overrides", nargs=-1, metavar="[section.KEY=VALUE]...")
-def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, timeout, overrides):
+def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, timeout,
+                  started_after, overrides):
     """Score each new best.pt / step_<N>.pt of RUN with audio metrics (DNSMOS, PESQ, STOI,
     SI-SDR, speaker similarity) on a test set: RUN/eval/eval.jsonl, RUN/eval/scores.png and
     TensorBoard (RUN/tensorboard/eval). Follows a live run until it ends; the trainer itself
@@ -312,7 +358,8 @@ def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, time
     try:
         check_overrides(overrides, ("codec", "denoise", "evaluate"), "watch")
         result = watch_run(run_dir, testset, conf, [*items, *overrides], follow=not once,
-                           poll_seconds=poll, timeout_seconds=timeout)
+                           poll_seconds=poll, timeout_seconds=timeout,
+                           run_started_after=started_after)
     except (ConfigError, ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(summary_lines(result)))

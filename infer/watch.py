@@ -32,7 +32,7 @@ from cleancodec.infer.evaluate import EvaluateConfig, evaluate_dirs
 from cleancodec.infer.run import denoise_path
 from cleancodec.pipeline.atomic import write_bytes_atomic, write_text_atomic
 from cleancodec.pipeline.audio import list_audio_files, read_mono
-from cleancodec.pipeline.codec import CodecConfig, load_codec
+from cleancodec.pipeline.codec import RANDOM, CodecConfig, load_codec
 from cleancodec.pipeline.config import load_section
 from cleancodec.pipeline.dirlock import holder
 
@@ -45,6 +45,7 @@ TB_SUBDIR = "eval"             # <run>/tensorboard/eval, beside the trainer's ow
 BEST = "best.pt"
 BEST_INFO = "best.json"
 SUMMARY = "summary.json"       # written by the trainer when the run ends
+RUN_CONFIG = "config.json"     # written by the trainer at start: codec identity, config
 MILESTONE_GLOB = "step_*.pt"
 CONDITION = "enhanced"
 AUDIO_CLIPS = 2                # enhanced clips written to TensorBoard per checkpoint
@@ -92,9 +93,27 @@ def _means(summary: dict[str, Any]) -> dict[str, float]:
     return {k: v["mean"] for k, v in cond.items() if v.get("mean") is not None}
 
 
-def run_finished(run_dir: Path) -> bool:
-    """The trainer is gone (no live lock holder) and left its final ``summary.json``."""
-    return holder(run_dir) is None and (run_dir / SUMMARY).is_file()
+def codec_for_run(run_dir: Path, cfg: CodecConfig) -> CodecConfig:
+    """``cfg``, or, when it names no weights and the run was trained on a random-init codec's
+    latents, that same random-init codec (seed and architecture from the run's config.json)."""
+    if cfg.weights is not None:
+        return cfg
+    try:
+        identity = json.loads((run_dir / RUN_CONFIG).read_text())["codec_identity"]
+    except (OSError, ValueError, KeyError):
+        return cfg
+    if identity.get("kind") != "random-init":
+        return cfg
+    return replace(cfg, weights=RANDOM, random_seed=int(identity["seed"]),
+                   random_arch=identity.get("arch", cfg.random_arch))
+
+
+def run_finished(run_dir: Path, after: float = 0.0) -> bool:
+    """The trainer is gone (no live lock holder) and left its final ``summary.json``, written
+    after the time ``after`` (seconds since the epoch; 0: any)."""
+    summary = run_dir / SUMMARY
+    return (holder(run_dir) is None and summary.is_file()
+            and summary.stat().st_mtime >= after)
 
 
 class _Board:
@@ -177,7 +196,8 @@ def score_checkpoint(ckpt: Path, step: int, testset: Path, out_dir: Path, codec:
 
 def watch_run(run_dir: str | Path, testset: str | Path, conf: str | Path | None = None,
               overrides: Sequence[str] = (), follow: bool = True, poll_seconds: float = 10.0,
-              timeout_seconds: float | None = None, progress: bool = False) -> WatchResult:
+              timeout_seconds: float | None = None, progress: bool = False,
+              run_started_after: float = 0.0) -> WatchResult:
     """Score every checkpoint of ``run_dir`` on ``testset`` (``clean/`` + ``noisy/``).
 
     Parameters
@@ -193,6 +213,9 @@ def watch_run(run_dir: str | Path, testset: str | Path, conf: str | Path | None 
         Wait for new checkpoints until the run has finished; ``False``: score what is there.
     poll_seconds, timeout_seconds
         How often to look for new checkpoints; give up waiting after ``timeout_seconds``.
+    run_started_after : float
+        For a watcher started together with its trainer: the run counts as finished only by a
+        ``summary.json`` written after this time (not by one left from an earlier session).
     """
     run_dir, testset = Path(run_dir), Path(testset)
     for sub in ("clean", "noisy"):
@@ -210,9 +233,9 @@ def watch_run(run_dir: str | Path, testset: str | Path, conf: str | Path | None 
     try:
         while True:
             todo = pending(run_dir, done)
-            finished = not follow or run_finished(run_dir)
+            finished = not follow or run_finished(run_dir, run_started_after)
             for ckpt, step in todo:
-                codec = codec or load_codec(codec_cfg)
+                codec = codec or load_codec(codec_for_run(run_dir, codec_cfg))
                 out_dir = eval_root / f"{ckpt.stem}-step{step}"
                 t0 = time.perf_counter()
                 entry = score_checkpoint(ckpt, step, testset, out_dir, codec, denoise_cfg,

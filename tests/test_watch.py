@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from cleancodec.cli import main
@@ -63,3 +64,20 @@ def test_watch_command_scores_a_finished_run_and_refuses_a_bad_testset(tiny_late
     assert "step_10.pt step 10" in result.output and "scores.png" in result.output
     bad = CliRunner().invoke(main, ["watch", str(run), "--testset", str(tmp_path), "--once"])
     assert bad.exit_code != 0 and "clean/ and noisy/" in bad.output
+
+
+@pytest.mark.slow
+def test_train_with_watch_scores_the_run_beside_the_trainer(tiny_latent_cache, tmp_path):
+    run, testset = tmp_path / "run", tmp_path / "testset"
+    write_testset(testset)
+    watch_conf = tmp_path / "watch.yaml"
+    watch_conf.write_text("evaluate: {metrics: [pesq, stoi], workers: 1, spectrograms: 0}\n")
+    result = CliRunner().invoke(main, [
+        "train", "--conf", TINY, "--cache", str(tiny_latent_cache("zarr")), "--run",
+        str(run), "--quiet", "--watch", str(testset), "--watch-conf", str(watch_conf),
+        "train.steps=20", "train.val_every=10", "train.milestones=[10]",
+        "train.data.num_workers=0"])
+    assert result.exit_code == 0, result.output
+    scored = [json.loads(line) for line in (run / "eval" / "eval.jsonl").read_text().splitlines()]
+    assert {(e["checkpoint"], e["step"]) for e in scored} >= {("step_10.pt", 10)}
+    assert (run / "eval" / "scores.png").is_file()

@@ -1,0 +1,83 @@
+"""The ``cache`` section of a profile: :class:`CacheConfig`, the schema of a cache build.
+
+A plain dataclass with defaults, loaded by :func:`cleancodec.pipeline.config.load_section` (an
+OmegaConf structured config), so its fields stay simple types: int / float / str / bool,
+``X | None``, lists, and the nested :class:`~cleancodec.pipeline.mix.MixConfig` /
+:class:`~cleancodec.pipeline.synth.SynthConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cleancodec.pipeline import corpus as corpus_mod
+from cleancodec.pipeline.manifest import STORAGES
+from cleancodec.pipeline.mix import MixConfig
+from cleancodec.pipeline.shards import COMPRESSORS, DTYPES
+from cleancodec.pipeline.synth import SynthConfig
+
+CORPUS_KINDS = ("dirs", "synthetic")
+SIZED_FIELDS = ("train_windows", "val_windows", "train_hours", "val_hours")
+
+
+@dataclass
+class CacheConfig:
+    """The ``cache`` section of a profile.
+
+    Window counts per split: ``train_windows`` / ``val_windows`` when set, else
+    ``train_hours`` / ``val_hours``, else ``coverage`` × the split's clean audio (1.0: about
+    every second of speech once). Input folders given on the command line override
+    ``clean`` / ``noise`` / ``rir``; ``corpus: synthetic`` generates a corpus under
+    ``synthetic_dir`` when no folders are given.
+    """
+
+    storage: str = "zarr"
+    dtype: str = "float16"
+    windows_per_shard: int = 256
+    train_windows: int | None = None
+    val_windows: int | None = None
+    train_hours: float | None = None
+    val_hours: float | None = None
+    coverage: float = 1.0
+    seed: int = 1234
+    val_fraction: float = 0.05
+    clean: str | None = None
+    noise: str | None = None
+    rir: str | None = None
+    corpus: str = "dirs"
+    synthetic_dir: str = "data/tiny_corpus"
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
+    speaker_source: str = "auto"
+    speaker_patterns: list[str] = field(
+        default_factory=lambda: list(corpus_mod.DEFAULT_SPEAKER_PATTERNS))
+    split_noise: bool = True
+    max_draws: int = 100
+    compressor: str = "blosc-zstd"
+    compression_level: int = 3
+    rank_timeout_minutes: float = 120.0
+    mix: MixConfig = field(default_factory=MixConfig)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        checks = [
+            (self.storage in STORAGES, f"storage must be one of {STORAGES}"),
+            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}"),
+            (self.windows_per_shard >= 1, "windows_per_shard must be >= 1"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+            (self.corpus in CORPUS_KINDS, f"corpus must be one of {CORPUS_KINDS}"),
+            (self.compressor in COMPRESSORS, f"compressor must be one of {COMPRESSORS}"),
+            (self.max_draws >= 1, "max_draws must be >= 1"),
+            (self.coverage > 0, "coverage must be > 0"),
+            (self.speaker_source in corpus_mod.SPEAKER_SOURCES,
+             f"speaker_source must be one of {corpus_mod.SPEAKER_SOURCES}"),
+            (self.mix.snr_min_db <= self.mix.snr_max_db, "mix.snr_min_db > mix.snr_max_db"),
+            (self.mix.window_seconds > 0, "mix.window_seconds must be > 0"),
+        ]
+        for name in SIZED_FIELDS:
+            value = getattr(self, name)
+            checks.append((value is None or value >= 0, f"{name} must be >= 0"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"cache config: {message}")
+
+
+__all__ = ["CORPUS_KINDS", "CacheConfig"]
