@@ -112,3 +112,63 @@ def test_activation_checkpointing_gives_identical_outputs_and_grads():
     for ga, gb in zip(grads_a, grads_b):
         torch.testing.assert_close(ga, gb)
     assert "activation_checkpointing" not in model.model_args
+
+
+def _randomised(model: Denoiser, seed: int = 0) -> Denoiser:
+    """A denoiser whose GRN gains and head are non-zero (a fresh one is the identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind, window", [("window", 5), ("none", 0)])
+def test_local_statistics_keep_a_perturbation_within_the_receptive_field(kind, window):
+    model = _randomised(Denoiser(latent_dim=8, width=8, depth=2, kernel_size=7, grn=kind,
+                                 grn_window=window))
+    rf = model.receptive_field()
+    assert rf == 2 * (3 + window // 2)
+    z = torch.randn(1, 8, 120)
+    z2 = z.clone()
+    z2[:, :, 60] += 3.0
+    with torch.no_grad():
+        diff = (model(z2) - model(z)).abs().amax(dim=1)[0]
+    changed = (diff > 0).nonzero().flatten()
+    assert changed.min() >= 60 - rf and changed.max() <= 60 + rf and 60 in changed.tolist()
+
+
+def test_global_statistics_reach_every_frame():
+    model = _randomised(Denoiser(latent_dim=8, width=8, depth=2, grn="global"))
+    assert model.receptive_field() is None
+    z = torch.randn(1, 8, 120)
+    z2 = z.clone()
+    z2[:, :, 60] += 3.0
+    with torch.no_grad():
+        diff = (model(z2) - model(z)).abs().amax(dim=1)[0]
+    assert diff[0] > 0 and diff[-1] > 0
+
+
+def test_window_grn_chunked_equals_whole_to_float_rounding():
+    model = _randomised(Denoiser(latent_dim=8, width=16, depth=3, grn="window", grn_window=9))
+    rf = model.receptive_field()
+    z = torch.randn(1, 8, 300, dtype=torch.float64)
+    model = model.double()
+    with torch.no_grad():
+        whole = model(z)
+        start, stop = 100, 180
+        part = model(z[..., start - rf:stop + rf])[..., rf:rf + stop - start]
+    torch.testing.assert_close(part, whole[..., start:stop], rtol=1e-12, atol=1e-12)
+
+
+def test_model_args_without_grn_keys_load_as_the_global_kind():
+    new = _randomised(Denoiser(latent_dim=8, width=8, depth=1))
+    old_args = {k: v for k, v in new.model_args.items() if k not in ("grn", "grn_window")}
+    old = Denoiser(**old_args)
+    old.load_state_dict(new.state_dict())
+    z = torch.randn(2, 8, 40)
+    with torch.no_grad():
+        assert torch.equal(old.eval()(z), new(z))
+    assert old.model_args["grn"] == "global"
+    with pytest.raises(ValueError, match="grn"):
+        Denoiser(latent_dim=8, width=8, depth=1, grn="windowed")

@@ -26,6 +26,8 @@ class DenoiserConfig:
     kernel_size: int = 7
     mlp_ratio: int = 4
     norm_eps: float = 1e-6
+    grn: str = "global"      # response normalisation: global | window | none (see models.py)
+    grn_window: int = 0      # frames of the "window" GRN (odd)
 
 
 @dataclass

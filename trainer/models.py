@@ -39,20 +39,42 @@ class LatentStats(nn.Module):
         return (z - self.mean[:, None]) / self.std[:, None]
 
 
-class GlobalResponseNorm(nn.Module):
-    """ConvNeXt-V2 global response normalisation over time, channels last.
+GRN_KINDS = ("global", "window", "none")
 
-    ``x: Tensor[B x F x C]`` → same shape. Starts as the identity (gamma = beta = 0).
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2 global response normalisation, channels last.
+
+    ``x: Tensor[B x F x C]`` → same shape. Starts as the identity (gamma = beta = 0). Each
+    channel's response ``g`` is its L2 norm over time, divided by the mean over channels:
+
+    - ``kind="global"``: over the whole sequence the model sees (ConvNeXt-V2 as published; the
+      output then depends on where audio is cut into chunks);
+    - ``kind="window"``: over a centred window of ``window`` frames around each frame (every
+      statistic local in time: chunked = whole once the context covers the receptive field);
+    - ``kind="none"``: no response normalisation (the block is a plain ConvNeXt-V1 MLP).
     """
 
-    def __init__(self, channels: int, eps: float = 1e-6):
+    def __init__(self, channels: int, eps: float = 1e-6, kind: str = "global", window: int = 0):
         super().__init__()
+        if kind not in GRN_KINDS:
+            raise ValueError(f"grn must be one of {GRN_KINDS}, got {kind!r}")
+        if kind == "window" and (window < 1 or window % 2 == 0):
+            raise ValueError(f"grn_window must be a positive odd number of frames, got {window}")
+        self.kind, self.window, self.eps = kind, window, eps
         self.gamma = nn.Parameter(torch.zeros(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        g = torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True)   # [B, 1, C]
+        if self.kind == "none":
+            return x
+        if self.kind == "global":
+            g = torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True)   # [B, 1, C]
+        else:  # RMS over the window (the window's length cancels in g / mean(g))
+            power = torch.nn.functional.avg_pool1d(
+                x.float().pow(2).transpose(1, 2), self.window, stride=1,
+                padding=self.window // 2, count_include_pad=False)
+            g = power.clamp_min(0).sqrt().transpose(1, 2).to(x.dtype)     # [B, F, C]
         n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
         return self.gamma * (x * n) + self.beta + x
 
@@ -63,13 +85,14 @@ class ConvNeXtBlock1d(nn.Module):
     ``x: Tensor[B x W x F]`` → ``Tensor[B x W x F]``.
     """
 
-    def __init__(self, width: int, kernel_size: int = 7, mlp_ratio: int = 4, eps: float = 1e-6):
+    def __init__(self, width: int, kernel_size: int = 7, mlp_ratio: int = 4, eps: float = 1e-6,
+                 grn: str = "global", grn_window: int = 0):
         super().__init__()
         self.dwconv = nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2, groups=width)
         self.norm = nn.LayerNorm(width, eps=eps)
         self.pw1 = nn.Linear(width, mlp_ratio * width)
         self.act = nn.GELU()
-        self.grn = GlobalResponseNorm(mlp_ratio * width, eps=eps)
+        self.grn = GlobalResponseNorm(mlp_ratio * width, eps=eps, kind=grn, window=grn_window)
         self.pw2 = nn.Linear(mlp_ratio * width, width)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,20 +123,25 @@ class Denoiser(nn.Module):
         Inner expansion of each block.
     norm_eps : float
         LayerNorm / GRN epsilon.
+    grn, grn_window : str, int
+        Response normalisation of the blocks (see :class:`GlobalResponseNorm`). ``"global"``
+        is what checkpoints without these keys were trained with, so they load unchanged.
     """
 
     def __init__(self, latent_dim: int, width: int, depth: int, kernel_size: int = 7,
-                 mlp_ratio: int = 4, norm_eps: float = 1e-6):
+                 mlp_ratio: int = 4, norm_eps: float = 1e-6, grn: str = "global",
+                 grn_window: int = 0):
         super().__init__()
         self.model_args: dict[str, Any] = {
             "latent_dim": int(latent_dim), "width": int(width), "depth": int(depth),
             "kernel_size": int(kernel_size), "mlp_ratio": int(mlp_ratio),
-            "norm_eps": float(norm_eps),
+            "norm_eps": float(norm_eps), "grn": str(grn), "grn_window": int(grn_window),
         }
         self.stats = LatentStats(latent_dim)
         self.stem = nn.Conv1d(latent_dim, width, 1)
         self.blocks = nn.Sequential(
-            *(ConvNeXtBlock1d(width, kernel_size, mlp_ratio, norm_eps) for _ in range(depth))
+            *(ConvNeXtBlock1d(width, kernel_size, mlp_ratio, norm_eps, grn, grn_window)
+              for _ in range(depth))
         )
         self.norm = nn.LayerNorm(width, eps=norm_eps)
         self.head = nn.Conv1d(width, latent_dim, 1)
@@ -152,6 +180,16 @@ class Denoiser(nn.Module):
             h = self.blocks(h)
         h = self.norm(h.transpose(1, 2)).transpose(1, 2)
         return z + self.head(h) * self.stats.std[:, None]
+
+    def receptive_field(self) -> int | None:
+        """Frames on each side of an output frame that can change it (``None`` when a global
+        statistic makes every frame depend on the whole sequence)."""
+        args = self.model_args
+        if args["grn"] == "global":
+            return None
+        per_block = args["kernel_size"] // 2 + (args["grn_window"] // 2
+                                               if args["grn"] == "window" else 0)
+        return args["depth"] * per_block
 
 
 def _sn_conv(c_in: int, c_out: int, kernel_size: int = 1, dilation: int = 1,
