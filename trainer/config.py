@@ -26,7 +26,11 @@ class DenoiserConfig:
     kernel_size: int = 7
     mlp_ratio: int = 4
     norm_eps: float = 1e-6
-    grn: str = "global"      # response normalisation: global | window | none (see models.py)
+    # Response normalisation of the blocks: global | window | none (see models.py). "none" keeps
+    # every statistic local in time (chunked = whole denoising, the smallest look-ahead). Held-out
+    # gain, tiny profile, 300 steps, mean of 2 seeds: global 0.9135, window-9 0.9137,
+    # window-25 0.9137, none 0.9136 (equal within 0.02 %).
+    grn: str = "none"
     grn_window: int = 0      # frames of the "window" GRN (odd)
 
 
