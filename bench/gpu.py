@@ -147,10 +147,10 @@ def codec_rows_single(device: str, sizes: dict) -> float:
 def train_one(spec: dict) -> dict:
     """In a subprocess: time steps of one (preset, batch, mode); data wait measured apart."""
     from bench.train import bench_config
-    from cleancodec.pipeline.topology import Topology
+    from cleancodec.pipeline.topology import Topology, pick_device
     from cleancodec.trainer.loop import Trainer
 
-    topo = Topology.single(spec["device"])
+    topo = Topology(device=pick_device(spec["device"]))
     cfg = bench_config(spec["preset"], spec["batch"], spec["device"], True)
     if spec["smoke"]:
         cfg.denoiser.width, cfg.denoiser.depth = 64, 1

@@ -122,13 +122,13 @@ def _sync(device: torch.device) -> None:
 
 def run_one(spec: dict) -> dict:
     """Time ``spec["steps"]`` steps after ``spec["warmup"]``; returns seconds/step and peaks."""
-    from cleancodec.trainer.distributed import DistEnv, pick_device
+    from cleancodec.pipeline.topology import Topology, pick_device
     from cleancodec.trainer.loop import Trainer
 
     device = pick_device(spec["device"])
     cfg = bench_config(spec["preset"], spec["batch"], spec["device"], spec["bf16"],
                        spec.get("activation_checkpointing", False))
-    trainer = Trainer(cfg, spec["cache"], Path(spec["run"]), DistEnv(device=device))
+    trainer = Trainer(cfg, spec["cache"], Path(spec["run"]), Topology(device=device))
     trainer.prepare()
     if spec["mode"] == "cached":
         def step() -> None:

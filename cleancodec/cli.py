@@ -208,7 +208,7 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     from cleancodec.trainer.checkpoint import CheckpointError
     from cleancodec.trainer.config import load_train_config
     from cleancodec.trainer.data import CacheDataError
-    from cleancodec.trainer.distributed import is_main_process
+    from cleancodec.pipeline.topology import is_main_process
     from cleancodec.trainer.loop import fit
 
     items = option_overrides("train", {"steps": steps, "data.batch_size": batch_size,

@@ -32,6 +32,7 @@ from cleancodec.pipeline.codec import (
     identities_match,
     load_codec,
 )
+from cleancodec.pipeline.topology import bf16_autocast
 from cleancodec.trainer.checkpoint import BEST, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,7 @@ class Enhancer:
         return self.denoiser is None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.codec.cfg.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.codec.device.type, dtype=torch.bfloat16)
+        return bf16_autocast(self.codec.device, self.codec.cfg.bf16, allow_cpu=True)
 
     @torch.inference_mode()
     def __call__(self, waves: np.ndarray) -> np.ndarray:

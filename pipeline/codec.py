@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from cleancodec.pipeline.hashing import sha256_file
+from cleancodec.pipeline.topology import bf16_autocast, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class CodecConfig:
         ``"random"`` for a seeded random-init codec.
     random_seed / random_arch: used only when ``weights == "random"``; ``random_arch`` is
         ``"dac16k"``, ``"tiny"`` or a dict of ``dac.DAC`` keyword arguments.
-    device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+    device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``… (``auto`` and
+        ``cuda`` take this rank's GPU under torchrun: :func:`pipeline.topology.pick_device`).
     bf16: bf16 autocast for the codec's forward passes (meant for GPUs; allowed on CPU).
     batch_size: windows per encoder forward.
     num_threads: torch CPU threads (0 = leave torch's default).
@@ -294,12 +296,6 @@ def prepare_for_inference(model: torch.nn.Module) -> int:
     return folded
 
 
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Codec:
     """A frozen DAC model with tensor-level encode / quantize / decode.
 
@@ -309,7 +305,7 @@ class Codec:
 
     def __init__(self, model: torch.nn.Module, identity: dict[str, Any], cfg: CodecConfig):
         self.cfg = cfg
-        self.device = _pick_device(cfg.device)
+        self.device = pick_device(cfg.device)
         prepare_for_inference(model)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.identity = identity
@@ -336,9 +332,7 @@ class Codec:
         return -(-int(n_samples) // self.hop_length)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.cfg.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return bf16_autocast(self.device, self.cfg.bf16, allow_cpu=True)
 
     def _as_wave(self, wave: torch.Tensor | np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(wave, dtype=torch.float32)

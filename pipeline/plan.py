@@ -96,7 +96,7 @@ class Plan:
     def audio_hours(self) -> float:
         """Hours of audio in all splits together."""
         total = sum(sp.windows for sp in self.splits.values())
-        return total * self.window_seconds / SECONDS_PER_HOUR
+        return total * self.window_samples / self.sample_rate / SECONDS_PER_HOUR
 
 
 def split_windows(cfg: CacheConfig, split: str, clean_samples: int, window_samples: int,

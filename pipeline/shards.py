@@ -10,14 +10,15 @@ zarr (``<cache>/<split>.zarr``, one group per split)::
 
 Each build shard therefore owns exactly one file per array, so shards are written
 independently (by workers or ranks). A shard is first written into a scratch copy of the arrays
-(same metadata) under ``<cache>/.tmp/``; its files are then fsynced and renamed into place, so a
-killed build never leaves a half-written file under a live name.
+(same metadata) in a temp folder under ``<cache>/.tmp/``; its files are then published (fsync +
+rename, :mod:`cleancodec.pipeline.atomic`) into place, so a killed build never leaves a
+half-written file under a live name.
 
 webdataset (``<cache>/<split>-%06d.tar``, one tar per build shard): samples
 ``{__key__: "<split>-<shard:06d>-<i:06d>", clean.npy, noisy.npy, meta.json}``; ``.npy`` are
 ``(D, F)`` arrays of the cache dtype, ``meta.json`` the same fields with source paths as strings.
-Tars are written to a ``.partial`` name and renamed; member times are fixed so the bytes are a
-pure function of the content. Nothing is pickled; readers load ``.npy`` with
+Tars are written to a temp name (``.<name>.<random>.tmp``) and renamed; member times are fixed
+so the bytes are a pure function of the content. Nothing is pickled; readers load ``.npy`` with
 ``allow_pickle=False``.
 
 This module must stay free of codec imports: the trainer reads caches through it.
@@ -27,18 +28,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
+from cleancodec.pipeline.atomic import atomic_dir, atomic_path, publish, temp_dir_beside
 from cleancodec.pipeline.manifest import done_shards, load_manifest
+
+if TYPE_CHECKING:  # types only: this module must not import the build at run time
+    from cleancodec.pipeline.plan import Plan
+    from cleancodec.pipeline.windows import MixedShard
 
 META_FIELDS: dict[str, str] = {
     "snr_db": "float32",
@@ -92,11 +96,15 @@ def combined_sha256(files: list[ShardFile]) -> str:
     return digest.hexdigest()
 
 
-def _fsync_replace(src: Path, dst: Path) -> None:
-    with open(src, "rb") as fh:
-        os.fsync(fh.fileno())
+def _publish_into(src: Path, dst: Path) -> None:
+    """Publish staged file ``src`` as ``dst`` (creating ``dst``'s folders, e.g. chunk keys)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
+    publish(src, dst)
+
+
+def _stage_dir(cache_dir: Path, name: str) -> Path:
+    """A fresh temp folder for staging ``name`` under the cache's scratch folder."""
+    return temp_dir_beside(scratch_dir(cache_dir) / name)
 
 
 def zarr_split_path(cache_dir: str | Path, split: str) -> Path:
@@ -138,8 +146,7 @@ def create_zarr_split(path: str | Path, windows: int, latent_dim: int, frames: i
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
+    with atomic_dir(path) as tmp:
         group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3,
                                 attributes=attributes or {})
         for name in LATENT_ARRAYS:
@@ -152,10 +159,6 @@ def create_zarr_split(path: str | Path, windows: int, latent_dim: int, frames: i
             group.create_array(name, shape=(windows,), dtype=meta_dtype,
                                chunks=(windows_per_shard,), fill_value=0,
                                dimension_names=("window",))
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -180,13 +183,13 @@ def write_zarr_shard(cache_dir: str | Path, split: str, shard_index: int,
     """
     cache_dir = Path(cache_dir)
     live = zarr_split_path(cache_dir, split)
-    stage = scratch_dir(cache_dir) / f"{split}-{shard_index:06d}-{uuid.uuid4().hex}"
     start = shard_index * windows_per_shard
     data = {"clean": clean, "noisy": noisy, **meta}
     missing = set(_array_names()) - set(data)
     if missing:
         raise ValueError(f"shard metadata lacks {sorted(missing)}")
     moves: list[tuple[Path, Path]] = []
+    stage = _stage_dir(cache_dir, f"{split}-{shard_index:06d}")
     try:
         for name in _array_names():
             (stage / name).mkdir(parents=True)
@@ -201,7 +204,7 @@ def write_zarr_shard(cache_dir: str | Path, split: str, shard_index: int,
         files = []
         for src, dst in moves:
             digest, size = sha256_file(src), src.stat().st_size
-            _fsync_replace(src, dst)
+            _publish_into(src, dst)
             files.append(ShardFile(dst.relative_to(cache_dir).as_posix(), digest, size))
         return files
     finally:
@@ -212,11 +215,11 @@ def set_zarr_attributes(cache_dir: str | Path, split: str, attributes: dict[str,
     """Replace the group attributes of ``<split>.zarr`` atomically (a new ``zarr.json`` is
     written aside and renamed in)."""
     cache_dir = Path(cache_dir)
-    stage = scratch_dir(cache_dir) / f"{split}-attrs-{uuid.uuid4().hex}"
+    stage = _stage_dir(cache_dir, f"{split}-attrs")
     try:
         zarr.open_group(zarr.storage.LocalStore(stage), mode="w", zarr_format=3,
                         attributes=attributes)
-        _fsync_replace(stage / "zarr.json", zarr_split_path(cache_dir, split) / "zarr.json")
+        _publish_into(stage / "zarr.json", zarr_split_path(cache_dir, split) / "zarr.json")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -240,14 +243,13 @@ def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: 
     """Write one webdataset tar (``<split>-<shard:06d>.tar``) and return its file record.
 
     clean, noisy: ``[n x D x F]`` in the cache dtype; metas: ``n`` JSON-able dicts.
-    Written to ``.<name>.<uuid>.partial``, fsynced, then renamed.
+    Written to a temp name beside it, fsynced, then renamed (:func:`atomic.atomic_path`).
     """
     import webdataset as wds
 
     cache_dir = Path(cache_dir)
     path = wds_shard_path(cache_dir, split, shard_index)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             writer = wds.TarWriter(fh, user=TAR_OWNER, group=TAR_OWNER, encoder=False,
                                    mtime=TAR_MTIME)
@@ -260,11 +262,47 @@ def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: 
                 })
             writer.close()
         digest, size = sha256_file(tmp), tmp.stat().st_size
-        _fsync_replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return ShardFile(path.relative_to(cache_dir).as_posix(), digest, size)
+
+
+# --- one build shard -------------------------------------------------------------------------
+
+
+def _wds_metas(plan: Plan, mixed: MixedShard) -> list[dict[str, Any]]:
+    """Per-window ``meta.json`` dicts of a webdataset shard: :data:`META_FIELDS` with source
+    indices replaced by their relative paths, plus ``split`` and ``row``."""
+    metas = []
+    for i in range(mixed.task.windows):
+        row = {name: mixed.meta[name][i].item() for name in META_FIELDS}
+        row["clean_source"] = plan.clean[row["clean_source"]].rel
+        row["noise_source"] = plan.noise[row["noise_source"]].rel
+        row["rir_source"] = plan.rir[row["rir_source"]].rel if row["rir_source"] >= 0 else None
+        row["split"], row["row"] = mixed.task.split, mixed.task.start + i
+        metas.append(row)
+    return metas
+
+
+def write_shard(plan: Plan, cache_dir: Path, mixed: MixedShard,
+                latents: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Store one encoded shard in ``plan.storage`` and return its manifest record.
+
+    latents: clean and noisy ``[n x D x F]`` in the cache dtype (``n = mixed.task.windows``).
+    """
+    task = mixed.task
+    clean, noisy = latents
+    if plan.storage == "zarr":
+        files = write_zarr_shard(cache_dir, task.split, task.index, plan.windows_per_shard,
+                                 clean, noisy, mixed.meta)
+        main_file = zarr_split_path(cache_dir, task.split).name
+    else:
+        files = [write_wds_shard(cache_dir, task.split, task.index, clean, noisy,
+                                 _wds_metas(plan, mixed))]
+        main_file = files[0].path
+    return {"index": task.index, "status": "done", "windows": task.windows,
+            "sha256": combined_sha256(files), "file": main_file,
+            "files": [asdict(f) for f in files],
+            "bytes": sum(f.bytes for f in files), "silent_draws": mixed.silent_draws,
+            "clipped": int(mixed.meta["clipped"].sum())}
 
 
 # --- reading ---------------------------------------------------------------------------------

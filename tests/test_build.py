@@ -24,15 +24,23 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from cleancodec.pipeline.build import (BuildError, CacheConfig, CacheMismatchError, NoUsableInputError,
-                            Inputs, build_cache, make_plan, make_window)
+from cleancodec.pipeline.build import (
+    BuildError,
+    CacheConfig,
+    CacheMismatchError,
+    NoUsableInputError,
+    build_cache,
+)
 from cleancodec.pipeline.codec import CodecConfig, load_codec
 from cleancodec.pipeline.config import to_dict
 from cleancodec.pipeline.corpus import DEFAULT_SPEAKER_PATTERNS, speaker_from_name
+from cleancodec.pipeline.inputs import Inputs
 from cleancodec.pipeline.manifest import latent_shape, load_manifest
 from cleancodec.pipeline.mix import MixConfig
+from cleancodec.pipeline.plan import make_plan
 from cleancodec.pipeline.shards import META_FIELDS, ZarrCacheReader, read_split, sha256_file
 from cleancodec.pipeline.synth import make_tiny_corpus
+from cleancodec.pipeline.windows import make_window
 
 REPO = Path(__file__).resolve().parents[1]
 CODEC = CodecConfig(weights="random", random_seed=0, random_arch="tiny", device="cpu",

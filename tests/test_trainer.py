@@ -23,9 +23,9 @@ from click.testing import CliRunner
 
 from cleancodec.pipeline.config import to_dict
 from cleancodec.pipeline.manifest import latent_shape, load_manifest, save_manifest
+from cleancodec.pipeline.topology import Topology
 from cleancodec.trainer.checkpoint import CheckpointError, load_checkpoint, load_denoiser
 from cleancodec.trainer.config import TrainConfig, load_train_config
-from cleancodec.trainer.distributed import DistEnv
 from cleancodec.trainer.loop import Trainer, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +51,12 @@ from cleancodec.pipeline.config import from_dict
 from cleancodec.pipeline.manifest import load_manifest
 from cleancodec.trainer.config import TrainConfig
 from cleancodec.trainer.data import open_split, train_batches
-from cleancodec.trainer.distributed import distributed_session
+from cleancodec.pipeline.topology import process_group
 from cleancodec.trainer.loop import Trainer
 cfg = from_dict(TrainConfig, json.loads(sys.argv[1]))
 cache, run, out = sys.argv[2], sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
-with distributed_session("cpu") as env:
+with process_group("cpu") as env:
     trainer = Trainer(cfg, cache, run, env)
     trainer.prepare()
     summary = trainer.train()
@@ -126,7 +126,7 @@ def test_training_never_imports_the_codec_and_sizes_from_the_manifest(short_run)
 
 
 def test_untrained_model_gives_gain_exactly_one(tiny_latent_cache, tmp_path):
-    trainer = Trainer(tiny_cfg(), tiny_latent_cache("zarr"), tmp_path / "run", DistEnv())
+    trainer = Trainer(tiny_cfg(), tiny_latent_cache("zarr"), tmp_path / "run", Topology())
     trainer.prepare()
     metrics = trainer.validate()
     assert metrics["val/gain"] == 1.0
@@ -352,7 +352,7 @@ def test_a_second_trainer_on_the_same_run_is_refused_until_the_first_dies(tiny_l
 def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_latent_cache, tmp_path):
     cfg = tiny_cfg(steps=30, log_every=2, val_every=100, checkpoint_every=4, milestones=[],
                    max_skipped_steps=3)
-    trainer = Trainer(cfg, tiny_latent_cache("zarr"), tmp_path / "run", DistEnv())
+    trainer = Trainer(cfg, tiny_latent_cache("zarr"), tmp_path / "run", Topology())
     trainer.prepare()
     real_next, calls = trainer.next_batch, {"n": 0}
 

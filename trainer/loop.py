@@ -34,6 +34,14 @@ from cleancodec.pipeline.dirlock import DirectoryLock
 from cleancodec.pipeline.manifest import latent_shape, load_manifest
 from cleancodec.pipeline.oserrors import named_os_errors
 from cleancodec.pipeline.stopping import GracefulStop
+from cleancodec.pipeline.topology import (
+    Topology,
+    all_reduce_sum,
+    barrier,
+    bf16_autocast,
+    process_group,
+    wrap,
+)
 from cleancodec.trainer import checkpoint as ckpt_io
 from cleancodec.trainer.config import TrainConfig, validate
 from cleancodec.trainer.data import (
@@ -45,13 +53,6 @@ from cleancodec.trainer.data import (
     open_split,
     train_batches,
     val_batches,
-)
-from cleancodec.trainer.distributed import (
-    DistEnv,
-    all_reduce_sum,
-    barrier,
-    distributed_session,
-    wrap,
 )
 from cleancodec.trainer.losses import discriminator_losses, generator_losses
 from cleancodec.trainer.models import Denoiser, Discriminator, count_parameters
@@ -134,7 +135,7 @@ class Trainer:
     :meth:`prepare` and :meth:`train`.
     """
 
-    def __init__(self, cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path, env: DistEnv):
+    def __init__(self, cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path, env: Topology):
         self.cfg, self.env = cfg, env
         self.cache_dir, self.run_dir = Path(cache_dir), Path(run_dir)
         self.manifest = load_manifest(self.cache_dir)
@@ -268,9 +269,7 @@ class Trainer:
 
     # --- one step ----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.bf16 and self.env.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_autocast(self.env.device, self.cfg.bf16)
 
     def _set_lr(self) -> None:
         f = warmup_factor(self.step, self.cfg.optim.warmup_steps)
@@ -521,7 +520,7 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path,
     validate(cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    with distributed_session(cfg.device) as env, GracefulStop() as stop:
+    with process_group(cfg.device) as env, GracefulStop() as stop:
         lock = DirectoryLock(run_dir, "train") if env.is_main else contextlib.nullcontext()
         with lock, named_os_errors(run_dir):
             trainer = Trainer(cfg, cache_dir, run_dir, env)

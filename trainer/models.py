@@ -62,8 +62,9 @@ class GlobalResponseNorm(nn.Module):
         if kind == "window" and (window < 1 or window % 2 == 0):
             raise ValueError(f"grn_window must be a positive odd number of frames, got {window}")
         self.kind, self.window, self.eps = kind, window, eps
-        self.gamma = nn.Parameter(torch.zeros(channels))
-        self.beta = nn.Parameter(torch.zeros(channels))
+        if kind != "none":  # no unused parameters (DDP requires every one to get a gradient)
+            self.gamma = nn.Parameter(torch.zeros(channels))
+            self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "none":

@@ -1,0 +1,158 @@
+"""Making the cache's content: one window (mix), one shard of windows (mix), its latents (encode).
+
+Window ``k`` of split ``s`` is a pure function of (plan, seed, ``s``, ``k``): its random choices
+come from :func:`cleancodec.pipeline.mix.window_rng`. A shard is ``windows_per_shard``
+consecutive windows (:class:`MixedShard`); :func:`encode_shard` turns its waves into latents.
+Storing them is :func:`cleancodec.pipeline.shards.write_shard`'s job.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cleancodec.pipeline import corpus as corpus_mod
+from cleancodec.pipeline.audio import read_audio
+from cleancodec.pipeline.build_errors import BuildError
+from cleancodec.pipeline.mix import (
+    draw_mix_params,
+    is_mostly_silent,
+    loop_segment,
+    mix,
+    noise_offset,
+    window_rng,
+)
+from cleancodec.pipeline.plan import Plan, ShardTask, Source, SplitPlan
+from cleancodec.pipeline.shards import META_FIELDS
+
+RIR_CACHE_SIZE = 256
+SEED_BITS = 64       # a window seed is a uint64
+RNG_STREAMS = 3      # clean draw, noise draw, mixing
+
+
+@dataclass
+class Window:
+    """One mixed window: ``clean`` (target) and ``noisy`` float32 ``[T]`` plus its metadata."""
+
+    clean: np.ndarray
+    noisy: np.ndarray
+    meta: dict[str, Any]
+    silent_draws: int
+
+
+@functools.lru_cache(maxsize=RIR_CACHE_SIZE)
+def _read_rir(path: str, sample_rate: int) -> np.ndarray:
+    return read_audio(path, sample_rate)
+
+
+def _noise_segment(src: Source, length: int, rng: np.random.Generator,
+                   sample_rate: int) -> tuple[np.ndarray, int]:
+    """A ``length``-sample noise segment from a random offset; short noise loops around."""
+    offset = noise_offset(src.length, length, rng)
+    if src.length >= length:
+        return corpus_mod.read_segment(src.path, offset, length, sample_rate), offset
+    whole = corpus_mod.read_segment(src.path, 0, src.length, sample_rate)
+    return loop_segment(whole, offset, length), offset
+
+
+def _clean_segment(plan: Plan, sp: SplitPlan,
+                   rng: np.random.Generator) -> tuple[int, int, np.ndarray, int]:
+    """Draw (source, offset) by duration until the segment is not mostly silent.
+
+    Returns (source index, offset, float32 ``[window_samples]`` audio, silent draws skipped).
+    """
+    length = plan.window_samples
+    for attempt in range(plan.max_draws):
+        pick = int(np.searchsorted(sp.clean_cum, rng.uniform(0, sp.clean_cum[-1]), side="right"))
+        index = int(sp.clean[min(pick, len(sp.clean) - 1)])
+        src = plan.clean[index]
+        offset = int(rng.integers(0, max(1, src.length - length + 1)))
+        audio = corpus_mod.read_segment(src.path, offset, length, plan.sample_rate)
+        if not is_mostly_silent(audio, plan.sample_rate, plan.mix):
+            return index, offset, audio, attempt
+    raise BuildError(
+        f"split {sp.name}: no window with enough active speech in {plan.max_draws} draws "
+        f"(mix.min_active_fraction={plan.mix.min_active_fraction}, "
+        f"mix.silence_threshold_db={plan.mix.silence_threshold_db}); "
+        "is the clean speech that quiet?")
+
+
+def make_window(plan: Plan, split: str, k: int) -> Window:
+    """Window ``k`` of ``split``: a pure function of the plan, the seed, ``split`` and ``k``.
+
+    ``window_seed`` (a uint64 drawn from ``window_rng(seed, split, k)``) seeds three
+    independent generators: clean source/offset, noise source/offset, and mixing (SNR, level,
+    reverb, RIR choice).
+    """
+    sp = plan.splits[split]
+    window_seed = int(window_rng(plan.seed, split, k).integers(0, 2**SEED_BITS, dtype=np.uint64))
+    clean_rng, noise_rng, mix_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(window_seed).spawn(RNG_STREAMS))
+    clean_index, clean_offset, clean, silent = _clean_segment(plan, sp, clean_rng)
+    noise_index = int(sp.noise[int(noise_rng.integers(len(sp.noise)))])
+    noise, noise_start = _noise_segment(plan.noise[noise_index], plan.window_samples,
+                                        noise_rng, plan.sample_rate)
+    params = draw_mix_params(mix_rng, plan.mix, have_rirs=bool(plan.rir))
+    rir_index, rir = -1, None
+    if params.reverb:
+        rir_index = int(mix_rng.integers(len(plan.rir)))
+        rir = _read_rir(plan.rir[rir_index].path, plan.sample_rate)
+    result = mix(clean, noise, params.snr_db, params.level_dbfs, rir=rir, cfg=plan.mix)
+    meta = {"snr_db": result.snr_db, "level_dbfs": result.level_dbfs,
+            "reverb": int(result.reverb), "window_seed": window_seed,
+            "clean_source": clean_index, "noise_source": noise_index,
+            "clean_offset": clean_offset, "noise_offset": noise_start,
+            "rir_source": rir_index, "clipped": int(result.clipped)}
+    return Window(result.clean, result.noisy, meta, silent)
+
+
+@dataclass
+class MixedShard:
+    """The mixed windows of one shard, before encoding."""
+
+    task: ShardTask
+    clean: np.ndarray   # float32 [n x T]
+    noisy: np.ndarray   # float32 [n x T]
+    meta: dict[str, np.ndarray]  # META_FIELDS arrays [n]
+    silent_draws: int
+
+
+def mix_shard(plan: Plan, task: ShardTask) -> MixedShard:
+    """Mix the windows of one shard: waves ``[n x T]`` and metadata arrays ``[n]``."""
+    rows = range(task.start, task.start + task.windows)
+    windows = [make_window(plan, task.split, k) for k in rows]
+    meta = {name: np.array([w.meta[name] for w in windows], dtype=dtype)
+            for name, dtype in META_FIELDS.items()}
+    return MixedShard(task, np.stack([w.clean for w in windows]),
+                      np.stack([w.noisy for w in windows]), meta,
+                      sum(w.silent_draws for w in windows))
+
+
+def encode_shard(codec: Any, mixed: MixedShard, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Encode clean and noisy waves ``[n x T]`` into two ``[n x D x F]`` arrays in ``dtype``.
+
+    Works batch by batch (``codec.cfg.batch_size`` windows) into preallocated arrays, so a shard
+    never holds a float32 copy of all its latents. Raises BuildError when a latent is not finite
+    after the cast (float16 overflow).
+    """
+    batch = max(1, int(codec.cfg.batch_size))
+    out = []
+    for name, waves in (("clean", mixed.clean), ("noisy", mixed.noisy)):
+        latents: np.ndarray | None = None
+        for start in range(0, len(waves), batch):
+            z = codec.encode(waves[start:start + batch]).cpu().numpy()
+            if latents is None:
+                latents = np.empty((len(waves), *z.shape[1:]), dtype=dtype)
+            part = latents[start:start + len(z)]
+            part[...] = z
+            if not np.all(np.isfinite(part)):
+                raise BuildError(
+                    f"{mixed.task.split} shard {mixed.task.index} ({name}): latents overflow "
+                    f"{dtype} (max |z| = {float(np.max(np.abs(z))):.3g}); use dtype float32")
+        out.append(latents)
+    return out[0], out[1]
+
+
+__all__ = ["MixedShard", "Window", "encode_shard", "make_window", "mix_shard"]
