@@ -103,7 +103,11 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
         summary = run_cache(conf, resolve_codec_choice(codec, codec_weights), clean, noise, rir,
                             out_dir, storage, workers, overwrite, verify, progress=not quiet,
                             overrides=overrides)
-    except (BuildError, CodecWeightsError, ConfigError, ValueError, OSError) as exc:
+    except StopRequested as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(exc.exit_code) from exc
+    except (BuildError, CodecWeightsError, ConfigError, ValueError, RuntimeError,
+            OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     if summary.rank == 0:
         click.echo(summary.text())
@@ -205,10 +209,10 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     from cleancodec.pipeline.config import ConfigError, check_overrides
     from cleancodec.pipeline.dirlock import DirectoryLockedError
     from cleancodec.pipeline.manifest import ManifestError
+    from cleancodec.pipeline.topology import is_main_process
     from cleancodec.trainer.checkpoint import CheckpointError
     from cleancodec.trainer.config import load_train_config
     from cleancodec.trainer.data import CacheDataError
-    from cleancodec.pipeline.topology import is_main_process
     from cleancodec.trainer.loop import fit
 
     items = option_overrides("train", {"steps": steps, "data.batch_size": batch_size,

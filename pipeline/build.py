@@ -40,6 +40,7 @@ How a build runs
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -53,6 +54,7 @@ from cleancodec.pipeline.cache_config import CacheConfig
 from cleancodec.pipeline.cachedir import check_out_dir, clear_scratch, verify_done
 from cleancodec.pipeline.config import to_dict
 from cleancodec.pipeline.corpus import fingerprint
+from cleancodec.pipeline.dirlock import DirectoryLock
 from cleancodec.pipeline.inputs import (
     REJECTED_FILE,
     Inputs,
@@ -73,7 +75,9 @@ from cleancodec.pipeline.manifest import (
     now,
     save_manifest,
 )
+from cleancodec.pipeline.oserrors import named_os_errors
 from cleancodec.pipeline.plan import Plan, make_plan
+from cleancodec.pipeline.stopping import GracefulStop
 from cleancodec.pipeline.topology import GLOO, Topology, barrier, broadcast_object, process_group
 from cleancodec.pipeline.workers import (
     Progress,
@@ -259,7 +263,9 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
     out_dir = Path(out_dir).absolute()
     # a gloo group whatever the codec's device: ranks only exchange barriers and small objects
     with process_group(codec_cfg.device, backend=GLOO,
-                       timeout_minutes=cfg.rank_timeout_minutes) as topology:
+                       timeout_minutes=cfg.rank_timeout_minutes) as topology, \
+            GracefulStop() as stop, named_os_errors(out_dir), \
+            (DirectoryLock(out_dir, "cache") if topology.is_main else contextlib.nullcontext()):
         error, prepared, inputs = None, None, None
         if topology.is_main:
             try:
@@ -280,12 +286,16 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
             plan = make_plan(cfg, record, inputs, manifest["codec"])
             prepared = _Prepared(plan, manifest, rejections(record, inputs))
         return _build_shards(prepared, codec, codec_cfg, topology, out_dir, workers, progress,
-                             started)
+                             started, stop)
 
 
 def _build_shards(prepared: _Prepared, codec: Any, codec_cfg: Any, topology: Topology,
-                  out_dir: Path, workers: int, progress: bool, started: float) -> BuildSummary:
-    """Step 2 on every rank (its share of the pending shards), then step 3 on rank 0."""
+                  out_dir: Path, workers: int, progress: bool, started: float,
+                  stop: GracefulStop) -> BuildSummary:
+    """Step 2 on every rank (its share of the pending shards), then step 3 on rank 0.
+
+    A stop signal finishes the shards in flight, records them, and raises StopRequested: the
+    cache is left resumable (rerun the same command)."""
     plan, manifest = prepared.plan, prepared.manifest
     ledger = Ledger(out_dir, manifest, topology)
     all_tasks = plan.shard_tasks()
@@ -312,11 +322,14 @@ def _build_shards(prepared: _Prepared, codec: Any, codec_cfg: Any, topology: Top
     try:
         if workers > 1 and len(mine) > 1:
             run_tasks_pool(plan, worker_codec_config(codec_cfg, topology, workers), out_dir,
-                           mine, min(workers, len(mine)), on_done)
+                           mine, min(workers, len(mine)), on_done, lambda: stop.requested)
         else:
-            run_tasks_inline(plan, codec, out_dir, mine, on_done)
+            run_tasks_inline(plan, codec, out_dir, mine, on_done, lambda: stop.requested)
     finally:
         bar.close()
+    if stop.requested:
+        raise stop.stop(f"{built} shard(s) built and recorded in {out_dir}; rerun the same "
+                        "command to build the rest")
     shard_seconds = time.perf_counter() - shard_start
     barrier(topology)
     if topology.is_main:

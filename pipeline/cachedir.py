@@ -3,7 +3,8 @@
 A cache folder holds only names a build creates (:func:`is_ours`): ``manifest.json``,
 ``corpus.json``, ``rejected.tsv``, ``<split>.zarr`` or ``<split>-NNNNNN.tar``, the ``.tmp``
 scratch folder, the ``.markers`` folder of other ranks, and temp names of those files
-(``.<name>.<random>.tmp``, see :mod:`cleancodec.pipeline.atomic`). A build refuses a folder with
+(``.<name>.<random>.tmp``, see :mod:`cleancodec.pipeline.atomic`), and the build's lock file
+``.cleancodec.lock`` (:mod:`cleancodec.pipeline.dirlock`). A build refuses a folder with
 anything else in it, and deletes only its own names.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from cleancodec.pipeline import shards
 from cleancodec.pipeline.atomic import temp_target
 from cleancodec.pipeline.build_errors import BuildError, CacheMismatchError
+from cleancodec.pipeline.dirlock import LOCK_NAME
 from cleancodec.pipeline.inputs import CORPUS_FILE, REJECTED_FILE, SPLITS
 from cleancodec.pipeline.manifest import MANIFEST_NAME, MARKER_DIR, ManifestError, load_manifest
 
@@ -27,6 +29,7 @@ _LIVE = re.compile(
     rf"^(?:{re.escape(MANIFEST_NAME)}|{re.escape(CORPUS_FILE)}|{re.escape(REJECTED_FILE)}"
     rf"|(?:{_SPLIT_RE})\.zarr|(?:{_SPLIT_RE})-\d{{6}}\.tar)$")
 _FOLDERS = frozenset({shards.TMP_DIR, MARKER_DIR})
+_KEPT = frozenset({LOCK_NAME})  # the build's folder lock: ours, but never deleted
 # Staging names of builds before the one temp-name scheme; recognised only to clean them up.
 _LEGACY_SCRATCH = re.compile(
     rf"^\.(?:(?:{_SPLIT_RE})\.zarr|(?:{_SPLIT_RE})-\d{{6}}\.tar)\.[0-9a-f]+\.partial$")
@@ -40,7 +43,7 @@ def is_scratch(name: str) -> bool:
 
 def is_ours(name: str) -> bool:
     """True for names a cleancodec cache build creates in its folder (and its scratch files)."""
-    return bool(_LIVE.match(name)) or name in _FOLDERS or is_scratch(name)
+    return bool(_LIVE.match(name)) or name in _FOLDERS or name in _KEPT or is_scratch(name)
 
 
 def _remove(entry: Path) -> None:
@@ -53,7 +56,7 @@ def _remove(entry: Path) -> None:
 def clear_cache_dir(out_dir: Path) -> None:
     """Delete cleancodec's cache files in ``out_dir`` (nothing else)."""
     for entry in out_dir.iterdir() if out_dir.is_dir() else []:
-        if is_ours(entry.name):
+        if is_ours(entry.name) and entry.name not in _KEPT:
             _remove(entry)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -49,6 +50,10 @@ _WORKER: dict[str, Any] = {}  # per worker process: plan, codec, cache dir (set 
 
 
 def _init_worker(plan: Plan, codec_cfg: Any, cache_dir: str) -> None:
+    # A stop signal is for the main process to act on (finish the shards in flight, save the
+    # ledger); a Ctrl-C sent to the whole process group must not kill the workers mid-shard.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     from cleancodec.pipeline.codec import load_codec
 
     _WORKER.update(plan=plan, codec=load_codec(codec_cfg), cache_dir=Path(cache_dir))
@@ -83,16 +88,23 @@ class Progress:
         self.bar.close()
 
 
+def _never() -> bool:
+    return False
+
+
 def run_tasks_inline(plan: Plan, codec: Any, cache_dir: Path, tasks: list[ShardTask],
-                     on_done: OnDone) -> None:
+                     on_done: OnDone, should_stop: Callable[[], bool] = _never) -> None:
     """Build ``tasks`` in this process: mixing the next shard and writing the previous one
-    run in background threads while the codec encodes the current one."""
+    run in background threads while the codec encodes the current one. When ``should_stop()``
+    turns true, the shard being written is finished and no other is started."""
     if not tasks:
         return
     with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="cache-io") as pool:
         next_mix: Future = pool.submit(mix_shard, plan, tasks[0])
         writing: tuple[str, Future] | None = None
         for i in range(len(tasks)):
+            if should_stop():
+                break
             mixed = next_mix.result()
             if i + 1 < len(tasks):
                 next_mix = pool.submit(mix_shard, plan, tasks[i + 1])
@@ -100,19 +112,27 @@ def run_tasks_inline(plan: Plan, codec: Any, cache_dir: Path, tasks: list[ShardT
             if writing is not None:
                 on_done(writing[0], writing[1].result())
             writing = (mixed.task.split, pool.submit(write_shard, plan, cache_dir, mixed, latents))
-        on_done(writing[0], writing[1].result())
+        if writing is not None:
+            on_done(writing[0], writing[1].result())
 
 
 def run_tasks_pool(plan: Plan, codec_cfg: Any, cache_dir: Path, tasks: list[ShardTask],
-                   workers: int, on_done: OnDone) -> None:
-    """Build ``tasks`` in ``workers`` spawned processes, each with its own codec."""
+                   workers: int, on_done: OnDone,
+                   should_stop: Callable[[], bool] = _never) -> None:
+    """Build ``tasks`` in ``workers`` spawned processes, each with its own codec. When
+    ``should_stop()`` turns true, shards not yet started are dropped; those in flight finish."""
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(plan, codec_cfg, str(cache_dir))) as pool:
         futures = [pool.submit(_run_task_in_worker, t) for t in tasks]
         try:
             for future in as_completed(futures):
+                if future.cancelled():
+                    continue
                 on_done(*future.result())
+                if should_stop():
+                    for f in futures:
+                        f.cancel()
         except BaseException:
             for f in futures:
                 f.cancel()

@@ -438,3 +438,71 @@ def test_worker_processes_build_the_same_cache(zarr_cache, corpus, tmp_path):
     assert summary.complete and summary.shards_built == 4
     for split in ("train", "val"):
         np.testing.assert_array_equal(_arrays(out, split)[0], _arrays(reference, split)[0])
+
+
+_CLI_BUILD_SCRIPT = """
+import sys
+from cleancodec.cli import main
+sys.argv = ["cleancodec", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_finishes_the_shard_in_flight_and_the_rerun_completes(corpus, tmp_path,
+                                                                            sig, code):
+    cfg = small_cfg(train_windows=80, val_windows=4, windows_per_shard=2)
+    reference = tmp_path / "reference"
+    build_cache(cfg, CODEC, corpus.clean_dir, corpus.noise_dir, out_dir=reference,
+                progress=False)
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(_build_args(corpus, cfg, out), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _done_shards(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "StopRequested" in err, err[-2000:]  # raised to the script
+    stopped_at = _done_shards(out)
+    assert 1 <= stopped_at < 42 and not list((out / ".tmp").glob("*"))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and p.name != ".tmp"]
+    summary = build_cache(cfg, CODEC, corpus.clean_dir, corpus.noise_dir, out_dir=out,
+                          progress=False)
+    assert summary.complete and summary.shards_built == 42 - stopped_at
+    for split in ("train", "val"):
+        ref, got = _arrays(reference, split), _arrays(out, split)
+        np.testing.assert_array_equal(got[1], ref[1])
+    # through the command line, the conventional exit code
+    again = tmp_path / "cli"
+    profile = tmp_path / "p.yaml"
+    profile.write_text(
+        "codec: {weights: random, random_arch: tiny}\n"
+        "cache: {train_windows: 80, val_windows: 4, windows_per_shard: 2, seed: 0}\n")
+    proc = subprocess.Popen([sys.executable, "-c", _CLI_BUILD_SCRIPT, "cache", "--conf",
+                             str(profile), "--clean", str(corpus.clean_dir), "--noise",
+                             str(corpus.noise_dir), "--out", str(again), "--quiet"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _done_shards(again) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and "rerun the same command" in err, err[-2000:]
+
+
+def test_a_second_build_into_a_held_cache_folder_is_refused(corpus, tmp_path):
+    import os
+    import socket
+
+    from cleancodec.pipeline.dirlock import DirectoryLock, DirectoryLockedError
+
+    out = tmp_path / "cache"
+    with DirectoryLock(out, "cache"):
+        with pytest.raises(DirectoryLockedError, match=f"pid {os.getpid()}") as err:
+            _build(corpus, out)
+        assert socket.gethostname() in str(err.value)
+    summary = _build(corpus, out)  # released: the build runs, and the lock file is no stranger
+    assert summary.complete and (out / ".cleancodec.lock").exists()
