@@ -65,6 +65,11 @@ def _guess(path: str) -> str | None:
     return None
 
 
+def stage_error(exc: BaseException, path: str | Path | None = None) -> StageOSError:
+    """``exc`` (an OSError, or a library error that hides one) as a worded StageOSError."""
+    return StageOSError(getattr(exc, "errno", None) or 0, describe(exc, path))
+
+
 def is_os_failure(exc: BaseException) -> bool:
     """True for OSError and for libsndfile's "System error" (an OS failure under the hood)."""
     if isinstance(exc, OSError):
@@ -82,4 +87,4 @@ def named_os_errors(path: str | Path | None = None) -> Iterator[None]:
     except Exception as exc:
         if not is_os_failure(exc):
             raise
-        raise StageOSError(getattr(exc, "errno", None) or 0, describe(exc, path)) from exc
+        raise stage_error(exc, path) from exc

@@ -393,3 +393,30 @@ def test_ema_is_kept_in_checkpoints_validated_and_used_by_denoise(tiny_latent_ca
     off = fit(tiny_cfg(steps=4, ema_decay=None), cache, tmp_path / "off")
     assert "val/gain_raw" not in off
     assert load_checkpoint(tmp_path / "off" / "latest.pt")["denoiser_ema"] is None
+
+
+def test_training_onto_a_full_disk_says_no_space(tiny_latent_cache, tmp_path):
+    import subprocess as sp
+
+    mnt = tmp_path / "tiny_disk"
+    mnt.mkdir()
+    mounted = sp.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                     capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        result = CliRunner().invoke(main_cli(), [
+            "train", "--conf", str(TINY), "--cache", str(tiny_latent_cache("zarr")), "--run",
+            str(mnt / "run"), "--quiet", "train.steps=4", "train.checkpoint_every=2",
+            "train.data.num_workers=0", "train.denoiser.width=256"])
+    finally:
+        sp.run(["umount", "--lazy", str(mnt)], check=True)
+    assert result.exit_code == 1, result.output
+    assert "no space left on device" in result.output and str(mnt / "run") in result.output
+    assert "Traceback" not in result.output
+
+
+def main_cli():
+    from cleancodec.cli import main
+
+    return main

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cleancodec.pipeline.atomic import TMP_SUFFIX, atomic_path
+from cleancodec.pipeline.oserrors import stage_error
 from cleancodec.trainer.models import Denoiser
 
 FORMAT_VERSION = 1
@@ -44,7 +45,10 @@ def milestone_name(step: int) -> str:
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temp file beside ``path``, fsync, rename over ``path``."""
     with atomic_path(path, TMP_SUFFIX) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's writer hides the errno ("unexpected pos …")
+            raise stage_error(exc, path) from exc
     return Path(path)
 
 
