@@ -32,19 +32,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cleancodec.pipeline.audio import SILENCE_PEAK, AudioError, resample
+from cleancodec.pipeline.audio import SILENCE_PEAK, is_audio_path
 
-AUDIO_EXTENSIONS = frozenset({
-    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-    ".au", ".snd", ".w64", ".caf", ".rf64", ".sph", ".nist",
-})
 DEFAULT_SPEAKER_PATTERNS = (r"reader_(\d+)", r"^(\d+)-\d+-\d+", r"^(p\d{3})_")
 SPEAKER_SOURCES = ("auto", "index", "pattern", "dir", "none")
 INDEX_NAME = "index.csv"
 SPLITS = ("train", "val")
 HELD_OUT_SPLIT = "test"
 SCAN_BLOCK = 1 << 16
-RESAMPLE_MARGIN_S = 0.05  # context read on each side of a segment before resampling it
 _DATA_CHUNK_LOG = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _UNKNOWN_CHUNK_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 
@@ -115,7 +110,7 @@ def find_audio_files(root: str | Path, role: str) -> list[AudioFile]:
         seen_dirs.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if name.startswith(".") or Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
+            if name.startswith(".") or not is_audio_path(name):
                 continue
             path = Path(dirpath) / name
             try:
@@ -307,36 +302,3 @@ def _declared_vs_actual_bytes(extra_info: str) -> tuple[int, int] | None:
         return None
     return declared, present
 
-
-def read_segment(path: str | Path, start: int, length: int, sample_rate: int) -> np.ndarray:
-    """Mono float32 ``[length]`` of ``path`` from sample ``start`` at ``sample_rate``.
-
-    Reads only the needed part (plus a short resampling margin, aligned so the result is
-    deterministic); zero-pads past the end of the file. Raises AudioError on read failure.
-    """
-    path = Path(path)
-    try:
-        info = sf.info(str(path))
-        sr = info.samplerate
-        if sr == sample_rate:
-            data, _ = sf.read(str(path), start=start, frames=length, dtype="float32",
-                              always_2d=True)
-            mono = data.mean(axis=1)
-            offset = 0
-        else:
-            g = np.gcd(sr, sample_rate)
-            step_in, step_out = sr // g, sample_rate // g
-            margin = int(RESAMPLE_MARGIN_S * sample_rate)
-            block = max(0, start - margin) // step_out
-            first_in, first_out = block * step_in, block * step_out
-            stop_in = -(-(start + length + margin) * sr // sample_rate)
-            data, _ = sf.read(str(path), start=first_in, stop=min(stop_in, info.frames),
-                              dtype="float32", always_2d=True)
-            mono = resample(data.mean(axis=1), sr, sample_rate)
-            offset = start - first_out
-    except Exception as exc:
-        raise AudioError(path, f"cannot read segment ({type(exc).__name__}: {exc})") from exc
-    seg = mono[offset:offset + length]
-    if len(seg) < length:
-        seg = np.pad(seg, (0, length - len(seg)))
-    return np.ascontiguousarray(seg, dtype=np.float32)

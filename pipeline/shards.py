@@ -38,6 +38,7 @@ import numpy as np
 import zarr
 
 from cleancodec.pipeline.atomic import atomic_dir, atomic_path, publish, temp_dir_beside
+from cleancodec.pipeline.hashing import sha256_file
 from cleancodec.pipeline.manifest import done_shards, load_manifest
 
 if TYPE_CHECKING:  # types only: this module must not import the build at run time
@@ -77,15 +78,6 @@ class ShardFile:
 
 
 # --- small helpers ---------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def combined_sha256(files: list[ShardFile]) -> str:

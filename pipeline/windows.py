@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cleancodec.pipeline import corpus as corpus_mod
-from cleancodec.pipeline.audio import read_audio
+from cleancodec.pipeline.audio import read_audio, read_segment
 from cleancodec.pipeline.build_errors import BuildError
 from cleancodec.pipeline.mix import (
     draw_mix_params,
@@ -52,8 +51,8 @@ def _noise_segment(src: Source, length: int, rng: np.random.Generator,
     """A ``length``-sample noise segment from a random offset; short noise loops around."""
     offset = noise_offset(src.length, length, rng)
     if src.length >= length:
-        return corpus_mod.read_segment(src.path, offset, length, sample_rate), offset
-    whole = corpus_mod.read_segment(src.path, 0, src.length, sample_rate)
+        return read_segment(src.path, offset, length, sample_rate), offset
+    whole = read_segment(src.path, 0, src.length, sample_rate)
     return loop_segment(whole, offset, length), offset
 
 
@@ -69,7 +68,7 @@ def _clean_segment(plan: Plan, sp: SplitPlan,
         index = int(sp.clean[min(pick, len(sp.clean) - 1)])
         src = plan.clean[index]
         offset = int(rng.integers(0, max(1, src.length - length + 1)))
-        audio = corpus_mod.read_segment(src.path, offset, length, plan.sample_rate)
+        audio = read_segment(src.path, offset, length, plan.sample_rate)
         if not is_mostly_silent(audio, plan.sample_rate, plan.mix):
             return index, offset, audio, attempt
     raise BuildError(

@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cleancodec.pipeline.audio import read_audio
-from cleancodec.pipeline.corpus import (DEFAULT_SPEAKER_PATTERNS, CorpusError, annotate_speakers,
-                             choose_val_groups, find_audio_files, fingerprint, read_segment,
-                             scan_audio, speaker_from_name, split_files)
+from cleancodec.pipeline.audio import read_audio, read_segment
+from cleancodec.pipeline.corpus import (
+    DEFAULT_SPEAKER_PATTERNS,
+    CorpusError,
+    annotate_speakers,
+    choose_val_groups,
+    find_audio_files,
+    fingerprint,
+    scan_audio,
+    speaker_from_name,
+    split_files,
+)
 
 SR = 16000
 
