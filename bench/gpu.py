@@ -45,6 +45,7 @@ SAMPLE_RATE, HOP, LATENT_DIM, FRAMES = 16000, 320, 1024, 150
 WINDOW_SECONDS = FRAMES * HOP / SAMPLE_RATE
 CODEC_SEED = 0
 MIB = 1024 * 1024
+DENOISE_REPS = 2
 FULL = {  # sizes of the real run
     "codec_batches": (1, 16, 64), "codec_windows": 128, "build_windows": 256,
     "build_workers": (1, 2, 4), "presets": ("medium", "large"), "train_batches": (64, 256),
@@ -158,8 +159,8 @@ def train_one(spec: dict) -> dict:
     trainer.prepare()
     device = topo.device
     codec = None
-    if spec["mode"] == "encode":
-        codec = _codec(spec["device"], True, spec["batch"], spec["arch"])
+    if spec["mode"] == "encode":  # the cache has DAC-16k's shape: encode with DAC-16k
+        codec = _codec(spec["device"], True, spec["batch"], "dac16k")
         waves = torch.from_numpy(_waves(spec["batch"], WINDOW_SECONDS))
     for _ in range(spec["warmup"]):
         trainer.train_step(trainer.next_batch())
@@ -212,11 +213,16 @@ def train_rows(device: str, sizes: dict, work: Path, smoke: bool) -> list[dict]:
 
 # --- denoise and demo ------------------------------------------------------------------------
 
-def denoise_row(device: str, sizes: dict, work: Path) -> dict:
-    """Wall seconds per audio second of ``cleancodec denoise`` (a medium random denoiser)."""
-    import soundfile as sf
+def denoise_rows(device: str, sizes: dict, work: Path, smoke: bool) -> list[dict]:
+    """Wall seconds per audio second of the denoise file path, codec alone and with the medium
+    and large denoisers (random init), ``denoise_batch`` chunks per forward
+    (``bench/denoise.py``'s measurement). The smoke run times the command line instead."""
+    if not smoke:
+        from bench.denoise import rtf_rows
 
-    from cleancodec.infer.run import denoise_path  # noqa: F401  (the stage function under test)
+        return rtf_rows(work, torch.get_num_threads(), device, sizes["denoise_batch"],
+                        {seconds: DENOISE_REPS for seconds in (10.0, 60.0)})
+    import soundfile as sf
 
     wav = work / "denoise-in" / "long.wav"
     wav.parent.mkdir(parents=True, exist_ok=True)
@@ -228,8 +234,9 @@ def denoise_row(device: str, sizes: dict, work: Path) -> dict:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    return {"rtf": wall / sizes["denoise_seconds"], "seconds": sizes["denoise_seconds"]}
+        return [{"model": "bypass", "error": proc.stderr.strip().splitlines()[-1]}]
+    return [{"model": "bypass", "seconds": sizes["denoise_seconds"], "batch":
+             sizes["denoise_batch"], "rtf": wall / sizes["denoise_seconds"], "ratio": 1.0}]
 
 
 def demo_row() -> dict:
@@ -242,10 +249,11 @@ def demo_row() -> dict:
 # --- report ----------------------------------------------------------------------------------
 
 def report(device_name: str, codec: list[dict], build: list[dict], train: list[dict],
-           den: dict, demo: dict | None) -> str:
+           den: list[dict], demo: dict | None, arch: str) -> str:
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [f"## GPU: {device_name} ({when}, commit {git_commit()}, torch {torch.__version__})",
-             "", "DAC-16k at random init (speed does not depend on the weights).", "",
+             "", f"DAC {arch} architecture at random init (speed does not depend on the "
+                 "weights).", "",
              "| codec | batch | encode (audio s / s) | decode (audio s / s) |",
              "|---|---|---|---|"]
     for r in codec:
@@ -271,11 +279,14 @@ def report(device_name: str, codec: list[dict], build: list[dict], train: list[d
             ratio = r["step_s"] / cached[(r["preset"], r["batch"])]["step_s"]
             lines.append(f"\n{r['preset']} × {r['batch']}: encode-in-step ÷ cached step = "
                          f"{ratio:.1f}")
-    if "rtf" in den:
-        lines += ["", f"Denoise (codec + chunking, {den['seconds']:.0f} s file): RTF "
-                      f"{den['rtf']:.3f} (wall s per audio s, process start included)."]
-    else:
-        lines += ["", f"Denoise failed: {den.get('error')}"]
+    lines += ["", "| denoise | file (s) | chunks per forward | RTF | ÷ codec alone |",
+              "|---|---|---|---|---|"]
+    for r in den:
+        if "error" in r:
+            lines.append(f"| {r['model']} | failed: {r['error']} | | | |")
+        else:
+            lines.append(f"| {r['model']} | {r['seconds']:.0f} | {r['batch']} | "
+                         f"{r['rtf']:.4f} | {r['ratio']:.2f} |")
     if demo:
         lines += ["", f"`make demo CODEC=random`: {demo['minutes']:.1f} min (exit {demo['rc']})."]
     return "\n".join(lines) + "\n"
@@ -307,9 +318,9 @@ def main() -> None:
         print(f"build done ({time.perf_counter() - t0:.0f} s)", flush=True)
         train = train_rows(args.device, sizes, work, args.smoke)
         print(f"train done ({time.perf_counter() - t0:.0f} s)", flush=True)
-        den = denoise_row(args.device, sizes, work)
+        den = denoise_rows(args.device, sizes, work, args.smoke)
         demo = demo_row() if args.demo else None
-    text = report(name, codec, build, train, den, demo)
+    text = report(name, codec, build, train, den, demo, sizes["arch"])
     print(text)
     if not (args.no_append or args.smoke):
         print(f"appended to {append_benchmarks(text)}")
