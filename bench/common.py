@@ -1,4 +1,5 @@
-"""What every benchmark shares: the commit it measured, and appending its report to BENCHMARKS.md."""
+"""What every benchmark shares: the commit it measured, and appending its report to
+BENCHMARKS.md."""
 from __future__ import annotations
 
 import subprocess

@@ -39,7 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import append_benchmarks, git_commit
 from cleancodec.pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest
-from cleancodec.pipeline.shards import META_FIELDS, create_zarr_split, write_wds_shard, write_zarr_shard
+from cleancodec.pipeline.shards import (
+    META_FIELDS,
+    create_zarr_split,
+    write_wds_shard,
+    write_zarr_shard,
+)
 from cleancodec.trainer.config import DataConfig, TrainConfig, load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -267,7 +272,8 @@ def report(rows: list[dict], gpu_rows: list[dict], loaders: dict[str, float], ar
         f"Machine: **2 CPU cores shared with other jobs** (noisy; compare the ratios, measured "
         f"side by side in one run), {cpu}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY', OMP_WAIT_POLICY)}. **DAC-16k architecture at RANDOM INIT** "
+        f"{os.environ.get('OMP_WAIT_POLICY', OMP_WAIT_POLICY)}. "
+        f"**DAC-16k architecture at RANDOM INIT** "
         f"(seed {CODEC_SEED}; step times do not depend on the weights). Windows of 3 s = "
         f"{LATENT_DIM} x {FRAMES} latents; the cache holds synthetic float16 latents of that "
         f"shape, written with the pipeline's shard writers. Median of {args.steps} timed steps "

@@ -35,6 +35,7 @@ from cleancodec.pipeline.topology import bf16_autocast, pick_device
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
+PLAIN_TYPES = (int, float, str, list, bool, type(None))  # kwargs recorded in a codec identity
 SNAKE_EPS = 1e-9  # dac.nn.layers.snake: alpha + 1e-9 keeps 1 / alpha finite
 MODEL_TYPE = "16khz"
 MODEL_BITRATE = "8kbps"
@@ -236,7 +237,8 @@ def _read_release_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
             f"{path}: cannot read DAC weights ({type(exc).__name__}: {exc}); expected DAC's "
             f"release format {{'state_dict', 'metadata': {{'kwargs'}}}}"
         ) from exc
-    if not (isinstance(blob, dict) and "state_dict" in blob and "kwargs" in blob.get("metadata", {})):
+    if not (isinstance(blob, dict) and "state_dict" in blob
+            and "kwargs" in blob.get("metadata", {})):
         raise CodecWeightsError(
             f"{path}: not DAC's release format (need keys 'state_dict' and 'metadata.kwargs')"
         )
@@ -246,7 +248,6 @@ def _read_release_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
 def _build_dac(kwargs: dict[str, Any]) -> torch.nn.Module:
     dac = import_dac()
     import inspect
-
     import warnings
 
     accepted = set(inspect.signature(dac.DAC).parameters)
@@ -375,7 +376,8 @@ class Codec:
 
     @torch.inference_mode()
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Residual-VQ with all codebooks: ``Tensor[B x D x F]`` → quantised ``Tensor[B x D x F]``."""
+        """Residual-VQ with all codebooks: ``Tensor[B x D x F]`` → quantised
+        ``Tensor[B x D x F]``."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
         with self._autocast():
             zq = self.model.quantizer(z, n_quantizers=self.n_codebooks)[0]
@@ -428,7 +430,7 @@ def load_codec(cfg: CodecConfig | None = None) -> Codec:
             f"(missing {list(missing)[:3]}…, unexpected {list(unexpected)[:3]}…)"
         )
     identity = {"kind": "pretrained", "file": path.name, "sha256": sha256_file(path),
-                "kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, list, bool, type(None)))}}
+                "kwargs": {k: v for k, v in kwargs.items() if isinstance(v, PLAIN_TYPES)}}
     return Codec(model, identity, cfg)
 
 

@@ -92,7 +92,8 @@ def load_manifest(cache_dir: str | Path, require_complete: bool = False) -> dict
     except (OSError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
     if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{path}: not a cleancodec latent cache (format={manifest.get('format')!r})")
+        raise ManifestError(
+            f"{path}: not a cleancodec latent cache (format={manifest.get('format')!r})")
     version = manifest.get("format_version")
     if version not in KNOWN_FORMAT_VERSIONS:
         raise ManifestError(
@@ -102,7 +103,8 @@ def load_manifest(cache_dir: str | Path, require_complete: bool = False) -> dict
     if manifest.get("storage") not in STORAGES:
         raise ManifestError(f"{path}: unknown storage {manifest.get('storage')!r}")
     if require_complete and not manifest.get("complete"):
-        raise ManifestError(f"{path}: cache build is not complete; rerun `cleancodec cache` to finish it")
+        raise ManifestError(
+            f"{path}: cache build is not complete; rerun `cleancodec cache` to finish it")
     return manifest
 
 

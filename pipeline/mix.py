@@ -149,7 +149,8 @@ def draw_mix_params(rng: np.random.Generator, cfg: MixConfig, have_rirs: bool) -
     snr = float(rng.uniform(cfg.snr_min_db, cfg.snr_max_db))
     level = float(rng.uniform(cfg.level_min_dbfs, cfg.level_max_dbfs))
     reverb_draw = float(rng.uniform())
-    return MixParams(snr_db=snr, level_dbfs=level, reverb=have_rirs and reverb_draw < cfg.reverb_prob)
+    return MixParams(snr_db=snr, level_dbfs=level,
+                     reverb=have_rirs and reverb_draw < cfg.reverb_prob)
 
 
 def apply_rir(x: np.ndarray, rir: np.ndarray, sample_rate: int = 16000) -> np.ndarray:

@@ -1,11 +1,10 @@
 """Shared, session-scoped fixtures (built once per test session)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 
 # --- trainer: small latent caches built by the real pipeline ----------------------------------
 

@@ -67,7 +67,7 @@ def test_atomic_write_leaves_no_temp_and_keeps_old_on_failure(tmp_path):
     write_audio_atomic(p, _tone(16000), 16000, subtype="PCM_16")
     assert sf.info(p).samplerate == 16000
     before = p.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         write_audio_atomic(p, np.zeros((2, 2, 2), np.float32), 16000)
     assert p.read_bytes() == before
     assert [f.name for f in p.parent.iterdir()] == ["a.wav"]

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from cleancodec.pipeline.codec import (CodecConfig, CodecWeightsError, default_weights_path, import_dac,
-                            load_codec, save_random_release_file)
+from cleancodec.pipeline.codec import (
+    CodecConfig,
+    CodecWeightsError,
+    default_weights_path,
+    import_dac,
+    load_codec,
+    save_random_release_file,
+)
 
 TINY = CodecConfig(weights="random", random_seed=3, random_arch="tiny", device="cpu",
                    batch_size=2)

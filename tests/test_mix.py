@@ -10,7 +10,8 @@ SR = 16000
 def _speechlike(rng, n=3 * SR):
     t = np.arange(n) / SR
     env = (np.sin(2 * np.pi * 3 * t) > -0.2).astype(np.float32)
-    return (0.3 * np.sin(2 * np.pi * 180 * t) * env + 0.01 * rng.standard_normal(n)).astype(np.float32)
+    tone = 0.3 * np.sin(2 * np.pi * 180 * t) * env
+    return (tone + 0.01 * rng.standard_normal(n)).astype(np.float32)
 
 
 @pytest.mark.parametrize("snr", [-5.0, 0.0, 7.3, 20.0])
