@@ -39,9 +39,10 @@ sys.path.insert(0, str(REPO))
 from bench.common import append_benchmarks, git_commit  # noqa: E402
 from cleancodec.pipeline.build import CacheConfig, build_cache  # noqa: E402
 from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
+from cleancodec.pipeline.manifest import load_manifest  # noqa: E402
 from cleancodec.pipeline.mix import MixConfig  # noqa: E402
-from cleancodec.pipeline.shards import ZarrCacheReader, iter_wds_samples, wds_shard_paths  # noqa: E402
 from cleancodec.pipeline.synth import make_tiny_corpus  # noqa: E402
+from cleancodec.trainer.data import ZarrWindows, iter_tar_windows, open_split  # noqa: E402
 
 WINDOW_SECONDS = 3.0
 SAMPLE_RATE = 16000
@@ -88,7 +89,9 @@ def run_build(storage: str, cfg: CodecConfig, corpus, windows: int, out: Path):
 
 
 def read_rate_zarr(cache: Path) -> float:
-    reader = ZarrCacheReader(cache, "train")
+    """Windows/s of random single-window reads through the trainer's zarr dataset."""
+    src = open_split(cache, load_manifest(cache), "train")
+    reader = ZarrWindows(src.zarr_path, src.rows)
     order = list(range(len(reader)))
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < READ_MIN_SECONDS:
@@ -100,10 +103,12 @@ def read_rate_zarr(cache: Path) -> float:
 
 
 def read_rate_wds(cache: Path) -> float:
-    paths = wds_shard_paths(cache, "train")
+    """Windows/s of sequential reads of every tar through the trainer's tar decoding."""
+    src = open_split(cache, load_manifest(cache), "train")
+    shape = (src.latent_dim, src.frames)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < READ_MIN_SECONDS:
-        for _ in iter_wds_samples(paths):
+        for _ in iter_tar_windows(src.shards, shape):
             count += 1
     return count / (time.perf_counter() - start)
 

@@ -10,7 +10,8 @@ orchestrates. Each concern has its own module:
 ``plan``                      the :class:`~cleancodec.pipeline.plan.Plan`: sources, window
                               counts and shard tasks per split
 ``windows``                   one window / one shard mixed, a shard encoded
-``shards``                    storage (zarr v3, webdataset): writing a shard, reading caches
+``shards``                    storage (zarr v3, webdataset): writing a shard (the one reader
+                              is ``cleancodec.trainer.data``)
 ``manifest``                  ``manifest.json``, resume checks, the shard :class:`Ledger`
 ``cachedir``                  the output folder: ours / scratch / foreign, resume or clear
 ``workers``                   running shard tasks inline or in a process pool, progress

@@ -1,4 +1,4 @@
-"""Cache storage: zarr v3 (sharding codec) and webdataset tars — writers and readers.
+"""Cache storage: zarr v3 (sharding codec) and webdataset tars — the writers.
 
 zarr (``<cache>/<split>.zarr``, one group per split)::
 
@@ -18,10 +18,13 @@ webdataset (``<cache>/<split>-%06d.tar``, one tar per build shard): samples
 ``{__key__: "<split>-<shard:06d>-<i:06d>", clean.npy, noisy.npy, meta.json}``; ``.npy`` are
 ``(D, F)`` arrays of the cache dtype, ``meta.json`` the same fields with source paths as strings.
 Tars are written to a temp name (``.<name>.<random>.tmp``) and renamed; member times are fixed
-so the bytes are a pure function of the content. Nothing is pickled; readers load ``.npy`` with
-``allow_pickle=False``.
+so the bytes are a pure function of the content. Nothing is pickled; the reader loads ``.npy``
+with ``allow_pickle=False``.
 
-This module must stay free of codec imports: the trainer reads caches through it.
+The one reader of these caches is :mod:`cleancodec.trainer.data` (training loaders, plus
+``read_window`` / ``read_split`` / ``iter_tar_windows`` for tests and benchmarks); it imports
+this module's constants (``META_FIELDS``, ``SOURCE_FIELDS``), so this module must stay free of
+codec imports.
 """
 from __future__ import annotations
 
@@ -29,7 +32,6 @@ import hashlib
 import io
 import json
 import shutil
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +41,6 @@ import zarr
 
 from cleancodec.pipeline.atomic import atomic_dir, atomic_path, publish, temp_dir_beside
 from cleancodec.pipeline.hashing import sha256_file
-from cleancodec.pipeline.manifest import done_shards, load_manifest
 
 if TYPE_CHECKING:  # types only: this module must not import the build at run time
     from cleancodec.pipeline.plan import Plan
@@ -295,135 +296,3 @@ def write_shard(plan: Plan, cache_dir: Path, mixed: MixedShard,
             "files": [asdict(f) for f in files],
             "bytes": sum(f.bytes for f in files), "silent_draws": mixed.silent_draws,
             "clipped": int(mixed.meta["clipped"].sum())}
-
-
-# --- reading ---------------------------------------------------------------------------------
-
-
-def done_rows(manifest: dict[str, Any], split: str) -> np.ndarray:
-    """Row indices (int64 ``[n]``) of ``split`` that belong to done shards."""
-    wps = int(manifest["splits"][split]["windows_per_shard"])
-    parts = [np.arange(s["index"] * wps, s["index"] * wps + int(s["windows"]))
-             for s in done_shards(manifest, split)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-class ZarrCacheReader:
-    """Random access to the windows of one split of a zarr cache (done shards only).
-
-    ``reader[i]`` → ``(clean [D x F], noisy [D x F], meta)`` in the cache dtype; ``meta`` holds
-    the :data:`META_FIELDS` values plus ``clean_path`` / ``noise_path`` / ``rir_path`` (relative
-    source paths, ``None`` for no RIR) and ``row`` (the row in the arrays). The small metadata
-    arrays are read once, on first access; each item then reads two inner chunks.
-    """
-
-    def __init__(self, cache_dir: str | Path, split: str,
-                 manifest: dict[str, Any] | None = None):
-        self.cache_dir = Path(cache_dir)
-        self.manifest = manifest or load_manifest(cache_dir)
-        if self.manifest["storage"] != "zarr":
-            raise ValueError(
-                f"{cache_dir}: cache storage is {self.manifest['storage']!r}, not zarr")
-        if split not in self.manifest["splits"]:
-            raise KeyError(f"{cache_dir}: no split {split!r} in the manifest")
-        self.split = split
-        self.rows = done_rows(self.manifest, split)
-        self._arrays: dict[str, zarr.Array] | None = None
-        self._meta_rows: dict[str, np.ndarray] | None = None
-
-    @property
-    def arrays(self) -> dict[str, zarr.Array]:
-        if self._arrays is None:
-            store = zarr.storage.LocalStore(zarr_split_path(self.cache_dir, self.split),
-                                            read_only=True)
-            group = zarr.open_group(store, mode="r")
-            self._arrays = {name: group[name] for name in _array_names()}
-        return self._arrays
-
-    @property
-    def metadata(self) -> dict[str, np.ndarray]:
-        """Per-window metadata of the done rows: :data:`META_FIELDS` arrays ``[len(self)]``."""
-        if self._meta_rows is None:
-            self._meta_rows = {name: self.arrays[name].get_orthogonal_selection((self.rows,))
-                               for name in META_FIELDS}
-        return self._meta_rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        row = int(self.rows[i])
-        meta: dict[str, Any] = {name: values[i].item() for name, values in self.metadata.items()}
-        meta.update(source_paths(self.manifest, meta))
-        meta["row"] = row
-        return self.arrays["clean"][row], self.arrays["noisy"][row], meta
-
-    def read_all(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Every done window at once: ``clean, noisy [n x D x F]`` and metadata ``[n]`` arrays."""
-        take = (lambda name: self.arrays[name].get_orthogonal_selection((self.rows,)))
-        return take("clean"), take("noisy"), dict(self.metadata)
-
-
-def source_paths(manifest: dict[str, Any], meta: dict[str, Any]) -> dict[str, str | None]:
-    """``clean_path`` / ``noise_path`` / ``rir_path`` for a window's source indices."""
-    sources = manifest.get("sources", {})
-    out: dict[str, str | None] = {}
-    for field_name, kind in SOURCE_FIELDS.items():
-        index = int(meta[field_name])
-        out[f"{kind}_path"] = sources.get(kind, [])[index] if index >= 0 else None
-    return out
-
-
-def wds_shard_paths(cache_dir: str | Path, split: str,
-                    manifest: dict[str, Any] | None = None) -> list[Path]:
-    """Tar paths of the done shards of ``split``, in shard order."""
-    manifest = manifest or load_manifest(cache_dir)
-    return [wds_shard_path(cache_dir, split, s["index"]) for s in done_shards(manifest, split)]
-
-
-def iter_wds_samples(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
-    """Samples of webdataset tars, in order: dicts with ``key``, ``clean``, ``noisy``
-    (``[D x F]`` arrays, loaded without pickle) and ``meta`` (dict)."""
-    import webdataset as wds
-
-    urls = [str(p) for p in paths]
-    if not urls:
-        return
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    for sample in dataset:
-        yield {
-            "key": sample["__key__"],
-            "clean": np.load(io.BytesIO(sample["clean.npy"]), allow_pickle=False),
-            "noisy": np.load(io.BytesIO(sample["noisy.npy"]), allow_pickle=False),
-            "meta": json.loads(sample["meta.json"]),
-        }
-
-
-def read_split(cache_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """All done windows of a split, either storage: ``clean, noisy [n x D x F]`` and a list of
-    per-window metadata dicts (source paths as strings). Meant for small caches and tests."""
-    manifest = load_manifest(cache_dir)
-    if manifest["storage"] == "zarr":
-        reader = ZarrCacheReader(cache_dir, split, manifest)
-        if len(reader) == 0:
-            return _empty(manifest), _empty(manifest), []
-        clean, noisy, meta = reader.read_all()
-        metas = []
-        for i in range(len(reader)):
-            row = {name: meta[name][i].item() for name in META_FIELDS}
-            paths = source_paths(manifest, row)
-            for field_name, kind in SOURCE_FIELDS.items():
-                row[field_name] = paths[f"{kind}_path"]
-            metas.append(row)
-        return clean, noisy, metas
-    samples = list(iter_wds_samples(wds_shard_paths(cache_dir, split, manifest)))
-    if not samples:
-        return _empty(manifest), _empty(manifest), []
-    return (np.stack([s["clean"] for s in samples]), np.stack([s["noisy"] for s in samples]),
-            [{k: v for k, v in s["meta"].items() if k in META_FIELDS} for s in samples])
-
-
-def _empty(manifest: dict[str, Any]) -> np.ndarray:
-    from cleancodec.pipeline.manifest import latent_shape
-
-    return np.zeros((0, *latent_shape(manifest)), dtype=manifest["dtype"])

@@ -38,9 +38,10 @@ from cleancodec.pipeline.inputs import Inputs
 from cleancodec.pipeline.manifest import latent_shape, load_manifest
 from cleancodec.pipeline.mix import MixConfig
 from cleancodec.pipeline.plan import make_plan
-from cleancodec.pipeline.shards import META_FIELDS, ZarrCacheReader, read_split, sha256_file
+from cleancodec.pipeline.shards import META_FIELDS, sha256_file
 from cleancodec.pipeline.synth import make_tiny_corpus
 from cleancodec.pipeline.windows import make_window
+from cleancodec.trainer.data import open_split, read_split, read_window
 
 REPO = Path(__file__).resolve().parents[1]
 CODEC = CodecConfig(weights="random", random_seed=0, random_arch="tiny", device="cpu",
@@ -81,7 +82,7 @@ def _build(corpus, out, cfg=None, codec=CODEC, **kw):
 
 
 def _arrays(cache: Path, split: str = "train"):
-    clean, noisy, metas = read_split(cache, split)
+    clean, noisy, metas = read_split(open_split(cache, load_manifest(cache), split))
     return clean, noisy, metas
 
 
@@ -129,10 +130,10 @@ def test_stored_windows_are_the_plan_encoded(zarr_cache, corpus):
     inputs = Inputs(corpus.clean_dir.absolute(), corpus.noise_dir.absolute(), None, "dirs")
     plan = make_plan(small_cfg(), record, inputs, m["codec"])
     codec = load_codec(CODEC)
-    reader = ZarrCacheReader(out, "train")
+    reader = open_split(out, m, "train")
     for k in (0, 5):
         window = make_window(plan, "train", k)
-        clean, noisy, meta = reader[k]
+        clean, noisy, meta = read_window(reader, k)
         expect = codec.encode_batched(np.stack([window.clean, window.noisy])).astype(np.float16)
         np.testing.assert_array_equal(clean, expect[0])
         np.testing.assert_array_equal(noisy, expect[1])
@@ -150,7 +151,7 @@ def test_splits_are_speaker_disjoint(zarr_cache):
     m = load_manifest(out)
     speakers = {}
     for split in ("train", "val"):
-        _, _, metas = read_split(out, split)
+        _, _, metas = read_split(open_split(out, m, split))
         speakers[split] = {speaker_from_name(mm["clean_source"], DEFAULT_SPEAKER_PATTERNS)
                            for mm in metas}
     assert speakers["train"] and speakers["val"] and not (speakers["train"] & speakers["val"])
@@ -297,7 +298,7 @@ def test_reverb_uses_the_rir_folder(corpus, tmp_path):
     build_cache(cfg, CODEC, corpus.clean_dir, corpus.noise_dir, rirs, tmp_path / "out",
                 progress=False)
     m = load_manifest(tmp_path / "out")
-    _, _, metas = read_split(tmp_path / "out", "train")
+    _, _, metas = read_split(open_split(tmp_path / "out", m, "train"))
     assert all(x["reverb"] == 1 for x in metas)
     assert {x["rir_source"] for x in metas} <= {"room0.wav", "room1.wav"}
     assert m["sources"]["rir"] == ["room0.wav", "room1.wav"] and m["splits"]["val"]["windows"] == 0

@@ -1,4 +1,5 @@
-"""pipeline.shards: zarr v3 sharded arrays and webdataset tars, written and read back."""
+"""pipeline.shards: zarr v3 sharded arrays and webdataset tars, written and read back (through
+the one cache reader, trainer.data)."""
 from __future__ import annotations
 
 import io
@@ -9,10 +10,19 @@ import numpy as np
 import pytest
 import zarr
 
-from cleancodec.pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest
-from cleancodec.pipeline.shards import (META_FIELDS, ZarrCacheReader, create_zarr_split, iter_wds_samples,
-                             read_split, scratch_dir, set_zarr_attributes, sha256_file,
-                             wds_shard_path, write_wds_shard, write_zarr_shard, zarr_split_path)
+from cleancodec.pipeline.manifest import FORMAT, FORMAT_VERSION, load_manifest, save_manifest
+from cleancodec.pipeline.shards import (
+    META_FIELDS,
+    create_zarr_split,
+    scratch_dir,
+    set_zarr_attributes,
+    sha256_file,
+    wds_shard_path,
+    write_wds_shard,
+    write_zarr_shard,
+    zarr_split_path,
+)
+from cleancodec.trainer.data import iter_tar_windows, open_split, read_split, read_window
 
 D, F, WPS, N = 8, 5, 3, 7  # 7 windows in shards of 3: the last shard holds one window
 
@@ -99,15 +109,15 @@ def test_reader_serves_done_shards_only(tmp_path):
     written = _write_all_zarr(tmp_path)
     manifest = _manifest("zarr", done=[0, 2])
     save_manifest(tmp_path, manifest)
-    reader = ZarrCacheReader(tmp_path, "train")
-    assert len(reader) == WPS + 1
+    reader = open_split(tmp_path, load_manifest(tmp_path), "train")
+    assert reader.windows == WPS + 1
     assert list(reader.rows) == [0, 1, 2, 6]
-    clean, noisy, meta = reader[3]
+    clean, noisy, meta = read_window(reader, 3)
     np.testing.assert_array_equal(clean, written[2][0][0])
     np.testing.assert_array_equal(noisy, written[2][1][0])
     assert meta["row"] == 6 and meta["window_seed"] == int(_meta(6, 1)["window_seed"][0])
     assert meta["clean_path"] == f"clean/{int(_meta(6, 1)['clean_source'][0])}.wav"
-    all_clean, _, metas = read_split(tmp_path, "train")
+    all_clean, _, metas = read_split(reader)
     assert all_clean.shape == (4, D, F)
     assert metas[3]["clean_source"] == meta["clean_path"]
 
@@ -138,7 +148,7 @@ def test_webdataset_tar_round_trip_without_pickle(tmp_path):
         raw = tar.extractfile(names[0]).read()
         np.load(io.BytesIO(raw), allow_pickle=False)  # plain .npy: loads without pickle
         assert json.loads(tar.extractfile(names[1]).read())["window_seed"] == 2**63 + 12
-    samples = list(iter_wds_samples([path]))
+    samples = list(iter_tar_windows([path], (D, F)))
     assert [s["key"] for s in samples] == [f"train-000004-{i:06d}" for i in range(WPS)]
     for i, s in enumerate(samples):
         np.testing.assert_array_equal(s["clean"], clean[i])
@@ -164,7 +174,7 @@ def test_read_split_for_webdataset_uses_done_tars(tmp_path):
         tars[s] = _latents(10 + s, n)
         write_wds_shard(tmp_path, "train", s, *tars[s], _wds_metas(s * WPS, n))
     save_manifest(tmp_path, _manifest("webdataset", done=[1, 2]))
-    clean, noisy, metas = read_split(tmp_path, "train")
+    clean, noisy, metas = read_split(open_split(tmp_path, load_manifest(tmp_path), "train"))
     np.testing.assert_array_equal(clean, np.concatenate([tars[1][0], tars[2][0]]))
     np.testing.assert_array_equal(noisy, np.concatenate([tars[1][1], tars[2][1]]))
     assert [m["snr_db"] for m in metas] == [3.0, 4.0, 5.0, 6.0]

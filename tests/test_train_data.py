@@ -19,6 +19,8 @@ from cleancodec.trainer.data import (
     iter_tar_samples,
     latent_stats,
     open_split,
+    read_split,
+    read_window,
     train_batches,
     val_batches,
 )
@@ -249,3 +251,23 @@ def test_latent_stats_match_numpy(cache):
     ref = allw.transpose(1, 0, 2).reshape(D, -1)
     np.testing.assert_allclose(mean.numpy(), ref.mean(axis=1), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(std.numpy(), ref.std(axis=1), rtol=1e-3, atol=1e-4)
+
+
+def test_exact_reads_match_the_loader_and_skip_unfinished_shards(tmp_path):
+    for storage in ("zarr", "webdataset"):
+        manifest = write_synthetic_cache(tmp_path / storage, storage,
+                                         {"train": [4, 4, 3], "val": [2]}, windows_per_shard=4,
+                                         status={("train", 1): "partial"})
+        src = open_split(tmp_path / storage, manifest, "train")
+        clean, noisy, metas = read_split(src)
+        assert clean.shape == (7, D, F) and clean.dtype == np.float16
+        assert clean[:, 0, 0].tolist() == [0, 1, 2, 3, 8, 9, 10]
+        batches = list(val_batches(src, DataConfig(val_batch_size=7)))
+        np.testing.assert_array_equal(batches[0]["noisy"].numpy(), noisy)
+        assert [set(m) for m in metas] == [{"snr_db"}] * 7
+        c5, n5, meta = read_window(src, 5)
+        np.testing.assert_array_equal(c5, clean[5])
+        np.testing.assert_array_equal(n5, noisy[5])
+        assert meta["row"] == 9
+        with pytest.raises(IndexError):
+            read_window(src, 7)

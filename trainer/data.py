@@ -1,6 +1,8 @@
-"""Cached latents → batches for the trainer, through the cache manifest only.
+"""The one reader of the latent cache: cached latents → batches for the trainer, and windows with
+their metadata for tests, benchmarks and tools, through the cache manifest only.
 
-Both storages of ``pipeline/manifest.py`` are read, rows of *done* shards only:
+Both storages written by :mod:`cleancodec.pipeline.shards` are read, windows of *done* shards
+only (the manifest's layout is described in :mod:`cleancodec.pipeline.manifest`):
 
 - **zarr**: ``<cache>/<split>.zarr`` with arrays ``noisy`` / ``clean`` ``(N, D, F)``; a map-style
   dataset reads single windows (one inner chunk each), and :class:`EpochBatchSampler` deals a
@@ -13,15 +15,21 @@ Every random choice derives from ``(seed, epoch, ...)``, and both paths can star
 the batch at step ``s`` is the same whether the run got there in one go or resumed (given the
 same world size and worker count). Batches are dicts ``{"noisy", "clean"}`` of
 ``Tensor[B x D x F]`` in the cache dtype; ``.npy`` members decode with ``allow_pickle=False``.
+
+Exact reads, on the same dataset / tar-decoding code the loaders use: :func:`read_window`
+(window ``i`` of a split with its metadata), :func:`read_split` (every window of a split, in
+order) and :func:`iter_tar_windows` (the samples of webdataset tars). This module never imports
+the codec (``pipeline/codec.py``, ``dac``).
 """
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from cleancodec.pipeline.manifest import ManifestError, done_shards, latent_shape
+from cleancodec.pipeline.shards import META_FIELDS, SOURCE_FIELDS, WDS_PATTERN
 from cleancodec.trainer.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -50,8 +59,11 @@ class CacheDataError(RuntimeError):
 class SplitSource:
     """What the manifest says about one split of the cache.
 
-    ``rows`` (zarr) are the global row indices of done shards; ``shards`` / ``shard_windows``
-    (webdataset) are the done shard files and their window counts.
+    ``rows`` are the global row numbers of the done windows, in split order (both storages: row
+    ``index * windows_per_shard + j`` is window ``j`` of shard ``index``; for zarr, the row in the
+    arrays). ``zarr_path`` (zarr) is the split's store; ``shards`` / ``shard_windows``
+    (webdataset) are the done shard files and their window counts. ``sources`` is the manifest's
+    ``{"clean" | "noise" | "rir": [relative path, ...]}`` (what metadata source indices point at).
     """
 
     split: str
@@ -64,6 +76,7 @@ class SplitSource:
     rows: np.ndarray | None = None
     shards: tuple[Path, ...] = ()
     shard_windows: tuple[int, ...] = ()
+    sources: dict[str, list[str]] = field(default_factory=dict)
 
 
 def open_split(cache_dir: str | Path, manifest: dict[str, Any], split: str) -> SplitSource:
@@ -83,19 +96,21 @@ def open_split(cache_dir: str | Path, manifest: dict[str, Any], split: str) -> S
     if windows == 0:
         raise ManifestError(f"{cache_dir}: the {split!r} split has no finished windows yet")
     latent_dim, frames = latent_shape(manifest)
+    per = int(info["windows_per_shard"])
+    rows = np.concatenate([np.arange(int(s["index"]) * per, int(s["index"]) * per
+                                     + int(s["windows"])) for s in done]).astype(np.int64)
     common = dict(split=split, storage=manifest["storage"], latent_dim=latent_dim,
-                  frames=frames, dtype=str(manifest.get("dtype", "float16")), windows=windows)
+                  frames=frames, dtype=str(manifest.get("dtype", "float16")), windows=windows,
+                  rows=rows, sources=dict(manifest.get("sources", {})))
     if manifest["storage"] == "zarr":
         path = cache_dir / info.get("path", f"{split}.zarr")
         if not path.exists():
             raise ManifestError(f"{path}: zarr store named by the manifest is missing")
-        per = int(info["windows_per_shard"])
-        rows = np.concatenate([np.arange(int(s["index"]) * per, int(s["index"]) * per
-                                         + int(s["windows"])) for s in done]).astype(np.int64)
-        return SplitSource(**common, zarr_path=path, rows=rows)
+        return SplitSource(**common, zarr_path=path)
     files = []
+    pattern = info.get("pattern", WDS_PATTERN.format(split=split))
     for s in done:
-        name = s.get("file") or info["pattern"] % int(s["index"])
+        name = s.get("file") or pattern % int(s["index"])
         path = cache_dir / name
         if not path.is_file():
             raise ManifestError(f"{path}: shard marked done in the manifest is missing")
@@ -115,14 +130,16 @@ class ZarrWindows(Dataset):
     """Map-style access to the windows of a zarr split.
 
     ``dataset[i]`` is ``{"noisy", "clean"}`` of ``Tensor[D x F]``; ``dataset.__getitems__(idx)``
-    (used by the DataLoader for a whole batch) stacks them to ``Tensor[B x D x F]``. The store is
-    opened lazily in each process (DataLoader workers included).
+    (used by the DataLoader for a whole batch) stacks them to ``Tensor[B x D x F]``;
+    :meth:`read_meta` gives window ``i``'s stored metadata. The store is opened lazily in each
+    process (DataLoader workers included); the metadata arrays only when first asked for.
     """
 
     def __init__(self, path: Path, rows: np.ndarray):
         self.path = Path(path)
         self.rows = np.asarray(rows, dtype=np.int64)
         self._arrays: tuple[int, dict[str, Any]] | None = None
+        self._meta_arrays: tuple[int, dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -146,6 +163,32 @@ class ZarrWindows(Dataset):
             return {name: np.asarray(arrays[name][row]) for name in FIELDS}
         except Exception as exc:
             raise CacheDataError(f"{self.path}: cannot read window row {row} ({exc})") from exc
+
+    def _open_meta(self) -> dict[str, Any]:
+        pid = os.getpid()
+        if self._meta_arrays is None or self._meta_arrays[0] != pid:
+            import zarr
+
+            try:
+                group = zarr.open_group(str(self.path), mode="r")
+                present = set(group.array_keys())
+                arrays = {name: group[name] for name in META_FIELDS if name in present}
+            except Exception as exc:  # zarr raises many types for a broken store
+                raise CacheDataError(
+                    f"{self.path}: cannot open metadata arrays ({exc})") from exc
+            self._meta_arrays = (pid, arrays)
+        return self._meta_arrays[1]
+
+    def read_meta(self, i: int) -> dict[str, Any]:
+        """Stored metadata of window ``i``: the :data:`~cleancodec.pipeline.shards.META_FIELDS`
+        the store holds, as Python scalars (source fields are indices into the manifest's
+        ``sources``; ``rir_source`` -1 means dry)."""
+        row = int(self.rows[i])
+        arrays = self._open_meta()
+        try:
+            return {name: np.asarray(array[row]).item() for name, array in arrays.items()}
+        except Exception as exc:
+            raise CacheDataError(f"{self.path}: cannot read metadata of row {row} ({exc})") from exc
 
     def __getitem__(self, i: int) -> Batch:
         return {k: torch.from_numpy(v) for k, v in self._read(i).items()}
@@ -389,7 +432,10 @@ def val_batches(source: SplitSource, cfg: DataConfig, rank: int = 0,
                 world: int = 1) -> Iterator[Batch]:
     """This rank's share of the validation split, in a fixed order, in ``val_batch_size`` batches.
 
-    ``cfg.val_max_windows`` caps the windows used (the first ones of the split, in order).
+    ``cfg.val_max_windows`` caps the windows used over all ranks. zarr: the first ``cap`` windows
+    of the split, dealt to ranks round-robin; webdataset: rank ``r`` reads the shards
+    ``r::world`` in order and stops after its round-robin share of ``cap`` windows. An unreadable
+    webdataset shard is logged and skipped.
     """
     cap = cfg.val_max_windows
     B = cfg.val_batch_size
@@ -419,6 +465,149 @@ def _decode_batch(items: list[tuple[Path, dict]], source: SplitSource) -> Batch:
     shape = (source.latent_dim, source.frames)
     decoded = [decode_sample(sample, path, shape) for path, sample in items]
     return {name: torch.from_numpy(np.stack([d[name] for d in decoded])) for name in FIELDS}
+
+
+# --- exact reads with metadata (tests, benchmarks, tools) -------------------------------------
+
+
+Window = tuple[np.ndarray, np.ndarray, dict[str, Any]]
+
+
+def _sample_meta(sample: dict[str, Any], source: Path) -> dict[str, Any]:
+    blob = sample.get("meta.json")
+    if blob is None:
+        return {}
+    try:
+        return json.loads(blob)
+    except ValueError as exc:
+        raise CacheDataError(
+            f"{source}: sample {sample['__key__']!r}: bad meta.json ({exc})") from exc
+
+
+def iter_tar_windows(paths: Iterable[str | Path],
+                     shape: tuple[int, int]) -> Iterator[dict[str, Any]]:
+    """Every sample of webdataset tars, in order: ``{"key": str, "clean", "noisy":
+    ndarray [D x F] (``shape``, cache dtype, loaded without pickle), "meta": dict}``
+    (``meta.json`` as written, ``{}`` when absent). Decoded like the training stream
+    (:func:`iter_tar_samples`, :func:`decode_sample`), but an unreadable tar raises.
+
+    Raises
+    ------
+    CacheDataError
+        A tar or a sample cannot be read, or a latent is not of ``shape``.
+    """
+    for path in paths:
+        path = Path(path)
+        for sample in iter_tar_samples(path):
+            arrays = decode_sample(sample, path, shape)
+            yield {"key": sample["__key__"], "clean": arrays["clean"], "noisy": arrays["noisy"],
+                   "meta": _sample_meta(sample, path)}
+
+
+def _stored_windows(source: SplitSource, start: int = 0,
+                    stop: int | None = None) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
+    """Windows ``start..stop-1`` of ``source`` in split order: ``({"noisy", "clean"}, stored
+    metadata)``; stored metadata is the zarr metadata arrays' values (source indices) or the
+    webdataset ``meta.json`` (source paths)."""
+    stop = source.windows if stop is None else min(stop, source.windows)
+    if source.storage == "zarr":
+        data = ZarrWindows(source.zarr_path, source.rows)
+        for i in range(start, stop):
+            yield data._read(i), data.read_meta(i)
+        return
+    shape = (source.latent_dim, source.frames)
+    first = 0                                 # split index of the shard's first window
+    for path, count in zip(source.shards, source.shard_windows):
+        if first >= stop:
+            return
+        if first + count > start:
+            got = 0
+            for j, sample in enumerate(iter_tar_samples(path)):
+                got += 1
+                if start <= first + j < stop:
+                    yield decode_sample(sample, path, shape), _sample_meta(sample, path)
+            if got != count:
+                raise CacheDataError(f"{path}: holds {got} windows, the manifest says {count}")
+        first += count
+
+
+def _source_path(source: SplitSource, kind: str, index: int) -> str | None:
+    if index < 0:
+        return None
+    names = source.sources.get(kind, [])
+    if index >= len(names):
+        raise CacheDataError(f"{source.split}: {kind} source index {index} is not in the "
+                             f"manifest's {len(names)} {kind} sources")
+    return names[index]
+
+
+def _window_meta(source: SplitSource, stored: dict[str, Any], row: int) -> dict[str, Any]:
+    meta = {name: stored[name] for name in META_FIELDS if name in stored}
+    for name, kind in SOURCE_FIELDS.items():
+        if name not in meta:
+            continue
+        value = meta[name]
+        if value is None or isinstance(value, str):   # webdataset: the path is stored
+            names = source.sources.get(kind, [])
+            if value is not None and value not in names:
+                raise CacheDataError(f"{source.split}: {kind} source {value!r} is not in the "
+                                     "manifest's sources")
+            meta[name] = -1 if value is None else names.index(value)
+            meta[f"{kind}_path"] = value
+        else:
+            meta[f"{kind}_path"] = _source_path(source, kind, int(value))
+    meta["row"] = row
+    return meta
+
+
+def _path_meta(source: SplitSource, stored: dict[str, Any]) -> dict[str, Any]:
+    meta = {name: stored[name] for name in META_FIELDS if name in stored}
+    for name, kind in SOURCE_FIELDS.items():
+        if name in meta and not (meta[name] is None or isinstance(meta[name], str)):
+            meta[name] = _source_path(source, kind, int(meta[name]))
+    return meta
+
+
+def read_window(source: SplitSource, i: int) -> Window:
+    """Window ``i`` (0-based, split order, done windows only) of a split, either storage.
+
+    Returns
+    -------
+    clean, noisy : ndarray [D x F]
+        Cache dtype.
+    meta : dict
+        The stored :data:`~cleancodec.pipeline.shards.META_FIELDS` (source fields as indices
+        into the manifest's ``sources``, ``rir_source`` -1 for dry), ``clean_path`` /
+        ``noise_path`` / ``rir_path`` (relative source paths, ``None`` for no RIR) and ``row``
+        (:attr:`SplitSource.rows`).
+    """
+    if not 0 <= i < source.windows:
+        raise IndexError(f"window {i} of the {source.split!r} split ({source.windows} windows)")
+    for arrays, stored in _stored_windows(source, i, i + 1):
+        return arrays["clean"], arrays["noisy"], _window_meta(source, stored, int(source.rows[i]))
+    raise CacheDataError(f"{source.split}: window {i} is missing from its shard")
+
+
+def read_split(source: SplitSource) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Every done window of a split, in order, either storage — for small caches and tests.
+
+    Returns
+    -------
+    clean, noisy : ndarray [n x D x F]
+        Cache dtype.
+    metas : list of dict
+        Per window, the stored :data:`~cleancodec.pipeline.shards.META_FIELDS` with source fields
+        as relative paths (``rir_source`` ``None`` for dry), as in a webdataset ``meta.json``.
+    """
+    clean, noisy, metas = [], [], []
+    for arrays, stored in _stored_windows(source):
+        clean.append(arrays["clean"])
+        noisy.append(arrays["noisy"])
+        metas.append(_path_meta(source, stored))
+    if len(metas) != source.windows:
+        raise CacheDataError(f"{source.split}: read {len(metas)} windows, the manifest says "
+                             f"{source.windows}")
+    return np.stack(clean), np.stack(noisy), metas
 
 
 def latent_stats(source: SplitSource, n_windows: int,
