@@ -357,13 +357,15 @@ def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, time
     never loads the codec."""
     from cleancodec.infer.watch import summary_lines, watch_run
     from cleancodec.pipeline.config import ConfigError, check_overrides
+    from cleancodec.pipeline.oserrors import named_os_errors
 
     items = option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights)})
     try:
         check_overrides(overrides, ("codec", "denoise", "evaluate"), "watch")
-        result = watch_run(run_dir, testset, conf, [*items, *overrides], follow=not once,
-                           poll_seconds=poll, timeout_seconds=timeout,
-                           run_started_after=started_after)
+        with named_os_errors():
+            result = watch_run(run_dir, testset, conf, [*items, *overrides], follow=not once,
+                               poll_seconds=poll, timeout_seconds=timeout,
+                               run_started_after=started_after)
     except (ConfigError, ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(summary_lines(result)))

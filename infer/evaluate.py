@@ -43,6 +43,7 @@ from cleancodec.pipeline.atomic import write_bytes_atomic, write_text_atomic
 from cleancodec.pipeline.audio import AudioError, read_audio
 from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
 from cleancodec.pipeline.config import load_section, to_dict
+from cleancodec.pipeline.oserrors import named_os_errors
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,8 @@ def run_evaluate(enhanced: str | Path, out: str | Path, clean: str | Path | None
                  progress: bool = True) -> EvaluationResult:
     """Load the profile's ``evaluate`` section and ``evaluate.key=value`` overrides, evaluate."""
     cfg = load_section(conf, "evaluate", EvaluateConfig, overrides)
-    return evaluate_dirs(enhanced, out, clean=clean, noisy=noisy, cfg=cfg, progress=progress)
+    with named_os_errors(out):
+        return evaluate_dirs(enhanced, out, clean=clean, noisy=noisy, cfg=cfg, progress=progress)
 
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate_dirs", "markdown_table", "mean_ci",
