@@ -420,3 +420,34 @@ def main_cli():
     from cleancodec.cli import main
 
     return main
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(tiny_latent_cache,
+                                                                         tmp_path):
+    cache, run = tiny_latent_cache("zarr"), tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cleancodec", "train", "--conf", str(TINY), "--cache", str(cache), "--run-dir",
+           str(run), "--quiet", "train.steps=100000", "train.log_every=5",
+           "train.checkpoint_every=100000", "train.val_every=100000", "train.milestones=[]",
+           "train.data.num_workers=0", "train.data.batch_size=8", "train.num_threads=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while _logged_step(run) < 10:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    import psutil
+
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "cleancodec" in " ".join(p.cmdline()) and "train" in p.cmdline()]
+    ranks = {int(p.environ().get("RANK", -1)): p for p in workers}
+    assert set(ranks) == {0, 1}, [p.cmdline() for p in workers]
+    ranks[1].send_signal(signal.SIGTERM)  # only rank 1 is told; rank 0 must stop with it
+    _, err = proc.communicate(timeout=180)
+    saved = load_checkpoint(run / "latest.pt")
+    assert saved["step"] >= 10 and saved["data"]["world_size"] == 2
+    # rank 0 (never signalled) saved at the step both ranks agreed on, and said so
+    assert f"stopped by SIGTERM: {run / 'latest.pt'} saved at step {saved['step']}" in err, \
+        err[-3000:]
+    assert proc.returncode != 0 and "143" in err  # torchrun reports the workers' exit code
