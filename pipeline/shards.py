@@ -113,14 +113,19 @@ def scratch_dir(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / TMP_DIR
 
 
-def _compressors(name: str, level: int) -> Any:
+def _compressors(name: str, level: int) -> list[Any]:
+    """The bytes codecs of a latent array's inner chunk (one window): the compressor, then a
+    crc32c checksum that zarr checks on every read, so corrupted bytes raise instead of being
+    trained on."""
     if name == "blosc-zstd":
-        return zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
-    if name == "zstd":
-        return zarr.codecs.ZstdCodec(level=level)
-    if name == "none":
-        return None
-    raise ValueError(f"compressor must be one of {COMPRESSORS}, got {name!r}")
+        codecs = [zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")]
+    elif name == "zstd":
+        codecs = [zarr.codecs.ZstdCodec(level=level)]
+    elif name == "none":
+        codecs = []
+    else:
+        raise ValueError(f"compressor must be one of {COMPRESSORS}, got {name!r}")
+    return [*codecs, zarr.codecs.Crc32cCodec()]
 
 
 # --- zarr writing ----------------------------------------------------------------------------

@@ -271,3 +271,25 @@ def test_exact_reads_match_the_loader_and_skip_unfinished_shards(tmp_path):
         assert meta["row"] == 9
         with pytest.raises(IndexError):
             read_window(src, 7)
+
+
+def test_corrupted_bytes_in_a_zarr_latent_shard_are_named_as_corrupt(tiny_latent_cache, tmp_path):
+    """Caches carry a crc32c per window chunk (pipeline.shards); the reader names a bad one."""
+    import os
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_latent_cache("zarr"), cache)
+    src = open_split(cache, load_manifest(cache), "train")
+    clean_before, noisy_before, _ = read_split(src)
+    shard = sorted((cache / "train.zarr" / "noisy" / "c").rglob("*"))
+    shard = [p for p in shard if p.is_file()][0]
+    data = bytearray(shard.read_bytes())
+    data[200:216] = os.urandom(16)  # inside the first window's chunk
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheDataError, match=r"noisy|train\.zarr") as err:
+        read_split(src)
+    assert "corrupt" in str(err.value) and "crc32c" in str(err.value)
+    clean_after, _, _ = read_split(open_split(cache, load_manifest(cache), "val"))
+    assert clean_after.shape[0] > 0  # the other split's files are untouched and still read
+    assert clean_before.shape == noisy_before.shape

@@ -162,6 +162,9 @@ class ZarrWindows(Dataset):
         try:
             return {name: np.asarray(arrays[name][row]) for name in FIELDS}
         except Exception as exc:
+            if "checksum" in str(exc).lower():  # zarr's crc32c codec (caches built since it)
+                raise CacheDataError(f"{self.path}: window row {row} is corrupt: its bytes fail "
+                                     f"their crc32c checksum; rebuild that shard") from exc
             raise CacheDataError(f"{self.path}: cannot read window row {row} ({exc})") from exc
 
     def _open_meta(self) -> dict[str, Any]:
