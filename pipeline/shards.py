@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import shutil
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -236,11 +237,15 @@ def wds_key(split: str, shard_index: int, i: int) -> str:
     return f"{split}-{shard_index:06d}-{i:06d}"
 
 
+CRC_KEY = "crc32"  # meta.json: zlib.crc32 of each .npy member, checked on every read
+
+
 def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: np.ndarray,
                     noisy: np.ndarray, metas: list[dict[str, Any]]) -> ShardFile:
     """Write one webdataset tar (``<split>-<shard:06d>.tar``) and return its file record.
 
-    clean, noisy: ``[n x D x F]`` in the cache dtype; metas: ``n`` JSON-able dicts.
+    clean, noisy: ``[n x D x F]`` in the cache dtype; metas: ``n`` JSON-able dicts (each sample's
+    ``meta.json`` also gets the crc32 of its ``.npy`` members, :data:`CRC_KEY`).
     Written to a temp name beside it, fsynced, then renamed (:func:`atomic.atomic_path`).
     """
     import webdataset as wds
@@ -252,12 +257,10 @@ def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: 
             writer = wds.TarWriter(fh, user=TAR_OWNER, group=TAR_OWNER, encoder=False,
                                    mtime=TAR_MTIME)
             for i, meta in enumerate(metas):
-                writer.write({
-                    "__key__": wds_key(split, shard_index, i),
-                    "clean.npy": npy_bytes(clean[i]),
-                    "noisy.npy": npy_bytes(noisy[i]),
-                    "meta.json": json.dumps(meta, sort_keys=True).encode(),
-                })
+                members = {"clean.npy": npy_bytes(clean[i]), "noisy.npy": npy_bytes(noisy[i])}
+                meta = {**meta, CRC_KEY: {k: zlib.crc32(v) for k, v in members.items()}}
+                writer.write({"__key__": wds_key(split, shard_index, i), **members,
+                              "meta.json": json.dumps(meta, sort_keys=True).encode()})
             writer.close()
         digest, size = sha256_file(tmp), tmp.stat().st_size
     return ShardFile(path.relative_to(cache_dir).as_posix(), digest, size)

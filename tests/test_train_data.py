@@ -293,3 +293,79 @@ def test_corrupted_bytes_in_a_zarr_latent_shard_are_named_as_corrupt(tiny_latent
     clean_after, _, _ = read_split(open_split(cache, load_manifest(cache), "val"))
     assert clean_after.shape[0] > 0  # the other split's files are untouched and still read
     assert clean_before.shape == noisy_before.shape
+
+
+def _corrupt_first_window(path: Path, at: int = 200) -> None:
+    import os
+
+    data = bytearray(path.read_bytes())
+    data[at:at + 16] = os.urandom(16)
+    path.write_bytes(bytes(data))
+
+
+def _first_chunk_file(cache: Path) -> Path:
+    return [p for p in sorted((cache / "train.zarr" / "noisy" / "c").rglob("*")) if p.is_file()][0]
+
+
+def test_a_corrupt_zarr_window_is_skipped_named_and_counted(tiny_latent_cache, tmp_path, caplog):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_latent_cache("zarr"), cache)
+    _corrupt_first_window(_first_chunk_file(cache))
+    src = open_split(cache, load_manifest(cache), "train")
+    cfg = DataConfig(batch_size=len(src.rows), num_workers=0)   # one batch = the whole epoch
+    with caplog.at_level("WARNING"):
+        batch = next(train_batches(src, cfg, seed=0))
+    assert int(batch["corrupt"]) == 1 and batch["noisy"].shape[0] == len(src.rows) - 1
+    assert any("corrupt" in r.message and "train.zarr" in r.message for r in caplog.records)
+
+
+def test_a_corrupt_webdataset_member_is_skipped_named_and_counted(tiny_latent_cache, tmp_path,
+                                                                caplog):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_latent_cache("webdataset"), cache)
+    src = open_split(cache, load_manifest(cache), "train")
+    tar = src.shards[0]
+    with tarfile.open(tar) as tf:
+        member = next(m for m in tf.getmembers() if m.name.endswith("noisy.npy"))
+    _corrupt_first_window(tar, at=member.offset_data + 256)   # inside the array's bytes
+    cfg = DataConfig(batch_size=8, num_workers=0, val_batch_size=64, val_max_windows=None)
+    with caplog.at_level("WARNING"):
+        batches = list(val_batches(open_split(cache, load_manifest(cache), "train"), cfg))
+    assert sum(int(b["corrupt"]) for b in batches) == 1
+    assert sum(b["noisy"].shape[0] for b in batches) == src.windows - 1
+    assert any("corrupt" in r.message and "crc32" in r.message and tar.name in r.message
+               for r in caplog.records)
+
+
+def test_non_finite_latents_count_as_corrupt(tmp_path):
+    import zarr
+
+    cache = tmp_path / "cache"
+    write_synthetic_cache(cache, "zarr", {"train": [6, 6], "val": [6]}, windows_per_shard=6)
+    zarr.open_group(str(cache / "train.zarr"), mode="r+")["clean"][3, 2, 5] = np.nan
+    src = open_split(cache, load_manifest(cache), "train")
+    batch = next(train_batches(src, DataConfig(batch_size=12, num_workers=0), seed=0))
+    assert int(batch["corrupt"]) == 1 and 3 not in _ids(batch)
+
+
+def test_training_stops_when_too_many_windows_are_corrupt(tiny_latent_cache, tmp_path):
+    import dataclasses
+    import shutil
+
+    from cleancodec.trainer.config import load_train_config
+    from cleancodec.trainer.loop import fit
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_latent_cache("zarr"), cache)
+    for chunk in [p for p in (cache / "train.zarr" / "noisy" / "c").rglob("*") if p.is_file()]:
+        _corrupt_first_window(chunk)   # the first window of every shard
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "conf" / "tiny.yaml")
+    cfg = dataclasses.replace(cfg, steps=20, progress=False, num_threads=1,
+                              data=dataclasses.replace(cfg.data, num_workers=0, batch_size=8,
+                                                       max_corrupt_share=0.01))
+    with pytest.raises(CacheDataError, match="corrupt, more than train.data.max_corrupt_share"):
+        fit(cfg, cache, tmp_path / "run")

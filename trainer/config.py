@@ -79,6 +79,7 @@ class DataConfig:
     stats_windows: int = 512          # train windows sampled for the latent mean / std
     val_batch_size: int = 32
     val_max_windows: int | None = 2048  # cap on val windows per validation (None: all)
+    max_corrupt_share: float = 0.01   # stop when more of the windows read fail their checks
 
 
 @dataclass

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +39,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from cleancodec.pipeline.manifest import ManifestError, done_shards, latent_shape
-from cleancodec.pipeline.shards import META_FIELDS, SOURCE_FIELDS, WDS_PATTERN
+from cleancodec.pipeline.shards import CRC_KEY, META_FIELDS, SOURCE_FIELDS, WDS_PATTERN
 from cleancodec.trainer.config import DataConfig
 
 log = logging.getLogger(__name__)
 
 TRAIN, VAL = "train", "val"
 FIELDS = ("noisy", "clean")
+CORRUPT_KEY = "corrupt"  # in a batch: windows left out because they failed their checks
 Batch = dict[str, torch.Tensor]
 
 # Tags that keep the seeded streams of different purposes apart.
@@ -160,12 +162,14 @@ class ZarrWindows(Dataset):
         row = int(self.rows[i])
         arrays = self._open()
         try:
-            return {name: np.asarray(arrays[name][row]) for name in FIELDS}
+            out = {name: np.asarray(arrays[name][row]) for name in FIELDS}
         except Exception as exc:
             if "checksum" in str(exc).lower():  # zarr's crc32c codec (caches built since it)
                 raise CacheDataError(f"{self.path}: window row {row} is corrupt: its bytes fail "
                                      f"their crc32c checksum; rebuild that shard") from exc
             raise CacheDataError(f"{self.path}: cannot read window row {row} ({exc})") from exc
+        _check_finite(out, f"{self.path}: window row {row}")
+        return out
 
     def _open_meta(self) -> dict[str, Any]:
         pid = os.getpid()
@@ -197,8 +201,9 @@ class ZarrWindows(Dataset):
         return {k: torch.from_numpy(v) for k, v in self._read(i).items()}
 
     def __getitems__(self, indices: list[int]) -> Batch:
-        items = [self._read(i) for i in indices]
-        return {name: torch.from_numpy(np.stack([it[name] for it in items])) for name in FIELDS}
+        """The windows ``indices`` stacked (see :func:`stack_windows`): a corrupt window is left
+        out with a warning and counted under ``"corrupt"``."""
+        return stack_windows([_or_skip(self._read, i) for i in indices])
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -275,7 +280,9 @@ def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
 
 def decode_sample(sample: dict[str, Any], source: Path,
                   shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """``{noisy.npy, clean.npy}`` bytes → arrays ``[D x F]`` (no pickle), shape checked."""
+    """``{noisy.npy, clean.npy}`` bytes → arrays ``[D x F]`` (no pickle), checksums, shape and
+    finiteness checked."""
+    _check_crc(sample, source)
     out = {}
     for name in FIELDS:
         blob = sample.get(f"{name}.npy")
@@ -290,7 +297,51 @@ def decode_sample(sample: dict[str, Any], source: Path,
             raise CacheDataError(f"{source}: sample {sample['__key__']!r}: {name} has shape "
                                  f"{tuple(arr.shape)}, the manifest says {shape}")
         out[name] = arr
+    _check_finite(out, f"{source}: sample {sample['__key__']!r}")
     return out
+
+
+def _check_crc(sample: dict[str, Any], source: Path) -> None:
+    """Compare each ``.npy`` member with the crc32 its ``meta.json`` records (caches written
+    before checksums have none: nothing to check)."""
+    try:
+        recorded = json.loads(sample.get("meta.json", b"{}")).get(CRC_KEY, {})
+    except ValueError as exc:
+        raise CacheDataError(f"{source}: sample {sample['__key__']!r} is corrupt: unreadable "
+                             f"meta.json ({exc})") from exc
+    for member, crc in recorded.items():
+        blob = sample.get(member)
+        if blob is not None and zlib.crc32(blob) != int(crc):
+            raise CacheDataError(f"{source}: sample {sample['__key__']!r} is corrupt: {member} "
+                                 "fails its crc32 checksum")
+
+
+def _check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
+    for name, arr in arrays.items():
+        if not np.isfinite(arr).all():
+            raise CacheDataError(f"{where} is corrupt: non-finite values in {name}")
+
+
+def stack_windows(items: list[dict[str, np.ndarray] | None]) -> Batch:
+    """Windows → ``{"noisy", "clean"}`` ``Tensor[B x D x F]`` plus ``"corrupt"``: how many
+    entries were ``None`` (windows that failed their checks and were left out)."""
+    good = [it for it in items if it is not None]
+    bad = len(items) - len(good)
+    if not good:
+        raise CacheDataError(f"every window of a batch of {len(items)} was corrupt (see the "
+                             "warnings above for the files)")
+    batch = {name: torch.from_numpy(np.stack([it[name] for it in good])) for name in FIELDS}
+    batch[CORRUPT_KEY] = torch.tensor(bad)
+    return batch
+
+
+def _or_skip(read: Any, *args: Any) -> dict[str, np.ndarray] | None:
+    """``read(*args)``, or ``None`` with one warning naming the file when it is corrupt."""
+    try:
+        return read(*args)
+    except CacheDataError as exc:
+        log.warning("%s; window skipped", exc)
+        return None
 
 
 def _tagged_samples(shards: Iterable[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -367,8 +418,8 @@ class WebDatasetStream(IterableDataset):
         return _shuffled(endless(), self.shuffle_buffer, rng)
 
     def _batch(self, items: list[tuple[Path, dict]]) -> Batch:
-        decoded = [decode_sample(sample, path, self.shape) for path, sample in items]
-        return {name: torch.from_numpy(np.stack([d[name] for d in decoded])) for name in FIELDS}
+        return stack_windows([_or_skip(decode_sample, sample, path, self.shape)
+                              for path, sample in items])
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -466,8 +517,7 @@ def val_batches(source: SplitSource, cfg: DataConfig, rank: int = 0,
 
 def _decode_batch(items: list[tuple[Path, dict]], source: SplitSource) -> Batch:
     shape = (source.latent_dim, source.frames)
-    decoded = [decode_sample(sample, path, shape) for path, sample in items]
-    return {name: torch.from_numpy(np.stack([d[name] for d in decoded])) for name in FIELDS}
+    return stack_windows([_or_skip(decode_sample, sample, path, shape) for path, sample in items])
 
 
 # --- exact reads with metadata (tests, benchmarks, tools) -------------------------------------
@@ -628,28 +678,33 @@ def latent_stats(source: SplitSource, n_windows: int,
     total_sq = np.zeros(source.latent_dim, dtype=np.float64)
     count = 0
     for window in _stats_windows(source, n_windows, seed):
+        if window is None:  # corrupt: warned about and left out
+            continue
         for name in FIELDS:
             x = window[name].astype(np.float64)
             total += x.sum(axis=1)
             total_sq += (x * x).sum(axis=1)
             count += x.shape[1]
+    if count == 0:
+        raise CacheDataError(f"{source.split}: every window sampled for the latent statistics "
+                             "was corrupt (see the warnings above)")
     mean = total / count
     var = np.maximum(total_sq / count - mean * mean, 0.0)
     return torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float()
 
 
 def _stats_windows(source: SplitSource, n_windows: int,
-                   seed: int) -> Iterator[dict[str, np.ndarray]]:
+                   seed: int) -> Iterator[dict[str, np.ndarray] | None]:
     rng = _rng(seed, _TAG_STATS)
     if source.storage == "zarr":
         data = ZarrWindows(source.zarr_path, source.rows)
         picks = np.sort(rng.choice(len(data), size=min(n_windows, len(data)), replace=False))
         for i in picks:
-            yield data._read(int(i))
+            yield _or_skip(data._read, int(i))
         return
     shards = [source.shards[i] for i in rng.permutation(len(source.shards))]
     shape = (source.latent_dim, source.frames)
     for n, (path, sample) in enumerate(_tagged_samples(shards)):
         if n >= n_windows:
             return
-        yield decode_sample(sample, path, shape)
+        yield _or_skip(decode_sample, sample, path, shape)

@@ -45,9 +45,11 @@ from cleancodec.pipeline.topology import (
 from cleancodec.trainer import checkpoint as ckpt_io
 from cleancodec.trainer.config import TrainConfig, validate
 from cleancodec.trainer.data import (
+    CORRUPT_KEY,
     TRAIN,
     VAL,
     Batch,
+    CacheDataError,
     SplitSource,
     latent_stats,
     open_split,
@@ -165,6 +167,8 @@ class Trainer:
         self._postfix: dict[str, str] = {}
         self.skipped_in_a_row = 0
         self.skipped_total = 0
+        self.windows_read = 0
+        self.windows_corrupt = 0
 
     # --- setup -------------------------------------------------------------------------------
     def prepare(self, restart: bool = False) -> None:
@@ -264,8 +268,24 @@ class Trainer:
             ema_b.copy_(b)
 
     def next_batch(self) -> Batch:
-        """The training batch of the current step (``{"noisy", "clean"}`` ``Tensor[B x D x F]``)."""
-        return next(self._batches)
+        """The training batch of the current step (``{"noisy", "clean"}`` ``Tensor[B x D x F]``).
+
+        Windows that failed their checks (checksum, non-finite values) were left out of it by
+        the reader, with a warning naming the file; the run stops when more than
+        ``train.data.max_corrupt_share`` of the windows read (at least of the split) were bad.
+        """
+        batch = next(self._batches)
+        bad = int(batch.pop(CORRUPT_KEY, 0))
+        self.windows_read += len(batch["noisy"]) + bad
+        self.windows_corrupt += bad
+        limit = self.cfg.data.max_corrupt_share * max(self.windows_read, self.train_src.windows)
+        if self.windows_corrupt > limit:
+            raise CacheDataError(
+                f"{self.cache_dir}: {self.windows_corrupt} of {self.windows_read} windows read "
+                f"were corrupt, more than train.data.max_corrupt_share "
+                f"({self.cfg.data.max_corrupt_share:g}); the warnings above name the files "
+                "(rebuild those shards: delete them and rerun `cleancodec cache`)")
+        return batch
 
     # --- one step ----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -475,6 +495,7 @@ class Trainer:
         scalars["lr/g"] = self.opt_g.param_groups[0]["lr"]
         scalars["lr/d"] = self.opt_d.param_groups[0]["lr"]
         scalars["perf/steps_per_s"] = steps_per_s
+        scalars["data/corrupt_windows"] = float(self.windows_corrupt)
         self.logger.log(self.step, scalars)
         self._postfix.update({"g/l1": f"{scalars['g/latent_l1']:.4f}",
                               "d": f"{scalars['d/loss']:.3f}"})
