@@ -1,0 +1,231 @@
+"""Webdataset tars of the latent cache: samples, their checks, the seeded training stream and
+exact reads (the tar side of the one reader, :mod:`cleancodec.trainer.data`).
+
+``<cache>/<split>-%06d.tar`` holds ``{__key__, noisy.npy, clean.npy, meta.json}`` samples;
+``.npy`` members decode with ``allow_pickle=False`` and are checked against the crc32 their
+``meta.json`` records.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cleancodec.pipeline.shards import CRC_KEY
+from cleancodec.trainer.cache_split import (
+    FIELDS,
+    TAG_SHARDS,
+    TAG_SLOT,
+    Batch,
+    CacheDataError,
+    SplitSource,
+    check_finite,
+    seeded_rng,
+    skip_corrupt,
+    stack_windows,
+)
+
+log = logging.getLogger(__name__)
+
+
+def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
+    """Samples of a webdataset tar: ``{"__key__": str, "<field>.<ext>": bytes, ...}``.
+
+    Files are grouped by key (the base name up to its first dot), in archive order.
+
+    Raises
+    ------
+    CacheDataError
+        The file is not a readable tar archive (message names it).
+    """
+    current: dict[str, Any] | None = None
+    try:
+        with tarfile.open(path, mode="r|*") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                key, _, field = base.partition(".")
+                prefix = member.name[: len(member.name) - len(base)] + key
+                if current is not None and current["__key__"] != prefix:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": prefix}
+                current[field] = tf.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise CacheDataError(f"{path}: unreadable webdataset shard ({exc})") from exc
+    if current is not None:
+        yield current
+
+
+def decode_sample(sample: dict[str, Any], source: Path,
+                  shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """``{noisy.npy, clean.npy}`` bytes → arrays ``[D x F]`` (no pickle), checksums, shape and
+    finiteness checked."""
+    _check_crc(sample, source)
+    out = {}
+    for name in FIELDS:
+        blob = sample.get(f"{name}.npy")
+        if blob is None:
+            raise CacheDataError(f"{source}: sample {sample['__key__']!r} has no {name}.npy")
+        try:
+            arr = np.load(io.BytesIO(blob), allow_pickle=False)
+        except ValueError as exc:
+            raise CacheDataError(
+                f"{source}: sample {sample['__key__']!r}: bad {name}.npy ({exc})") from exc
+        if tuple(arr.shape) != shape:
+            raise CacheDataError(f"{source}: sample {sample['__key__']!r}: {name} has shape "
+                                 f"{tuple(arr.shape)}, the manifest says {shape}")
+        out[name] = arr
+    check_finite(out, f"{source}: sample {sample['__key__']!r}")
+    return out
+
+
+def _check_crc(sample: dict[str, Any], source: Path) -> None:
+    """Compare each ``.npy`` member with the crc32 its ``meta.json`` records (caches written
+    before checksums have none: nothing to check)."""
+    try:
+        recorded = json.loads(sample.get("meta.json", b"{}")).get(CRC_KEY, {})
+    except ValueError as exc:
+        raise CacheDataError(f"{source}: sample {sample['__key__']!r} is corrupt: unreadable "
+                             f"meta.json ({exc})") from exc
+    for member, crc in recorded.items():
+        blob = sample.get(member)
+        if blob is not None and zlib.crc32(blob) != int(crc):
+            raise CacheDataError(f"{source}: sample {sample['__key__']!r} is corrupt: {member} "
+                                 "fails its crc32 checksum")
+
+
+def tagged_samples(shards: Iterable[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Raw samples of ``shards`` in order; an unreadable shard is logged and skipped."""
+    for path in shards:
+        try:
+            for sample in iter_tar_samples(path):
+                yield path, sample
+        except CacheDataError as exc:
+            log.warning("skipping shard: %s", exc)
+
+
+def _shuffled(samples: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Shuffle an endless stream through a buffer of ``size`` items."""
+    buf: list[Any] = []
+    for item in samples:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(len(buf)))
+        buf[j], item = item, buf[j]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class WebDatasetStream(IterableDataset):
+    """Endless seeded batches from webdataset shards, split by node and worker.
+
+    The stream of this rank is cut into ``epoch_batches`` batches per epoch and numbered
+    globally; with ``W`` workers (``W = 1`` without workers) batch ``g`` comes from stream slot
+    ``g mod W``. Slot ``j`` of epoch ``e`` reads the shards ``perm_e[(rank * W + j)::(world * W)]``
+    (``perm_e`` a ``(seed, e)`` permutation; when there are fewer shards than streams it draws
+    shards with replacement instead), in a loop if it needs more windows than they hold, through
+    a shuffle buffer seeded by ``(seed, e, rank, j)``. Starting at batch ``start`` skips the
+    earlier samples of the slot without decoding them, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, source: SplitSource, batch_size: int, seed: int, epoch_batches: int,
+                 shuffle_buffer: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.epoch_batches, self.shuffle_buffer = epoch_batches, shuffle_buffer
+        self.rank, self.world, self.start = rank, world, start
+        self.shape = (source.latent_dim, source.frames)
+
+    def _slot_shards(self, epoch: int, slot: int, slots: int, cycle: int) -> list[Path]:
+        shards = list(self.source.shards)
+        perm = seeded_rng(self.seed, TAG_SHARDS, epoch).permutation(len(shards))
+        streams = self.world * slots
+        if len(shards) >= streams:
+            mine = [shards[i] for i in perm[(self.rank * slots + slot)::streams]]
+            if cycle:
+                mine = [mine[i] for i in seeded_rng(self.seed, TAG_SHARDS, epoch, cycle, self.rank,
+                                               slot).permutation(len(mine))]
+            return mine
+        pick = seeded_rng(self.seed, TAG_SHARDS, epoch, cycle, self.rank, slot).integers(
+            len(shards), size=max(1, len(shards)))
+        return [shards[i] for i in pick]
+
+    def _slot_samples(self, epoch: int, slot: int, slots: int) -> Iterator[tuple[Path, dict]]:
+        def endless() -> Iterator[tuple[Path, dict]]:
+            cycle = 0
+            while True:
+                got = 0
+                for item in tagged_samples(self._slot_shards(epoch, slot, slots, cycle)):
+                    got += 1
+                    yield item
+                if got == 0 and cycle > 0:
+                    raise CacheDataError(f"{self.source.shards[0].parent}: no readable "
+                                         f"{self.source.split} shard for this stream")
+                cycle += 1
+
+        rng = seeded_rng(self.seed, TAG_SLOT, epoch, self.rank, slot)
+        return _shuffled(endless(), self.shuffle_buffer, rng)
+
+    def _batch(self, items: list[tuple[Path, dict]]) -> Batch:
+        return stack_windows([skip_corrupt(decode_sample, sample, path, self.shape)
+                              for path, sample in items])
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, slots = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader asks worker 0 first, so worker w serves the slot of batch start + w.
+        g = self.start + worker
+        slot = g % slots
+        E, B = self.epoch_batches, self.batch_size
+        while True:
+            epoch = g // E
+            first = epoch * E + (slot - epoch * E) % slots   # first batch of this slot in epoch
+            samples = self._slot_samples(epoch, slot, slots)
+            for _ in range(((g - first) // slots) * B):        # resume: skip, no decoding
+                next(samples)
+            while g < (epoch + 1) * E:
+                yield self._batch([next(samples) for _ in range(B)])
+                g += slots
+
+
+def sample_meta(sample: dict[str, Any], source: Path) -> dict[str, Any]:
+    blob = sample.get("meta.json")
+    if blob is None:
+        return {}
+    try:
+        return json.loads(blob)
+    except ValueError as exc:
+        raise CacheDataError(
+            f"{source}: sample {sample['__key__']!r}: bad meta.json ({exc})") from exc
+
+
+def iter_tar_windows(paths: Iterable[str | Path],
+                     shape: tuple[int, int]) -> Iterator[dict[str, Any]]:
+    """Every sample of webdataset tars, in order: ``{"key": str, "clean", "noisy":
+    ndarray [D x F] (``shape``, cache dtype, loaded without pickle), "meta": dict}``
+    (``meta.json`` as written, ``{}`` when absent). Decoded like the training stream
+    (:func:`iter_tar_samples`, :func:`decode_sample`), but an unreadable tar raises.
+
+    Raises
+    ------
+    CacheDataError
+        A tar or a sample cannot be read, or a latent is not of ``shape``.
+    """
+    for path in paths:
+        path = Path(path)
+        for sample in iter_tar_samples(path):
+            arrays = decode_sample(sample, path, shape)
+            yield {"key": sample["__key__"], "clean": arrays["clean"], "noisy": arrays["noisy"],
+                   "meta": sample_meta(sample, path)}
