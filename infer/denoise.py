@@ -33,7 +33,7 @@ from cleancodec.pipeline.codec import (
     load_codec,
 )
 from cleancodec.pipeline.topology import bf16_autocast
-from cleancodec.trainer.checkpoint import BEST, CheckpointError, load_checkpoint
+from cleancodec.trainer.checkpoint import BEST, RUN_CONFIG, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ CHECKPOINT_NAME = BEST
 # JSON files beside a checkpoint that hold its "codec_identity", tried in this order: the
 # checkpoint's own (``best.json`` for ``best.pt``) and the run's ``config.json``
 IDENTITY_KEY = "codec_identity"
-RUN_CONFIG_NAME = "config.json"
 GPU_BATCH_SIZE = 16  # chunks per forward when batch_size is 0 ("auto") on a GPU
 CPU_BATCH_SIZE = 1  # on CPU a bigger batch only costs memory
 
@@ -162,7 +161,7 @@ class Enhancer:
 def identity_sidecars(checkpoint: Path) -> list[Path]:
     """JSON files that may record ``checkpoint``'s codec identity, in the order they are read:
     ``<stem>.json`` beside it (written with the checkpoint) and the run's ``config.json``."""
-    return [checkpoint.with_suffix(".json"), checkpoint.parent / RUN_CONFIG_NAME]
+    return [checkpoint.with_suffix(".json"), checkpoint.parent / RUN_CONFIG]
 
 
 def trained_codec_identity(checkpoint: Path) -> dict[str, Any] | None:

@@ -35,6 +35,8 @@ from cleancodec.pipeline.audio import list_audio_files, read_mono
 from cleancodec.pipeline.codec import RANDOM, CodecConfig, load_codec
 from cleancodec.pipeline.config import load_section
 from cleancodec.pipeline.dirlock import holder
+from cleancodec.trainer.checkpoint import BEST, BEST_INFO, RUN_CONFIG
+from cleancodec.trainer.checkpoint import RUN_SUMMARY as SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ EVAL_DIR = "eval"
 EVAL_LOG = "eval.jsonl"
 PLOT_NAME = "scores.png"
 TB_SUBDIR = "eval"             # <run>/tensorboard/eval, beside the trainer's own events
-BEST = "best.pt"
-BEST_INFO = "best.json"
-SUMMARY = "summary.json"       # written by the trainer when the run ends
-RUN_CONFIG = "config.json"     # written by the trainer at start: codec identity, config
 MILESTONE_GLOB = "step_*.pt"
 CONDITION = "enhanced"
 AUDIO_CLIPS = 2                # enhanced clips written to TensorBoard per checkpoint

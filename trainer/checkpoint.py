@@ -30,6 +30,10 @@ FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
 LATEST = "latest.pt"
 BEST = "best.pt"
+# Other files of a run folder that readers outside the trainer (denoise, watch) look at:
+BEST_INFO = "best.json"        # best.pt's step, val figures, codec identity (no torch needed)
+RUN_CONFIG = "config.json"     # the resolved config and codec identity, written at start
+RUN_SUMMARY = "summary.json"   # final metrics, written when the run ends
 TENSOR_KEYS = ("denoiser", "denoiser_ema", "discriminator", "opt_g", "opt_d", "rng")
 
 

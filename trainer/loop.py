@@ -63,11 +63,11 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
+CONFIG_FILE = ckpt_io.RUN_CONFIG
+SUMMARY_FILE = ckpt_io.RUN_SUMMARY
 RESTART_PREFIX = "restarted-"
 # best.pt's step, score and codec identity, readable without torch.load (denoise's discovery)
-BEST_INFO_FILE = Path(ckpt_io.BEST).with_suffix(".json").name
+BEST_INFO_FILE = ckpt_io.BEST_INFO
 RUN_ARTIFACTS = (ckpt_io.LATEST, ckpt_io.BEST, BEST_INFO_FILE, METRICS_FILE, TENSORBOARD_DIR,
                  CONFIG_FILE, SUMMARY_FILE)
 MODEL_SECTIONS = ("denoiser", "discriminator")
@@ -475,9 +475,10 @@ class Trainer:
             return stop.requested
         flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.env.device)
         all_reduce_sum(flag, self.env)
-        if flag.item() > 0:
+        agreed = flag.item() > 0
+        if agreed:
             stop.request(stop.signum or signal.SIGTERM)
-        return flag.item() > 0
+        return agreed
 
     def _log_train(self, sums: dict[str, torch.Tensor], count: int, steps_per_s: float,
                    bar: tqdm) -> None:
