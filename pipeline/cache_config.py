@@ -51,7 +51,10 @@ class CacheConfig:
         default_factory=lambda: list(corpus_mod.DEFAULT_SPEAKER_PATTERNS))
     split_noise: bool = True
     max_draws: int = 100
-    compressor: str = "blosc-zstd"
+    # Latent compression of zarr caches. none (default): windows are read as memory-mapped byte
+    # ranges at memory speed; blosc-zstd saves ~9 % of the bytes on the demo cache (bench/loader.py)
+    # but every read then goes through zarr's codec pipeline.
+    compressor: str = "none"
     compression_level: int = 3
     rank_timeout_minutes: float = 120.0
     mix: MixConfig = field(default_factory=MixConfig)

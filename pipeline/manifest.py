@@ -4,10 +4,11 @@ The manifest is the single place that holds the codec constants (sample rate, ho
 frames per window, dtype, codec identity) once a cache exists; trainer and infer read them from
 here and nowhere else. It is plain JSON, written atomically (temp file + rename).
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     {
-      "format": "cleancodec-latent-cache", "format_version": 1,
+      "format": "cleancodec-latent-cache", "format_version": 2,
+      "noisy_per_clean": K,           (absent in version 1: K = 1)
       "storage": "zarr" | "webdataset",
       "codec": {"identity": {...}, "sample_rate": 16000, "hop_length": 320,
                 "latent_dim": 1024, "n_codebooks": 12, "frame_rate": 50.0},
@@ -50,8 +51,10 @@ if TYPE_CHECKING:  # types only: readers import this module without the build
     from cleancodec.pipeline.topology import Topology
 
 FORMAT = "cleancodec-latent-cache"
-FORMAT_VERSION = 1
-KNOWN_FORMAT_VERSIONS = (1,)
+# 2: ``noisy_per_clean`` (K noisy variants per clean window; noisy arrays / tar members hold
+#    K per window). A version-1 cache is read as K = 1.
+FORMAT_VERSION = 2
+KNOWN_FORMAT_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 __all__ = ["load_manifest", "save_manifest", "latent_shape", "done_shards",
            "manifest_path", "ManifestError", "FORMAT", "FORMAT_VERSION", "Ledger",
@@ -84,13 +87,25 @@ def load_manifest(cache_dir: str | Path, require_complete: bool = False) -> dict
     Raises ManifestError when the file is missing, unreadable, of another format, of an unknown
     format version, or (with ``require_complete``) not marked complete.
     """
-    path = manifest_path(cache_dir)
-    if not path.is_file():
-        raise ManifestError(f"{path}: no cache manifest (build one with `cleancodec cache`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
+    from cleancodec.pipeline import remote
+
+    if remote.is_url(cache_dir):
+        path = remote.join(cache_dir, MANIFEST_NAME)
+        try:
+            manifest = json.loads(remote.read_bytes(str(path)))
+        except remote.RemoteError as exc:
+            raise ManifestError(f"{exc} (is it a cache location? it needs a {MANIFEST_NAME})"
+                                ) from exc
+        except ValueError as exc:
+            raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
+    else:
+        path = manifest_path(cache_dir)
+        if not path.is_file():
+            raise ManifestError(f"{path}: no cache manifest (build one with `cleancodec cache`)")
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
     if manifest.get("format") != FORMAT:
         raise ManifestError(
             f"{path}: not a cleancodec latent cache (format={manifest.get('format')!r})")

@@ -238,6 +238,13 @@ def wds_key(split: str, shard_index: int, i: int) -> str:
 
 
 CRC_KEY = "crc32"  # meta.json: zlib.crc32 of each .npy member, checked on every read
+VARIANTS_KEY = "variants"  # meta.json: metadata of noisy variants 1..K-1 (K > 1)
+
+
+def noisy_member(k: int) -> str:
+    """The tar member of noisy variant ``k``: ``noisy.npy`` (variant 0, as in single-noise
+    caches), ``noisy.<k>.npy`` after it."""
+    return "noisy.npy" if k == 0 else f"noisy.{k}.npy"
 
 
 def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: np.ndarray,

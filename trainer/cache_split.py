@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cleancodec.pipeline import remote
 from cleancodec.pipeline.manifest import ManifestError, done_shards, latent_shape
 from cleancodec.pipeline.shards import WDS_PATTERN
 
@@ -43,6 +44,9 @@ class SplitSource:
     arrays). ``zarr_path`` (zarr) is the split's store; ``shards`` / ``shard_windows``
     (webdataset) are the done shard files and their window counts. ``sources`` is the manifest's
     ``{"clean" | "noise" | "rir": [relative path, ...]}`` (what metadata source indices point at).
+    ``noisy_per_clean`` (K) noisy variants are stored per clean window: training *pair* ``p`` is
+    variant ``p % K`` of window ``p // K`` (:attr:`pairs` of them). ``shard_indices`` are the done
+    shards' indices, ``remote`` whether the cache is read from a URL.
     """
 
     split: str
@@ -51,11 +55,20 @@ class SplitSource:
     frames: int
     dtype: str
     windows: int
-    zarr_path: Path | None = None
+    zarr_path: Path | str | None = None   # a str: a URL (remote)
     rows: np.ndarray | None = None
-    shards: tuple[Path, ...] = ()
+    shards: tuple[Path | str, ...] = ()
     shard_windows: tuple[int, ...] = ()
     sources: dict[str, list[str]] = field(default_factory=dict)
+    noisy_per_clean: int = 1
+    windows_per_shard: int = 1
+    shard_indices: tuple[int, ...] = ()
+    remote: bool = False
+
+    @property
+    def pairs(self) -> int:
+        """Training pairs (noisy variant, its clean window) of the split."""
+        return self.windows * self.noisy_per_clean
 
 
 def open_split(cache_dir: str | Path, manifest: dict[str, Any], split: str) -> SplitSource:
@@ -66,7 +79,9 @@ def open_split(cache_dir: str | Path, manifest: dict[str, Any], split: str) -> S
     ManifestError
         The split is absent or has no finished window, or a shard file is missing.
     """
-    cache_dir = Path(cache_dir)
+    is_remote = remote.is_url(cache_dir)
+    if not is_remote:
+        cache_dir = Path(cache_dir)
     info = manifest.get("splits", {}).get(split)
     if info is None:
         raise ManifestError(f"{cache_dir}: the cache has no {split!r} split")
@@ -80,22 +95,24 @@ def open_split(cache_dir: str | Path, manifest: dict[str, Any], split: str) -> S
                                      + int(s["windows"])) for s in done]).astype(np.int64)
     common = dict(split=split, storage=manifest["storage"], latent_dim=latent_dim,
                   frames=frames, dtype=str(manifest.get("dtype", "float16")), windows=windows,
-                  rows=rows, sources=dict(manifest.get("sources", {})))
+                  rows=rows, sources=dict(manifest.get("sources", {})),
+                  noisy_per_clean=int(manifest.get("noisy_per_clean", 1)),
+                  windows_per_shard=per, shard_indices=tuple(int(s["index"]) for s in done),
+                  shard_windows=tuple(int(s["windows"]) for s in done), remote=is_remote)
     if manifest["storage"] == "zarr":
-        path = cache_dir / info.get("path", f"{split}.zarr")
-        if not path.exists():
+        path = remote.join(cache_dir, info.get("path", f"{split}.zarr"))
+        if not is_remote and not Path(path).exists():
             raise ManifestError(f"{path}: zarr store named by the manifest is missing")
         return SplitSource(**common, zarr_path=path)
     files = []
     pattern = info.get("pattern", WDS_PATTERN.format(split=split))
     for s in done:
         name = s.get("file") or pattern % int(s["index"])
-        path = cache_dir / name
-        if not path.is_file():
+        path = remote.join(cache_dir, name)
+        if not is_remote and not Path(path).is_file():
             raise ManifestError(f"{path}: shard marked done in the manifest is missing")
         files.append(path)
-    return SplitSource(**common, shards=tuple(files),
-                       shard_windows=tuple(int(s["windows"]) for s in done))
+    return SplitSource(**common, shards=tuple(files))
 
 
 def seeded_rng(*key: int) -> np.random.Generator:

@@ -67,6 +67,9 @@ class OptimConfig:
     grad_clip: float = 10.0
 
 
+RESIDENT_MODES = ("auto", "off", "ram", "gpu")
+
+
 @dataclass
 class DataConfig:
     """How windows are read from the cache."""
@@ -74,7 +77,15 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 2
     prefetch_factor: int = 2
-    shuffle_buffer: int = 256         # webdataset: samples held for shuffling per stream
+    # Order: blocks of `shuffle_block` consecutive pairs (one run of a shard) in a seeded order,
+    # mixed within every `shuffle_buffer` positions (1: a plain permutation). A webdataset
+    # stream (remote or older tars) shuffles through a buffer of `shuffle_buffer` pairs.
+    shuffle_block: int = 8
+    shuffle_buffer: int = 256
+    # Resident: auto | off | ram | gpu. ram / gpu load the train split once and index it there;
+    # auto picks gpu, then ram, when the split fits `resident_share` of the free memory.
+    resident: str = "auto"
+    resident_share: float = 0.5
     epoch_windows: int | None = None  # webdataset: windows per rank per epoch (None: all / ranks)
     stats_windows: int = 512          # train windows sampled for the latent mean / std
     val_batch_size: int = 32
@@ -161,11 +172,18 @@ def validate(cfg: TrainConfig) -> None:
         "data.stats_windows": cfg.data.stats_windows,
         "denoiser.width": cfg.denoiser.width, "denoiser.depth": cfg.denoiser.depth,
         "discriminator.channels": cfg.discriminator.channels,
-        "max_skipped_steps": cfg.max_skipped_steps,
+        "max_skipped_steps": cfg.max_skipped_steps, "data.shuffle_block": cfg.data.shuffle_block,
+        "data.shuffle_buffer": cfg.data.shuffle_buffer,
     }
     for key, value in positive.items():
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
+    if cfg.data.resident not in RESIDENT_MODES:
+        raise ConfigError(f"train.data.resident must be one of {'|'.join(RESIDENT_MODES)}, got "
+                          f"{cfg.data.resident!r}")
+    if not 0 < cfg.data.resident_share <= 1:
+        raise ConfigError(f"train.data.resident_share must be in (0, 1], got "
+                          f"{cfg.data.resident_share!r}")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"train.data.num_workers must be >= 0, got {cfg.data.num_workers}")
     if cfg.discriminator.channels % cfg.discriminator.groups:

@@ -28,6 +28,7 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
+from cleancodec.pipeline import remote
 from cleancodec.pipeline.atomic import write_json_atomic, write_text_atomic
 from cleancodec.pipeline.config import to_dict
 from cleancodec.pipeline.dirlock import DirectoryLock
@@ -53,9 +54,9 @@ from cleancodec.trainer.data import (
     SplitSource,
     latent_stats,
     open_split,
-    train_batches,
     val_batches,
 )
+from cleancodec.trainer.feed import DevicePrefetcher, training_feed
 from cleancodec.trainer.losses import discriminator_losses, generator_losses
 from cleancodec.trainer.models import Denoiser, Discriminator, count_parameters
 
@@ -139,7 +140,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path, env: Topology):
         self.cfg, self.env = cfg, env
-        self.cache_dir, self.run_dir = Path(cache_dir), Path(run_dir)
+        self.cache_dir = cache_dir if remote.is_url(cache_dir) else Path(cache_dir)
+        self.run_dir = Path(run_dir)
         self.manifest = load_manifest(self.cache_dir)
         if not self.manifest.get("complete"):
             log.warning("%s: cache build not complete; training on its finished shards only",
@@ -163,7 +165,8 @@ class Trainer:
         self.best_val = math.inf
         self.digest = ckpt_io.manifest_digest(self.manifest)
         self.logger: RunLogger | None = None
-        self._batches: Iterator[Batch] | None = None
+        self._batches: DevicePrefetcher | None = None
+        self._wait_mark = (0.0, time.perf_counter())  # data wait seconds, clock at last log
         self._postfix: dict[str, str] = {}
         self.skipped_in_a_row = 0
         self.skipped_total = 0
@@ -199,9 +202,8 @@ class Trainer:
                 "discriminator_parameters": count_parameters(self.discriminator),
             })
         self.logger = RunLogger(self.run_dir, self.step, self.env.is_main)
-        self._batches = train_batches(self.train_src, self.cfg.data, self.cfg.seed, self.env.rank,
-                                      self.env.world_size, self.step,
-                                      pin_memory=self.env.device.type == "cuda")
+        self._batches = training_feed(self.train_src, self.cfg.data, self.cfg.seed, self.env,
+                                      self.step)
 
     def _move_previous_run(self) -> None:
         old = [p for p in self.run_dir.iterdir()
@@ -496,6 +498,10 @@ class Trainer:
         scalars["lr/g"] = self.opt_g.param_groups[0]["lr"]
         scalars["lr/d"] = self.opt_d.param_groups[0]["lr"]
         scalars["perf/steps_per_s"] = steps_per_s
+        wait, now = self._batches.wait_seconds, time.perf_counter()
+        scalars["perf/data_wait_share"] = (wait - self._wait_mark[0]) / max(
+            now - self._wait_mark[1], 1e-9)
+        self._wait_mark = (wait, now)
         scalars["data/corrupt_windows"] = float(self.windows_corrupt)
         self.logger.log(self.step, scalars)
         self._postfix.update({"g/l1": f"{scalars['g/latent_l1']:.4f}",

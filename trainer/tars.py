@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cleancodec.pipeline.shards import CRC_KEY
+from cleancodec.pipeline import remote
+from cleancodec.pipeline.shards import CRC_KEY, VARIANTS_KEY, noisy_member
 from cleancodec.trainer.cache_split import (
     FIELDS,
     TAG_SHARDS,
@@ -48,7 +49,8 @@ def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
     """
     current: dict[str, Any] | None = None
     try:
-        with tarfile.open(path, mode="r|*") as tf:
+        stream = remote.open_read(str(path)) if remote.is_url(path) else None
+        with tarfile.open(path if stream is None else None, mode="r|*", fileobj=stream) as tf:
             for member in tf:
                 if not member.isfile():
                     continue
@@ -61,22 +63,24 @@ def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
                 if current is None:
                     current = {"__key__": prefix}
                 current[field] = tf.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise CacheDataError(f"{path}: unreadable webdataset shard ({exc})") from exc
     if current is not None:
         yield current
 
 
-def decode_sample(sample: dict[str, Any], source: Path,
-                  shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """``{noisy.npy, clean.npy}`` bytes → arrays ``[D x F]`` (no pickle), checksums, shape and
+def decode_sample(sample: dict[str, Any], source: Path | str, shape: tuple[int, int],
+                  k: int = 0) -> dict[str, np.ndarray]:
+    """``clean.npy`` and noisy variant ``k`` (:func:`~cleancodec.pipeline.shards.noisy_member`)
+    bytes → ``{"clean", "noisy"}`` arrays ``[D x F]`` (no pickle), checksums, shape and
     finiteness checked."""
     _check_crc(sample, source)
     out = {}
     for name in FIELDS:
-        blob = sample.get(f"{name}.npy")
+        member = "clean.npy" if name == "clean" else noisy_member(k)
+        blob = sample.get(member)
         if blob is None:
-            raise CacheDataError(f"{source}: sample {sample['__key__']!r} has no {name}.npy")
+            raise CacheDataError(f"{source}: sample {sample['__key__']!r} has no {member}")
         try:
             arr = np.load(io.BytesIO(blob), allow_pickle=False)
         except ValueError as exc:
@@ -175,12 +179,17 @@ class WebDatasetStream(IterableDataset):
                                          f"{self.source.split} shard for this stream")
                 cycle += 1
 
-        rng = seeded_rng(self.seed, TAG_SLOT, epoch, self.rank, slot)
-        return _shuffled(endless(), self.shuffle_buffer, rng)
+        def pairs() -> Iterator[tuple[Path, dict, int]]:
+            for path, sample in endless():
+                for k in range(self.source.noisy_per_clean):
+                    yield path, sample, k
 
-    def _batch(self, items: list[tuple[Path, dict]]) -> Batch:
-        return stack_windows([skip_corrupt(decode_sample, sample, path, self.shape)
-                              for path, sample in items])
+        rng = seeded_rng(self.seed, TAG_SLOT, epoch, self.rank, slot)
+        return _shuffled(pairs(), self.shuffle_buffer, rng)
+
+    def _batch(self, items: list[tuple[Path, dict, int]]) -> Batch:
+        return stack_windows([skip_corrupt(decode_sample, sample, path, self.shape, k)
+                              for path, sample, k in items])
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -200,15 +209,25 @@ class WebDatasetStream(IterableDataset):
                 g += slots
 
 
-def sample_meta(sample: dict[str, Any], source: Path) -> dict[str, Any]:
+def sample_meta(sample: dict[str, Any], source: Path | str, k: int = 0) -> dict[str, Any]:
+    """The ``meta.json`` of a sample as written (``{}`` when absent), for noisy variant ``k``:
+    variant 0's fields are the top level, later variants' are under ``"variants"``."""
     blob = sample.get("meta.json")
     if blob is None:
         return {}
     try:
-        return json.loads(blob)
+        meta = json.loads(blob)
     except ValueError as exc:
         raise CacheDataError(
             f"{source}: sample {sample['__key__']!r}: bad meta.json ({exc})") from exc
+    variants = meta.pop(VARIANTS_KEY, [])
+    if k == 0:
+        return meta
+    try:
+        return {**meta, **variants[k - 1]}
+    except (IndexError, TypeError) as exc:
+        raise CacheDataError(f"{source}: sample {sample['__key__']!r}: meta.json has no "
+                             f"metadata for noisy variant {k}") from exc
 
 
 def iter_tar_windows(paths: Iterable[str | Path],

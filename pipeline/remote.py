@@ -1,0 +1,144 @@
+"""Caches on object storage: where a cache location is a URL instead of a folder.
+
+A cache location is either a local folder or a URL:
+
+- ``http://`` / ``https://``: read-only (any static file server); webdataset shards are streamed
+  with webdataset's own opener (``curl``), zarr stores and the manifest through fsspec (aiohttp).
+- ``s3://bucket/prefix`` (s3fs; ``AWS_ENDPOINT_URL`` or ``~/.aws`` as usual for its endpoint and
+  credentials), ``gs://`` (needs ``pip install gcsfs``) and other fsspec protocols: read and write.
+- ``pipe:COMMAND``: each file is read from the standard output of ``COMMAND`` with ``{}``
+  replaced by the file's name inside the cache (e.g. ``pipe:curl -fsS http://host/cache/{}``),
+  through webdataset's opener. webdataset caches only.
+
+Writing a cache to a URL (``cleancodec cache --out s3://…``) builds it in a local staging
+folder and uploads each file as it is finished (:func:`upload_cache`), the manifest last, so a
+reader never sees a manifest that names a missing shard.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+PIPE = "pipe:"
+PIPE_SLOT = "{}"
+READ_ONLY_SCHEMES = ("http", "https")
+WDS_OPENER_SCHEMES = ("http", "https")
+
+
+class RemoteError(OSError):
+    """A URL could not be read or written (the message names it and says why)."""
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    """Whether a cache location is a URL (``scheme://…`` or ``pipe:…``) rather than a path."""
+    text = str(location)
+    return text.startswith(PIPE) or "://" in text
+
+
+def scheme(url: str) -> str:
+    return "pipe" if url.startswith(PIPE) else urlparse(url).scheme
+
+
+def join(base: str | Path, name: str) -> str | Path:
+    """``name`` inside the cache at ``base`` (a path stays a Path; a URL stays a string)."""
+    if not is_url(base):
+        return Path(base) / name
+    base = str(base)
+    if base.startswith(PIPE):
+        if PIPE_SLOT not in base:
+            raise RemoteError(f"{base}: a pipe: cache location needs {PIPE_SLOT} where the file "
+                              "name goes, e.g. 'pipe:curl -fsS http://host/cache/{}'")
+        return base.replace(PIPE_SLOT, name)
+    return base.rstrip("/") + "/" + name
+
+
+def open_read(url: str) -> IO[bytes]:
+    """A binary stream of ``url``: webdataset's opener for ``http(s)`` and ``pipe:``, fsspec for
+    the other protocols."""
+    import webdataset as wds
+
+    try:
+        if scheme(url) in WDS_OPENER_SCHEMES or url.startswith(PIPE):
+            return wds.gopen(url, "rb")
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    except (OSError, ValueError, ImportError) as exc:
+        raise RemoteError(f"{url}: cannot open ({exc})") from exc
+
+
+def read_bytes(url: str) -> bytes:
+    """The whole content of ``url`` (a small file such as the manifest)."""
+    if url.startswith(PIPE):
+        stream = open_read(url)
+        try:
+            data = stream.read()
+            stream.close()
+        except (OSError, ValueError) as exc:  # webdataset raises on the command's exit status
+            raise RemoteError(f"{url}: cannot read ({exc})") from exc
+        return data
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise RemoteError(f"{url}: not found") from exc
+    except (OSError, ValueError, ImportError) as exc:
+        raise RemoteError(f"{url}: cannot read ({type(exc).__name__}: {exc})") from exc
+
+
+def zarr_store(location: str | Path) -> Any:
+    """What ``zarr.open_group`` should open for a zarr store at a path or URL (read-only)."""
+    if not is_url(location):
+        return str(location)
+    url = str(location)
+    if url.startswith(PIPE):
+        raise RemoteError(f"{url}: zarr caches cannot be read through pipe:; use an http(s):// "
+                          "or s3:// URL")
+    import zarr
+
+    try:
+        return zarr.storage.FsspecStore.from_url(url, read_only=True)
+    except (ImportError, ValueError, OSError) as exc:
+        raise RemoteError(f"{url}: cannot open as a zarr store ({exc})") from exc
+
+
+def check_writable(url: str) -> None:
+    """Raise RemoteError when caches cannot be written to ``url``'s protocol."""
+    if url.startswith(PIPE) or scheme(url) in READ_ONLY_SCHEMES:
+        raise RemoteError(f"{url}: {scheme(url)} locations are read-only; build the cache into a "
+                          "folder (and serve it) or into object storage such as s3://bucket/path")
+    import fsspec
+
+    try:
+        fsspec.filesystem(scheme(url))
+    except (ImportError, ValueError) as exc:
+        raise RemoteError(f"{url}: no fsspec filesystem for {scheme(url)}:// ({exc}); install "
+                          "its package (s3fs ships with cleancodec, gcsfs for gs://)") from exc
+
+
+def upload(local: Path, url: str) -> None:
+    """Copy local file ``local`` to ``url`` (object stores write an object whole: a reader sees
+    the old object or the new one)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        fs.put_file(str(local), path)
+    except (OSError, ValueError) as exc:
+        raise RemoteError(f"{url}: cannot upload {local} ({type(exc).__name__}: {exc})") from exc
+
+
+def upload_cache(local_dir: Path, url: str, files: Iterable[str], manifest_name: str) -> int:
+    """Upload ``files`` (paths relative to ``local_dir``) to the cache at ``url``, then the
+    manifest; returns the number of files uploaded."""
+    n = 0
+    for rel in files:
+        upload(local_dir / rel, str(join(url, rel)))
+        n += 1
+    upload(local_dir / manifest_name, str(join(url, manifest_name)))
+    return n + 1

@@ -1,0 +1,338 @@
+"""Memory-speed reads of a local cache: each window is one memory-mapped byte range.
+
+A batch is read with one large copy per window, straight out of the page cache, instead of one
+call per window through zarr's codec pipeline or a tar stream. Both storages keep their
+format (zarr and webdataset read them as before); this module only builds an index of where
+each window's bytes are:
+
+- **zarr**, latents stored uncompressed (``cache.compressor=none``, the default): the arrays'
+  sharding codec keeps, at the end of each shard file, an index of ``(offset, nbytes)`` per inner
+  chunk (one window), itself checked by a crc32c. An inner chunk is the window's little-endian
+  bytes followed by their crc32c (zarr's ``crc32c`` codec).
+- **webdataset**: the tar headers give each member's offset; a ``.npy`` member's data follows
+  its header, and ``meta.json`` records each member's crc32.
+
+Every window copied is checked against its checksum and for non-finite values (a failing one is
+left out of its batch with a warning naming the file, as everywhere in the reader). Compressed
+zarr caches, caches from before the checksums and remote (URL) caches are read by the generic
+paths of :mod:`cleancodec.trainer.data` instead; :func:`mappable` says which applies.
+
+Indices are *pairs*: pair ``p`` is noisy variant ``p % K`` of clean window ``p // K`` (``K`` =
+``cache.noisy_per_clean``; 1 for older caches).
+"""
+from __future__ import annotations
+
+import io
+import json
+import mmap
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from cleancodec.pipeline.shards import CRC_KEY, noisy_member
+from cleancodec.trainer.cache_split import (
+    CORRUPT_KEY,
+    Batch,
+    CacheDataError,
+    SplitSource,
+    skip_corrupt,
+)
+
+# zarr v3 sharding (https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed):
+# the index is (chunks, 2) little-endian uint64 (offset, nbytes), then its crc32c; an absent
+# chunk has offset and nbytes 2**64 - 1.
+INDEX_ENTRY_BYTES = 16
+CRC_BYTES = 4
+MISSING = np.uint64(2**64 - 1)
+UNCOMPRESSED_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+NPY_HEADER_PROBE = 4096  # bytes read to parse a .npy header (ours are ~128)
+
+
+class NotMappable(CacheDataError):
+    """The cache is readable, but not as memory-mapped byte ranges (the generic paths read it)."""
+
+
+def _zarr_layout_ok(array_dir: Path) -> bool:
+    """Whether the zarr array at ``array_dir`` stores uncompressed, checksummed windows in
+    shards with the index at the end (the layout :func:`window_index` maps)."""
+    try:
+        meta = json.loads((array_dir / "zarr.json").read_text())
+        codecs = meta["codecs"]
+        if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+            return False
+        conf = codecs[0]["configuration"]
+        return (conf["codecs"] == UNCOMPRESSED_CODECS and conf["index_codecs"] ==
+                UNCOMPRESSED_CODECS and conf.get("index_location", "end") == "end"
+                and meta.get("chunk_key_encoding", {}).get("name") == "default")
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
+
+
+def mappable(source: SplitSource) -> bool:
+    """Whether ``source`` can be read as memory-mapped byte ranges (a local cache that is a
+    webdataset, or a zarr store with uncompressed latents)."""
+    if source.remote:
+        return False
+    if source.storage == "zarr":
+        return all(_zarr_layout_ok(source.zarr_path / name) for name in ("clean", "noisy"))
+    return True
+
+
+@dataclass
+class WindowIndex:
+    """Where each window's bytes are.
+
+    ``files`` are the mapped files; ``clean_file`` / ``clean_offset`` are ``[N]``,
+    ``noisy_file`` / ``noisy_offset`` ``[N x K]``; ``*_crc`` the recorded checksum (zlib crc32,
+    webdataset, over the whole ``.npy`` member: its ``header`` bytes before the offset, then the
+    data) or -1 when the crc32c follows the bytes (zarr). ``nbytes`` is one window's size.
+    """
+
+    files: list[Path]
+    clean_file: np.ndarray
+    clean_offset: np.ndarray
+    clean_crc: np.ndarray
+    noisy_file: np.ndarray
+    noisy_offset: np.ndarray
+    noisy_crc: np.ndarray
+    nbytes: int
+    crc_after: bool  # zarr: crc32c stored after the bytes; webdataset: zlib crc32 recorded
+    header: int = 0  # webdataset: bytes of the .npy header before each window's data
+
+
+def _zarr_shard_index(path: Path, chunks: int) -> np.ndarray:
+    """The ``(chunks, 2)`` (offset, nbytes) index at the end of a zarr shard file, checked."""
+    size = chunks * INDEX_ENTRY_BYTES
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-(size + CRC_BYTES), os.SEEK_END)
+            raw = fh.read(size + CRC_BYTES)
+    except OSError as exc:
+        raise CacheDataError(f"{path}: cannot read the shard index ({exc})") from exc
+    table = np.frombuffer(raw[:size], dtype="<u8")
+    if google_crc32c.value(raw[:size]) != int.from_bytes(raw[size:], "little"):
+        raise CacheDataError(f"{path}: the shard index is corrupt: it fails its crc32c checksum; "
+                             "rebuild that shard")
+    return table.reshape(chunks, 2)
+
+
+def _zarr_index(source: SplitSource, nbytes: int) -> WindowIndex:
+    K = source.noisy_per_clean
+    per = source.windows_per_shard
+    files: list[Path] = []
+    clean_f, clean_o, noisy_f, noisy_o = [], [], [], []
+    for shard, count in zip(source.shard_indices, source.shard_windows):
+        for name, per_shard, f_out, o_out in (("clean", per, clean_f, clean_o),
+                                              ("noisy", per * K, noisy_f, noisy_o)):
+            path = source.zarr_path / name / "c" / str(shard) / "0" / "0"
+            table = _zarr_shard_index(path, per_shard)[: count * (K if name == "noisy" else 1)]
+            if (table[:, 0] == MISSING).any() or (table[:, 1] != nbytes + CRC_BYTES).any():
+                raise CacheDataError(f"{path}: the shard index does not list {len(table)} "
+                                     f"windows of {nbytes} bytes; rebuild that shard")
+            f_out.append(np.full(len(table), len(files), dtype=np.int32))
+            o_out.append(table[:, 0].astype(np.int64))
+            files.append(path)
+    n = source.windows
+    return WindowIndex(files, np.concatenate(clean_f), np.concatenate(clean_o),
+                       np.full(n, -1, np.int64), np.concatenate(noisy_f).reshape(n, K),
+                       np.concatenate(noisy_o).reshape(n, K), np.full((n, K), -1, np.int64),
+                       nbytes, crc_after=True)
+
+
+def _npy_data_offset(head: bytes, where: str, dtype: np.dtype, shape: tuple[int, int]) -> int:
+    """Offset of the data inside a ``.npy`` member, after checking its dtype and shape."""
+    fp = io.BytesIO(head)
+    try:
+        version = np.lib.format.read_magic(fp)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        got_shape, fortran, got_dtype = read(fp)
+    except ValueError as exc:
+        raise CacheDataError(f"{where}: bad .npy header ({exc})") from exc
+    if tuple(got_shape) != shape or fortran or got_dtype != dtype:
+        raise CacheDataError(f"{where}: holds {got_dtype} {tuple(got_shape)}"
+                             f"{' (Fortran order)' if fortran else ''}, the manifest says "
+                             f"{dtype} {shape}")
+    return fp.tell()
+
+
+def _tar_index(source: SplitSource, nbytes: int) -> WindowIndex:
+    K = source.noisy_per_clean
+    dtype, shape = np.dtype(source.dtype), (source.latent_dim, source.frames)
+    files = list(source.shards)
+    clean_f, clean_o, clean_c, noisy_f, noisy_o, noisy_c = [], [], [], [], [], []
+    heads: set[int] = set()
+    for fid, (path, count) in enumerate(zip(source.shards, source.shard_windows)):
+        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+        try:
+            with tarfile.open(path, mode="r:") as tf:
+                for member in tf.getmembers():
+                    if member.isfile():
+                        key, _, field = member.name.rsplit("/", 1)[-1].partition(".")
+                        samples.setdefault(key, {})[field] = member
+                metas = {key: json.loads(tf.extractfile(m["meta.json"]).read())
+                         for key, m in samples.items() if "meta.json" in m}
+            with open(path, "rb") as fh:
+                for key, members in samples.items():
+                    crcs = metas.get(key, {}).get(CRC_KEY)
+                    if not crcs:
+                        raise NotMappable(f"{path}: sample {key!r} records no checksums (a "
+                                          "cache from before them): read as a stream")
+                    offsets = []
+                    for k in range(-1, K):
+                        name = "clean.npy" if k < 0 else noisy_member(k)
+                        if name not in members:
+                            raise CacheDataError(f"{path}: sample {key!r} has no {name}")
+                        fh.seek(members[name].offset_data)
+                        start = _npy_data_offset(fh.read(NPY_HEADER_PROBE),
+                                                 f"{path}: {key}.{name}", dtype, shape)
+                        offsets.append((members[name].offset_data + start,
+                                        int(crcs[name]), members[name].size - start))
+                    if any(size != nbytes for _, _, size in offsets):
+                        raise CacheDataError(f"{path}: sample {key!r} has a member of the wrong "
+                                             "size")
+                    heads.add(start)
+                    clean_f.append(fid)
+                    clean_o.append(offsets[0][0])
+                    clean_c.append(offsets[0][1])
+                    noisy_f.append([fid] * K)
+                    noisy_o.append([o for o, _, _ in offsets[1:]])
+                    noisy_c.append([c for _, c, _ in offsets[1:]])
+        except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exc:
+            raise CacheDataError(f"{path}: unreadable webdataset shard ({exc})") from exc
+        if len(samples) != count:
+            raise CacheDataError(f"{path}: holds {len(samples)} windows, the manifest says {count}")
+    if len(heads) != 1:
+        raise NotMappable(f"{source.split}: .npy headers of {len(heads)} sizes: read as a stream")
+    return WindowIndex(files, np.asarray(clean_f, np.int32), np.asarray(clean_o, np.int64),
+                       np.asarray(clean_c, np.int64), np.asarray(noisy_f, np.int32),
+                       np.asarray(noisy_o, np.int64), np.asarray(noisy_c, np.int64),
+                       nbytes, crc_after=False, header=heads.pop())
+
+
+def window_index(source: SplitSource) -> WindowIndex:
+    """Index every done window of a local split (see :func:`mappable`).
+
+    Raises
+    ------
+    CacheDataError
+        A shard's index or tar headers are unreadable or disagree with the manifest.
+    """
+    nbytes = source.latent_dim * source.frames * np.dtype(source.dtype).itemsize
+    return _zarr_index(source, nbytes) if source.storage == "zarr" else _tar_index(source, nbytes)
+
+
+class MappedWindows(Dataset):
+    """Map-style access to the training pairs of a local split, read as memory-mapped ranges.
+
+    ``dataset.__getitems__(pairs)`` (what the DataLoader calls for a batch) returns
+    ``{"noisy", "clean"}`` ``Tensor[B x D x F]`` (cache dtype) plus ``"corrupt"``; in a
+    DataLoader worker the batch is allocated in shared memory, so handing it to the main process
+    copies nothing. Files are mapped lazily, once per process.
+    """
+
+    def __init__(self, source: SplitSource, index: WindowIndex | None = None):
+        self.source = source
+        self.index = index if index is not None else window_index(source)
+        self.K = source.noisy_per_clean
+        self.shape = (source.latent_dim, source.frames)
+        self.dtype = np.dtype(source.dtype)
+        self._maps: tuple[int, dict[int, np.ndarray]] = (os.getpid(), {})
+
+    def __len__(self) -> int:
+        return self.source.windows * self.K
+
+    def _bytes(self, fid: int) -> np.ndarray:
+        pid = os.getpid()
+        if self._maps[0] != pid:
+            self._maps = (pid, {})
+        maps = self._maps[1]
+        if fid not in maps:
+            path = self.index.files[fid]
+            try:
+                with open(path, "rb") as fh:
+                    maps[fid] = np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ),
+                                              dtype=np.uint8)
+            except (OSError, ValueError) as exc:
+                raise CacheDataError(f"{path}: cannot map the file ({exc})") from exc
+        return maps[fid]
+
+    def _copy(self, out: np.ndarray, fid: int, offset: int, crc: int, what: str) -> None:
+        """Copy one window's bytes into ``out`` (``[D x F]``) and check them."""
+        idx = self.index
+        data = self._bytes(int(fid))
+        end = int(offset) + idx.nbytes
+        path = idx.files[int(fid)]
+        if end + (CRC_BYTES if idx.crc_after else 0) > len(data):
+            raise CacheDataError(f"{path}: {what} is corrupt: the file is truncated")
+        raw = out.reshape(-1).view(np.uint8)
+        raw[:] = data[int(offset):end]
+        if idx.crc_after:
+            ok = google_crc32c.value(raw) == int.from_bytes(data[end:end + CRC_BYTES], "little")
+            kind = "crc32c"
+        else:
+            head = data[int(offset) - idx.header:int(offset)]
+            ok = zlib.crc32(raw, zlib.crc32(head)) == int(crc)
+            kind = "crc32"
+        if not ok:
+            raise CacheDataError(f"{path}: {what} is corrupt: its bytes fail their {kind} "
+                                 "checksum; rebuild that shard")
+        if not np.isfinite(out).all():
+            raise CacheDataError(f"{path}: {what} is corrupt: non-finite values")
+
+    def read_pair(self, p: int, clean: np.ndarray, noisy: np.ndarray) -> bool:
+        """Copy pair ``p`` into ``clean`` / ``noisy`` (``[D x F]`` each). Raises CacheDataError
+        when a window fails its checks."""
+        i, k = divmod(int(p), self.K)
+        idx = self.index
+        row = int(self.source.rows[i])
+        self._copy(clean, idx.clean_file[i], idx.clean_offset[i], idx.clean_crc[i],
+                   f"clean window row {row}")
+        self._copy(noisy, idx.noisy_file[i, k], idx.noisy_offset[i, k], idx.noisy_crc[i, k],
+                   f"noisy window row {row} variant {k}")
+        return True
+
+    def read_clean(self, i: int, out: np.ndarray) -> None:
+        """Copy clean window ``i`` into ``out`` ``[D x F]`` (checked)."""
+        idx = self.index
+        self._copy(out, idx.clean_file[i], idx.clean_offset[i], idx.clean_crc[i],
+                   f"clean window row {int(self.source.rows[i])}")
+
+    def read_noisy(self, i: int, k: int, out: np.ndarray) -> None:
+        """Copy noisy variant ``k`` of window ``i`` into ``out`` ``[D x F]`` (checked)."""
+        idx = self.index
+        self._copy(out, idx.noisy_file[i, k], idx.noisy_offset[i, k], idx.noisy_crc[i, k],
+                   f"noisy window row {int(self.source.rows[i])} variant {k}")
+
+    def __getitems__(self, pairs: list[int]) -> Batch:
+        n = len(pairs)
+        tensors = {name: torch.empty((n, *self.shape), dtype=getattr(torch, self.dtype.name))
+                   for name in ("noisy", "clean")}
+        if get_worker_info() is not None:  # handed to the main process without a copy
+            for t in tensors.values():
+                t.share_memory_()
+        arrays = {name: t.numpy() for name, t in tensors.items()}
+        good = 0
+        for p in pairs:
+            if skip_corrupt(self.read_pair, p, arrays["clean"][good], arrays["noisy"][good]):
+                good += 1
+        if good == 0:
+            raise CacheDataError(f"every window of a batch of {n} was corrupt (see the warnings "
+                                 "above for the files)")
+        batch = {name: t[:good] for name, t in tensors.items()}
+        batch[CORRUPT_KEY] = torch.tensor(n - good)
+        return batch
+
+    def __getitem__(self, p: int) -> Batch:
+        batch = self.__getitems__([p])
+        return {name: batch[name][0] for name in ("noisy", "clean")}
+
+
+__all__ = ["MappedWindows", "NotMappable", "WindowIndex", "mappable", "window_index"]
