@@ -32,11 +32,11 @@ import hashlib
 import io
 import json
 import shutil
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import google_crc32c
 import numpy as np
 import zarr
 
@@ -237,7 +237,8 @@ def wds_key(split: str, shard_index: int, i: int) -> str:
     return f"{split}-{shard_index:06d}-{i:06d}"
 
 
-CRC_KEY = "crc32"  # meta.json: zlib.crc32 of each .npy member, checked on every read
+CRC_KEY = "crc32"  # meta.json (older caches): zlib.crc32 of each .npy member
+CRC32C_KEY = "crc32c"  # meta.json: crc32c of each .npy member (~5x faster), checked on every read
 VARIANTS_KEY = "variants"  # meta.json: metadata of noisy variants 1..K-1 (K > 1)
 
 
@@ -252,7 +253,7 @@ def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: 
     """Write one webdataset tar (``<split>-<shard:06d>.tar``) and return its file record.
 
     clean, noisy: ``[n x D x F]`` in the cache dtype; metas: ``n`` JSON-able dicts (each sample's
-    ``meta.json`` also gets the crc32 of its ``.npy`` members, :data:`CRC_KEY`).
+    ``meta.json`` also gets the crc32c of its ``.npy`` members, :data:`CRC32C_KEY`).
     Written to a temp name beside it, fsynced, then renamed (:func:`atomic.atomic_path`).
     """
     import webdataset as wds
@@ -265,7 +266,8 @@ def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: 
                                    mtime=TAR_MTIME)
             for i, meta in enumerate(metas):
                 members = {"clean.npy": npy_bytes(clean[i]), "noisy.npy": npy_bytes(noisy[i])}
-                meta = {**meta, CRC_KEY: {k: zlib.crc32(v) for k, v in members.items()}}
+                meta = {**meta, CRC32C_KEY: {k: google_crc32c.value(v)
+                                             for k, v in members.items()}}
                 writer.write({"__key__": wds_key(split, shard_index, i), **members,
                               "meta.json": json.dumps(meta, sort_keys=True).encode()})
             writer.close()

@@ -255,14 +255,16 @@ def wds_epoch_batches(source: SplitSource, cfg: DataConfig, world: int) -> int:
     return batches
 
 
-def pair_dataset(source: SplitSource) -> Dataset:
+def pair_dataset(source: SplitSource, in_flight: int = 0) -> Dataset:
     """The map-style dataset of a split's training pairs: memory-mapped byte ranges
     (:class:`~cleancodec.trainer.mapped.MappedWindows`) when the cache allows it, else zarr's
     codec pipeline (:class:`ZarrWindows`). Raises CacheDataError for a webdataset cache that
-    cannot be mapped (remote, or without checksums): it is read as a stream instead."""
+    cannot be mapped (remote, or without checksums): it is read as a stream instead.
+    ``in_flight``: batches a DataLoader worker may have handed over and not yet seen released
+    (its queue, ``prefetch_factor``): the worker then reuses that many shared-memory batches."""
     if mappable(source):
         try:
-            return MappedWindows(source)
+            return MappedWindows(source, in_flight=in_flight)
         except NotMappable as exc:
             if source.storage != "zarr":
                 raise CacheDataError(str(exc)) from exc
@@ -300,7 +302,7 @@ def train_batches(source: SplitSource, cfg: DataConfig, seed: int, rank: int = 0
     dataset = None
     if source.storage == "zarr" or not source.remote:
         try:
-            dataset = pair_dataset(source)
+            dataset = pair_dataset(source, in_flight=cfg.prefetch_factor if workers else 0)
         except CacheDataError as exc:
             log.info("%s", exc)
     if dataset is not None:

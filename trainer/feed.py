@@ -27,6 +27,7 @@ from cleancodec.pipeline.topology import Topology
 from cleancodec.trainer.cache_split import CORRUPT_KEY, Batch, CacheDataError, SplitSource
 from cleancodec.trainer.config import DataConfig
 from cleancodec.trainer.data import pair_dataset, train_batches, train_sampler
+from cleancodec.trainer.mapped import BatchRing
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class ResidentSplit:
         self.clean = torch.empty((n, *shape), dtype=dtype, device=device)
         self.noisy = torch.empty((n * self.K, *shape), dtype=dtype, device=device)
         self.bad = np.zeros(n * self.K, dtype=bool)
+        self._ring = BatchRing()
         chunk = min(n, LOAD_CHUNK)
         stage = {name: torch.empty((chunk * (self.K if name == "noisy" else 1), *shape),
                                    dtype=dtype, pin_memory=device.type == "cuda")
@@ -144,11 +146,14 @@ class ResidentSplit:
         if len(good) == 0:
             raise CacheDataError(f"every window of a batch of {len(pairs)} was corrupt (see the "
                                  "warnings above for the files)")
-        idx = torch.from_numpy(good).to(self.device, non_blocking=True)
-        return {"noisy": torch.index_select(self.noisy, 0, idx),
-                "clean": torch.index_select(self.clean, 0, torch.div(idx, self.K,
-                                                                     rounding_mode="floor")),
-                CORRUPT_KEY: torch.tensor(len(pairs) - len(good))}
+        idx = {"noisy": good, "clean": good // self.K}
+        out = self._ring.get(len(good), tuple(self.clean.shape[1:]), self.clean.dtype,
+                             self.device)
+        for name, src in (("noisy", self.noisy), ("clean", self.clean)):
+            torch.index_select(src, 0, torch.from_numpy(idx[name]).to(self.device),
+                               out=out[name])
+        out[CORRUPT_KEY] = torch.tensor(len(pairs) - len(good))
+        return out
 
 
 def resident_batches(split: ResidentSplit, sampler: Iterator[list[int]],

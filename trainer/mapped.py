@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from cleancodec.pipeline.shards import CRC_KEY, noisy_member
+from cleancodec.pipeline.shards import CRC32C_KEY, CRC_KEY, noisy_member
 from cleancodec.trainer.cache_split import (
     CORRUPT_KEY,
     Batch,
     CacheDataError,
     SplitSource,
+    has_non_finite,
     skip_corrupt,
 )
 
@@ -52,6 +53,7 @@ INDEX_ENTRY_BYTES = 16
 CRC_BYTES = 4
 MISSING = np.uint64(2**64 - 1)
 UNCOMPRESSED_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # Linux: map the pages at once
 NPY_HEADER_PROBE = 4096  # bytes read to parse a .npy header (ours are ~128)
 
 
@@ -105,6 +107,7 @@ class WindowIndex:
     nbytes: int
     crc_after: bool  # zarr: crc32c stored after the bytes; webdataset: zlib crc32 recorded
     header: int = 0  # webdataset: bytes of the .npy header before each window's data
+    crc32c: bool = False  # webdataset: members checked by crc32c (newer caches), else crc32
 
 
 def _zarr_shard_index(path: Path, chunks: int) -> np.ndarray:
@@ -169,6 +172,7 @@ def _tar_index(source: SplitSource, nbytes: int) -> WindowIndex:
     files = list(source.shards)
     clean_f, clean_o, clean_c, noisy_f, noisy_o, noisy_c = [], [], [], [], [], []
     heads: set[int] = set()
+    kinds: set[bool] = set()
     for fid, (path, count) in enumerate(zip(source.shards, source.shard_windows)):
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         try:
@@ -181,7 +185,9 @@ def _tar_index(source: SplitSource, nbytes: int) -> WindowIndex:
                          for key, m in samples.items() if "meta.json" in m}
             with open(path, "rb") as fh:
                 for key, members in samples.items():
-                    crcs = metas.get(key, {}).get(CRC_KEY)
+                    meta = metas.get(key, {})
+                    crcs = meta.get(CRC32C_KEY) or meta.get(CRC_KEY)
+                    kinds.add(CRC32C_KEY in meta)
                     if not crcs:
                         raise NotMappable(f"{path}: sample {key!r} records no checksums (a "
                                           "cache from before them): read as a stream")
@@ -209,12 +215,13 @@ def _tar_index(source: SplitSource, nbytes: int) -> WindowIndex:
             raise CacheDataError(f"{path}: unreadable webdataset shard ({exc})") from exc
         if len(samples) != count:
             raise CacheDataError(f"{path}: holds {len(samples)} windows, the manifest says {count}")
-    if len(heads) != 1:
+    if len(heads) != 1 or len(kinds) != 1:
         raise NotMappable(f"{source.split}: .npy headers of {len(heads)} sizes: read as a stream")
     return WindowIndex(files, np.asarray(clean_f, np.int32), np.asarray(clean_o, np.int64),
                        np.asarray(clean_c, np.int64), np.asarray(noisy_f, np.int32),
                        np.asarray(noisy_o, np.int64), np.asarray(noisy_c, np.int64),
-                       nbytes, crc_after=False, header=heads.pop())
+                       nbytes, crc_after=False, header=heads.pop(),
+                       crc32c=kinds.pop())
 
 
 def window_index(source: SplitSource) -> WindowIndex:
@@ -229,22 +236,54 @@ def window_index(source: SplitSource) -> WindowIndex:
     return _zarr_index(source, nbytes) if source.storage == "zarr" else _tar_index(source, nbytes)
 
 
+RING = 3  # batches in flight at most: the step's, the prefetched one, the one being read
+
+
+class BatchRing:
+    """Reused output tensors for batches read in this process: writing into memory already
+    mapped avoids the page faults of a fresh allocation per batch (which cost more than the copy
+    itself). A batch stays valid until ``RING - 1`` more batches were read, which holds for the
+    training loop (it keeps the current batch and at most one prefetched)."""
+
+    def __init__(self, size: int = RING):
+        self.size = size
+        self.slots: list[dict[str, torch.Tensor]] = [{} for _ in range(size)]
+        self.turn = 0
+
+    def get(self, n: int, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device | str = "cpu", shared: bool = False) -> dict[str, torch.Tensor]:
+        """``{"noisy", "clean"}`` tensors ``[n x *shape]``, the oldest slot reused."""
+        self.turn = (self.turn + 1) % self.size
+        slot = self.slots[self.turn]
+        for name in ("noisy", "clean"):
+            t = slot.get(name)
+            if t is None or t.shape[0] < n or t.shape[1:] != shape or t.dtype != dtype:
+                slot[name] = torch.empty((n, *shape), dtype=dtype, device=device)
+                if shared:
+                    slot[name].share_memory_()
+        return {name: t[:n] for name, t in slot.items()}
+
+
 class MappedWindows(Dataset):
     """Map-style access to the training pairs of a local split, read as memory-mapped ranges.
 
     ``dataset.__getitems__(pairs)`` (what the DataLoader calls for a batch) returns
     ``{"noisy", "clean"}`` ``Tensor[B x D x F]`` (cache dtype) plus ``"corrupt"``; in a
     DataLoader worker the batch is allocated in shared memory, so handing it to the main process
-    copies nothing. Files are mapped lazily, once per process.
+    copies nothing; in the main process it is written into a :class:`BatchRing`. Files are
+    mapped lazily, once per process.
     """
 
-    def __init__(self, source: SplitSource, index: WindowIndex | None = None):
+    def __init__(self, source: SplitSource, index: WindowIndex | None = None,
+                 in_flight: int = 0):
         self.source = source
         self.index = index if index is not None else window_index(source)
         self.K = source.noisy_per_clean
         self.shape = (source.latent_dim, source.frames)
         self.dtype = np.dtype(source.dtype)
         self._maps: tuple[int, dict[int, np.ndarray]] = (os.getpid(), {})
+        self._ring = BatchRing()
+        self._worker_ring = BatchRing(in_flight + RING) if in_flight else None
 
     def __len__(self) -> int:
         return self.source.windows * self.K
@@ -257,9 +296,9 @@ class MappedWindows(Dataset):
         if fid not in maps:
             path = self.index.files[fid]
             try:
-                with open(path, "rb") as fh:
-                    maps[fid] = np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ),
-                                              dtype=np.uint8)
+                with open(path, "rb") as fh:  # populated: no page fault per 4 KB later
+                    maps[fid] = np.frombuffer(mmap.mmap(fh.fileno(), 0, flags=MAP_FLAGS,
+                                                        prot=mmap.PROT_READ), dtype=np.uint8)
             except (OSError, ValueError) as exc:
                 raise CacheDataError(f"{path}: cannot map the file ({exc})") from exc
         return maps[fid]
@@ -277,6 +316,10 @@ class MappedWindows(Dataset):
         if idx.crc_after:
             ok = google_crc32c.value(raw) == int.from_bytes(data[end:end + CRC_BYTES], "little")
             kind = "crc32c"
+        elif idx.crc32c:
+            head = data[int(offset) - idx.header:int(offset)]
+            ok = google_crc32c.extend(google_crc32c.value(head), raw) == int(crc)
+            kind = "crc32c"
         else:
             head = data[int(offset) - idx.header:int(offset)]
             ok = zlib.crc32(raw, zlib.crc32(head)) == int(crc)
@@ -284,7 +327,7 @@ class MappedWindows(Dataset):
         if not ok:
             raise CacheDataError(f"{path}: {what} is corrupt: its bytes fail their {kind} "
                                  "checksum; rebuild that shard")
-        if not np.isfinite(out).all():
+        if has_non_finite(out):
             raise CacheDataError(f"{path}: {what} is corrupt: non-finite values")
 
     def read_pair(self, p: int, clean: np.ndarray, noisy: np.ndarray) -> bool:
@@ -313,11 +356,15 @@ class MappedWindows(Dataset):
 
     def __getitems__(self, pairs: list[int]) -> Batch:
         n = len(pairs)
-        tensors = {name: torch.empty((n, *self.shape), dtype=getattr(torch, self.dtype.name))
-                   for name in ("noisy", "clean")}
+        dtype = getattr(torch, self.dtype.name)
         if get_worker_info() is not None:  # handed to the main process without a copy
-            for t in tensors.values():
-                t.share_memory_()
+            if self._worker_ring is not None:
+                tensors = self._worker_ring.get(n, self.shape, dtype, shared=True)
+            else:
+                tensors = {name: torch.empty((n, *self.shape), dtype=dtype).share_memory_()
+                           for name in ("noisy", "clean")}
+        else:
+            tensors = self._ring.get(n, self.shape, dtype)
         arrays = {name: t.numpy() for name, t in tensors.items()}
         good = 0
         for p in pairs:
@@ -335,4 +382,4 @@ class MappedWindows(Dataset):
         return {name: batch[name][0] for name in ("noisy", "clean")}
 
 
-__all__ = ["MappedWindows", "NotMappable", "WindowIndex", "mappable", "window_index"]
+__all__ = ["BatchRing", "MappedWindows", "NotMappable", "WindowIndex", "mappable", "window_index"]

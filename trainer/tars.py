@@ -16,11 +16,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cleancodec.pipeline import remote
-from cleancodec.pipeline.shards import CRC_KEY, VARIANTS_KEY, noisy_member
+from cleancodec.pipeline.shards import CRC32C_KEY, CRC_KEY, VARIANTS_KEY, noisy_member
 from cleancodec.trainer.cache_split import (
     FIELDS,
     TAG_SHARDS,
@@ -98,15 +99,18 @@ def _check_crc(sample: dict[str, Any], source: Path) -> None:
     """Compare each ``.npy`` member with the crc32 its ``meta.json`` records (caches written
     before checksums have none: nothing to check)."""
     try:
-        recorded = json.loads(sample.get("meta.json", b"{}")).get(CRC_KEY, {})
+        meta = json.loads(sample.get("meta.json", b"{}"))
+        kind = CRC32C_KEY if CRC32C_KEY in meta else CRC_KEY
+        checksum = google_crc32c.value if kind == CRC32C_KEY else zlib.crc32
+        recorded = meta.get(kind, {})
     except ValueError as exc:
         raise CacheDataError(f"{source}: sample {sample['__key__']!r} is corrupt: unreadable "
                              f"meta.json ({exc})") from exc
     for member, crc in recorded.items():
         blob = sample.get(member)
-        if blob is not None and zlib.crc32(blob) != int(crc):
+        if blob is not None and checksum(blob) != int(crc):
             raise CacheDataError(f"{source}: sample {sample['__key__']!r} is corrupt: {member} "
-                                 "fails its crc32 checksum")
+                                 f"fails its {kind} checksum")
 
 
 def tagged_samples(shards: Iterable[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:

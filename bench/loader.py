@@ -1,0 +1,244 @@
+"""Cache reader throughput: windows/s and GB/s a training loop gets, per format and mode.
+
+Side by side in one run, warm page cache, batch 64, DAC-16k window shapes (1024 x 150 float16;
+one training pair = clean + noisy = 614 KB). Synthetic latents (random normal; real latents
+compress a little better, see the compression row) written by the cache's own writers.
+
+Rows: each format x {0, 2 DataLoader workers} x {streaming, resident}; the previous reader
+(zarr through its codec pipeline with blosc-zstd compression, one call per window; webdataset
+decoded from a tar stream) kept here as a baseline; and the single-core memcpy ceiling.
+
+    python bench/loader.py                 # ~3 minutes on 2 cores, appends to BENCHMARKS.md
+    python bench/loader.py --windows 256 --no-append   # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCHMARKS, append_benchmarks, git_commit  # noqa: E402
+
+from cleancodec.pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest  # noqa: E402
+from cleancodec.pipeline.shards import (  # noqa: E402
+    META_FIELDS,
+    create_zarr_split,
+    write_wds_shard,
+    write_zarr_shard,
+)
+from cleancodec.trainer.config import DataConfig  # noqa: E402
+from cleancodec.trainer.data import (  # noqa: E402
+    EpochBatchSampler,
+    WebDatasetStream,
+    ZarrWindows,
+    open_split,
+    train_batches,
+    wds_epoch_batches,
+)
+from cleancodec.trainer.feed import ResidentSplit, resident_batches  # noqa: E402
+
+D, F, DTYPE = 1024, 150, "float16"
+PAIR_BYTES = 2 * D * F * np.dtype(DTYPE).itemsize
+BATCH = 64
+WINDOWS_PER_SHARD = 64
+SEED = 0
+GOAL_VS_PREVIOUS = 10.0
+GOAL_MEMCPY_SHARE = 0.40
+GOAL_RESIDENT = 20_000
+DEMO_CACHE = Path(__file__).resolve().parents[1] / "data" / "demo_cache_random"
+
+
+def write_cache(root: Path, storage: str, windows: int, compressor: str = "none") -> Path:
+    """A train split of ``windows`` synthetic windows, built with the cache's writers."""
+    rng = np.random.default_rng(SEED)
+    shards = []
+    if storage == "zarr":
+        create_zarr_split(root / "train.zarr", windows, D, F, WINDOWS_PER_SHARD, DTYPE,
+                          compressor=compressor)
+    for index, start in enumerate(range(0, windows, WINDOWS_PER_SHARD)):
+        n = min(WINDOWS_PER_SHARD, windows - start)
+        clean = rng.standard_normal((n, D, F)).astype(DTYPE)
+        noisy = (clean + rng.standard_normal((n, D, F))).astype(DTYPE)
+        meta = {k: np.zeros(n, dtype=v) for k, v in META_FIELDS.items()}
+        if storage == "zarr":
+            write_zarr_shard(root, "train", index, WINDOWS_PER_SHARD, clean, noisy, meta)
+            name = "train.zarr"
+        else:
+            name = write_wds_shard(root, "train", index, clean, noisy,
+                                   [{"row": start + i} for i in range(n)]).path
+        shards.append({"index": index, "status": "done", "windows": n, "file": name})
+    info = {"windows": windows, "windows_per_shard": WINDOWS_PER_SHARD, "shards": shards}
+    info.update({"path": "train.zarr"} if storage == "zarr" else {"pattern": "train-%06d.tar"})
+    save_manifest(root, {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "storage": storage,
+        "noisy_per_clean": 1, "codec": {"identity": {"kind": "synthetic"}, "latent_dim": D},
+        "window": {"frames": F}, "dtype": DTYPE, "splits": {"train": info}, "complete": True})
+    return root
+
+
+def warm(root: Path) -> int:
+    """Read every file once (warm page cache); returns the bytes."""
+    total = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            total += len(path.read_bytes())
+    return total
+
+
+def rate(batches: Iterator[dict], n_batches: int, warmup: int = 3) -> float:
+    """Windows/s of ``n_batches`` batches after ``warmup`` (clean + noisy each)."""
+    for _ in range(warmup):
+        next(batches)
+    count, start = 0, time.perf_counter()
+    for _ in range(n_batches):
+        count += len(next(batches)["noisy"])
+    return count / (time.perf_counter() - start)
+
+
+def previous_reader(root: Path, workers: int) -> Iterator[dict]:
+    """The reader before memory mapping, as a baseline: zarr windows one call each through the
+    codec pipeline (seeded permutation, DataLoader workers), webdataset from a tar stream."""
+    source = open_split(root, _manifest(root), "train")
+    cfg = DataConfig(batch_size=BATCH, num_workers=workers, shuffle_block=1)
+    extra = dict(persistent_workers=True, prefetch_factor=2) if workers else {}
+    if source.storage == "zarr":
+        sampler = EpochBatchSampler(source.pairs, BATCH, SEED)
+        loader = DataLoader(ZarrWindows.of(source), batch_sampler=sampler, num_workers=workers,
+                            collate_fn=lambda b: b, **extra)
+    else:
+        stream = WebDatasetStream(source, BATCH, SEED, wds_epoch_batches(source, cfg, 1),
+                                  cfg.shuffle_buffer)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers,
+                            collate_fn=lambda b: b, **extra)
+    return iter(loader)
+
+
+def _manifest(root: Path) -> dict:
+    from cleancodec.pipeline.manifest import load_manifest
+
+    return load_manifest(root)
+
+
+def streaming(root: Path, workers: int) -> Iterator[dict]:
+    source = open_split(root, _manifest(root), "train")
+    return train_batches(source, DataConfig(batch_size=BATCH, num_workers=workers), SEED)
+
+
+def resident(root: Path) -> Iterator[dict]:
+    source = open_split(root, _manifest(root), "train")
+    split = ResidentSplit(source, torch.device("cpu"))
+    cfg = DataConfig(batch_size=BATCH)
+    sampler = EpochBatchSampler(source.pairs, BATCH, SEED, block=cfg.shuffle_block,
+                                buffer=cfg.shuffle_buffer)
+    return resident_batches(split, iter(sampler))
+
+
+def memcpy_ceiling(reps: int = 20) -> float:
+    """Windows/s of a single-core copy of one batch (clean + noisy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    src = torch.randn(BATCH, 2, D, F).to(torch.float16)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    torch.set_num_threads(threads)
+    return reps * BATCH / (time.perf_counter() - start)
+
+
+def demo_compression() -> str:
+    """Bytes of the demo cache's blosc-zstd latents against raw, when that cache exists."""
+    import json
+
+    path = DEMO_CACHE / "manifest.json"
+    if not path.is_file():
+        return "n/a (no data/demo_cache_random)"
+    m = json.loads(path.read_text())
+    if m.get("config", {}).get("compressor") != "blosc-zstd":
+        return "n/a (demo cache not compressed)"
+    raw = sum(m["counts"]["windows"].values()) * PAIR_BYTES
+    stored = sum(f["bytes"] for s in m["splits"].values() for sh in s["shards"]
+                 for f in sh.get("files", []) if "/clean/" in f["path"] or "/noisy/" in f["path"])
+    return f"{100 * (1 - stored / raw):.1f} % saved by blosc-zstd on the demo cache latents"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--windows", type=int, default=1024)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=BENCHMARKS)
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+    nb = args.batches
+    rows: list[tuple[str, str, str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="cleancodec-loader-") as tmp:
+        caches = {
+            "zarr": write_cache(Path(tmp) / "zarr", "zarr", args.windows),
+            "webdataset": write_cache(Path(tmp) / "wds", "webdataset", args.windows),
+            "zarr-blosc": write_cache(Path(tmp) / "zarrz", "zarr", args.windows, "blosc-zstd"),
+        }
+        for root in caches.values():
+            warm(root)
+        ceiling = memcpy_ceiling()
+        measure: list[tuple[str, str, str, Callable[[], Iterator[dict]], int]] = []
+        for workers in (0, 2):
+            measure.append(("zarr", "previous reader (blosc-zstd, codec pipeline)",
+                            f"{workers}", lambda w=workers: previous_reader(caches["zarr-blosc"], w),
+                            max(3, nb // 6)))
+            measure.append(("webdataset", "previous reader (tar stream)", f"{workers}",
+                            lambda w=workers: previous_reader(caches["webdataset"], w),
+                            max(3, nb // 3)))
+            for fmt in ("zarr", "webdataset"):
+                measure.append((fmt, "streaming (memory-mapped)", f"{workers}",
+                                lambda f=fmt, w=workers: streaming(caches[f], w), nb))
+        for fmt in ("zarr", "webdataset"):
+            measure.append((fmt, "resident (RAM)", "-", lambda f=fmt: resident(caches[f]), nb * 3))
+        for fmt, mode, workers, make, n in measure:
+            r = rate(make(), n)
+            rows.append((fmt, mode, workers, r))
+            print(f"{fmt:11s} {mode:45s} workers {workers}: {r:9.0f} windows/s", flush=True)
+    prev = {(f, w): r for f, m, w, r in rows if m.startswith("previous")}
+    lines = [
+        f"## cache reader (`bench/loader.py`), {dt.date.today().isoformat()}, "
+        f"commit {git_commit()}",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores (shared), {platform.machine()}, Python "
+        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads); no GPU. {args.windows} synthetic windows per cache (DAC-16k shapes, "
+        f"{D} x {F} {DTYPE}; a window = one training pair = {PAIR_BYTES / 1e3:.0f} KB), warm "
+        f"page cache, batch {BATCH}, shards of {WINDOWS_PER_SHARD}. Single-core memcpy "
+        f"ceiling: **{ceiling:,.0f} windows/s** ({ceiling * PAIR_BYTES / 1e9:.1f} GB/s). "
+        f"Compression: {demo_compression()}.",
+        "",
+        "| format | reader | workers | windows/s | GB/s | vs previous | share of memcpy |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for fmt, mode, workers, r in rows:
+        base = prev.get((fmt, workers)) or prev.get((fmt, "2"))
+        ratio = "" if mode.startswith("previous") else f"{r / base:.1f}x"
+        lines.append(f"| {fmt} | {mode} | {workers} | {r:,.0f} | {r * PAIR_BYTES / 1e9:.2f} | "
+                     f"{ratio} | {100 * r / ceiling:.0f} % |")
+    lines += ["", f"Goals: streaming >= {GOAL_VS_PREVIOUS:g}x the previous reader for both "
+              f"formats and >= {100 * GOAL_MEMCPY_SHARE:.0f} % of the memcpy ceiling with 2 "
+              f"workers; resident >= {GOAL_RESIDENT:,} windows/s."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_append:
+        append_benchmarks(text, args.out)
+        print(f"appended to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
