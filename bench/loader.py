@@ -195,7 +195,8 @@ def main() -> None:
         measure: list[tuple[str, str, str, Callable[[], Iterator[dict]], int]] = []
         for workers in (0, 2):
             measure.append(("zarr", "previous reader (blosc-zstd, codec pipeline)",
-                            f"{workers}", lambda w=workers: previous_reader(caches["zarr-blosc"], w),
+                            f"{workers}",
+                            lambda w=workers: previous_reader(caches["zarr-blosc"], w),
                             max(3, nb // 6)))
             measure.append(("webdataset", "previous reader (tar stream)", f"{workers}",
                             lambda w=workers: previous_reader(caches["webdataset"], w),

@@ -74,8 +74,9 @@ def resolve_codec_choice(codec: str | None, codec_weights: str | None) -> str | 
               help="Noise folder (recursive). Default: cache.noise of the profile.")
 @click.option("--rir", type=click.Path(file_okay=False), default=None,
               help="Room impulse responses (optional; used with cache.mix.reverb_prob).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="data/cache",
-              show_default=True, help="Cache folder.")
+@click.option("--out", "out_dir", default="data/cache", show_default=True,
+              help="Cache folder, or an object-store URL (s3://bucket/path, gs://…): built in "
+                   "a local staging folder, then uploaded, the manifest last.")
 @click.option("--storage", type=click.Choice(["zarr", "webdataset"]), default=None,
               help="Storage format. Default: cache.storage of the profile (zarr).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -94,15 +95,25 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
     built. Under torchrun each rank builds its share of the shards. Bad input files are
     skipped and listed in <out>/rejected.tsv; exits non-zero only when no usable input remains.
     """
+    from cleancodec.pipeline import remote
     from cleancodec.pipeline.build import BuildError, run_cache
     from cleancodec.pipeline.codec import CodecWeightsError
     from cleancodec.pipeline.config import ConfigError, check_overrides
+    from cleancodec.pipeline.manifest import MANIFEST_NAME
 
+    target = out_dir
     try:
         check_overrides(overrides, ("codec", "cache"), "cache")
+        if remote.is_url(target):
+            remote.check_writable(target)
+            out_dir = str(remote.staging_dir(target))
+            click.echo(f"building in {out_dir}, then uploading to {target}", err=True)
         summary = run_cache(conf, resolve_codec_choice(codec, codec_weights), clean, noise, rir,
                             out_dir, storage, workers, overwrite, verify, progress=not quiet,
                             overrides=overrides)
+        if target != out_dir and summary.rank == 0:
+            n = remote.upload_tree(Path(out_dir), target, MANIFEST_NAME, progress=not quiet)
+            click.echo(f"uploaded {n} files to {target}", err=True)
     except StopRequested as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(exc.exit_code) from exc
@@ -173,8 +184,9 @@ def config_command(conf, args):
 @main.command("train")
 @click.option("--conf", type=click.Path(dir_okay=False), default="conf/train.yaml",
               show_default=True, help="Profile with a `train` section.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default="data/cache",
-              show_default=True, help="Latent cache written by `cleancodec cache`.")
+@click.option("--cache", "cache_dir", default="data/cache",
+              show_default=True, help="Latent cache written by `cleancodec cache`: a folder or "
+                                      "a URL (http(s)://, s3://, gs://, pipe:CMD with {}).")
 @click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder (checkpoints, metrics.jsonl, tensorboard/). Default: runs/<name>. "
                    "Under torchrun spell it --run-dir (torchrun reads --run as its --run-path).")
@@ -399,22 +411,56 @@ def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, time
               help="torch CPU threads (default: codec.num_threads, else all cores; on a busy "
                    "shared machine fewer threads than cores run faster).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--stream", is_flag=True,
+              help="Stream INPUT to OUTPUT block by block, each a path or - (stdin / stdout; "
+                   "OUTPUT defaults to -): WAV in, WAV out, or raw PCM with --format. The "
+                   "latency (block + lookahead) is printed to stderr; stdout carries audio only.")
+@click.option("--block-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--stream: output block in ms, a multiple of 20 (default 200). Latency = "
+                   "block + lookahead.")
+@click.option("--format", "raw_format", type=click.Choice(["s16le", "s32le", "f32le"]),
+              default=None, help="--stream: raw little-endian interleaved PCM in and out "
+                                 "instead of WAV (needs --rate).")
+@click.option("--rate", type=click.IntRange(min=1), default=None,
+              help="--stream --format: sample rate of the raw input (other rates than 16000 "
+                   "are resampled to 16 kHz and back).")
+@click.option("--channels", type=click.IntRange(min=1), default=None,
+              help="--stream --format: channels of the raw input (default 1).")
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch",
+              show_default=True,
+              help="torch, or onnxruntime running a graph from `cleancodec export --full` "
+                   "(--onnx); files and --stream alike.")
+@click.option("--onnx", "onnx_model", type=click.Path(dir_okay=False), default=None,
+              help="--engine onnx: the exported full graph (.onnx).")
 def denoise_command(args, conf, codec, codec_weights, checkpoint, bypass, mix, output_sr,
-                    skip_existing, allow_codec_mismatch, batch_size, device, threads, quiet):
+                    skip_existing, allow_codec_mismatch, batch_size, device, threads, quiet,
+                    stream, block_ms, raw_format, rate, channels, engine, onnx_model):
     """Denoise INPUT (a file or a folder, recursively) into OUTPUT.
 
     OUTPUT mirrors INPUT's tree and file names (default: INPUT_denoised beside it); every
     output keeps its input's length, sample rate, channels and sample format. Exits non-zero
-    when any file failed.
+    when any file failed. With --stream, INPUT and OUTPUT are one stream each (a file or -),
+    e.g. `sox -d -t wav - | cleancodec denoise --stream - - | play -`.
     """
+    import functools
+
+    from cleancodec.infer.onnx_engine import load_engine
     from cleancodec.infer.run import run_denoise
     from cleancodec.pipeline.config import ConfigError, check_overrides, split_overrides
 
     overrides, paths = split_overrides(args)
+    stream_only = {"--block-ms": block_ms, "--format": raw_format, "--rate": rate,
+                   "--channels": channels}
+    if not stream and any(v is not None for v in stream_only.values()):
+        raise click.UsageError(f"{', '.join(k for k, v in stream_only.items() if v is not None)} "
+                               "apply to --stream only")
+    if stream and (skip_existing or batch_size is not None):
+        raise click.UsageError("--skip-existing and --batch-size apply to file runs, not "
+                               "--stream")
     if not 1 <= len(paths) <= 2:
         raise click.UsageError("give INPUT (a file or folder) and optionally OUTPUT")
     input_path, output_path = paths[0], (paths[1] if len(paths) == 2 else None)
-    if not Path(input_path).exists():
+    if not (stream and input_path == "-") and not Path(input_path).exists():
         raise click.BadParameter(f"{input_path}: no such file or folder", param_hint="INPUT")
     items = [*option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights),
                                          "device": device, "num_threads": threads}),
@@ -422,10 +468,15 @@ def denoise_command(args, conf, codec, codec_weights, checkpoint, bypass, mix, o
                  "checkpoint": checkpoint, "bypass": bypass, "mix": mix, "output_sr": output_sr,
                  "skip_existing": skip_existing, "allow_codec_mismatch": allow_codec_mismatch,
                  "batch_size": batch_size})]
+    if stream:
+        _denoise_stream(input_path, output_path or "-", conf, [*items, *overrides], overrides,
+                        block_ms, raw_format, rate, channels, engine, onnx_model)
+        return
     try:
         check_overrides(overrides, ("codec", "denoise"), "denoise")
         summary, output = run_denoise(input_path, output_path, conf, [*items, *overrides],
-                                      progress=not quiet)
+                                      progress=not quiet,
+                                      load=functools.partial(load_engine, engine, onnx_model))
     except (ConfigError, ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("\n".join(summary.lines()))
@@ -434,6 +485,62 @@ def denoise_command(args, conf, codec, codec_weights, checkpoint, bypass, mix, o
         raise SystemExit(SIGNAL_EXIT_BASE + signal.Signals[summary.stopped_by])
     if summary.failed:
         raise SystemExit(1)
+
+
+def _denoise_stream(input_path: str, output_path: str, conf: str | None, items: list[str],
+                    overrides: list[str], block_ms: float | None, raw_format: str | None,
+                    rate: int | None, channels: int | None, engine: str,
+                    onnx_model: str | None) -> None:
+    """``cleancodec denoise --stream``: everything but audio goes to stderr."""
+    from cleancodec.infer.stream import DEFAULT_BLOCK_MS
+    from cleancodec.infer.streamio import StreamOptions, run_stream
+    from cleancodec.pipeline.config import ConfigError, check_overrides
+
+    opts = StreamOptions(block_ms=DEFAULT_BLOCK_MS if block_ms is None else block_ms,
+                         raw_format=raw_format, rate=rate, channels=channels or 1)
+    try:
+        check_overrides(overrides, ("codec", "denoise"), "denoise")
+        summary = run_stream(input_path, output_path, conf, items, opts, engine, onnx_model)
+    except (ConfigError, ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(summary.lines()), err=True)
+    if summary.stopped_by in signal.Signals.__members__:
+        raise SystemExit(SIGNAL_EXIT_BASE + signal.Signals[summary.stopped_by])
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--full", is_flag=True,
+              help="The whole 16 kHz graph (DAC encoder → denoiser → quantizer → decoder, "
+                   "dynamic length in whole 20 ms frames) for `denoise --engine onnx`; "
+                   "default: the denoiser alone (raw latents, dynamic frame axis).")
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="--full: profile with a `codec` section (the codec the checkpoint was "
+                   "trained on).")
+@codec_options
+@click.option("--allow-codec-mismatch", is_flag=True, default=None,
+              help="--full: use a checkpoint trained on another codec's latents.")
+@click.argument("overrides", nargs=-1, metavar="[codec|denoise.KEY=VALUE]...")
+def export_command(checkpoint, output, full, conf, codec, codec_weights, allow_codec_mismatch,
+                   overrides):
+    """Export CHECKPOINT's denoiser (or with --full the whole enhancement graph) to ONNX.
+
+    The file is checked with onnxruntime against torch before it is renamed into place; the
+    maximum absolute difference is printed.
+    """
+    from cleancodec.infer.export import run_export
+    from cleancodec.pipeline.codec import CodecWeightsError
+    from cleancodec.pipeline.config import ConfigError, check_overrides
+
+    items = [*option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights)}),
+             *option_overrides("denoise", {"allow_codec_mismatch": allow_codec_mismatch})]
+    try:
+        check_overrides(overrides, ("codec", "denoise"), "export")
+        report = run_export(checkpoint, output, full, conf, [*items, *overrides])
+    except (CodecWeightsError, ConfigError, ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(report.lines()))
 
 
 @main.command("evaluate")

@@ -194,7 +194,8 @@ def _prepare(cfg: CacheConfig, codec: Any, inputs: Inputs, out_dir: Path, overwr
         if plan.storage == "zarr" and sp.windows and not path.is_dir():
             shards.create_zarr_split(path, sp.windows, plan.latent_dim, plan.frames,
                                      plan.windows_per_shard, plan.dtype, cfg.compressor,
-                                     cfg.compression_level)
+                                     cfg.compression_level,
+                                     noisy_per_clean=plan.noisy_per_clean)
     Ledger(out_dir, manifest, Topology()).sync()
     if existing is not None and verify_done(out_dir, manifest, verify):
         save_manifest(out_dir, manifest)

@@ -56,6 +56,10 @@ class CacheConfig:
     # but every read then goes through zarr's codec pipeline.
     compressor: str = "none"
     compression_level: int = 3
+    # K noisy variants per clean window: each clean window is encoded once and mixed with K
+    # independent noise draws (K training pairs; train_windows / val_windows / hours count clean
+    # windows). Encodes per pair (1 + K) / K, bytes per pair (1 + K) / 2K of a K = 1 pair.
+    noisy_per_clean: int = 4
     rank_timeout_minutes: float = 120.0
     mix: MixConfig = field(default_factory=MixConfig)
 
@@ -65,6 +69,7 @@ class CacheConfig:
             (self.storage in STORAGES, f"storage must be one of {STORAGES}"),
             (self.dtype in DTYPES, f"dtype must be one of {DTYPES}"),
             (self.windows_per_shard >= 1, "windows_per_shard must be >= 1"),
+            (self.noisy_per_clean >= 1, "noisy_per_clean must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.corpus in CORPUS_KINDS, f"corpus must be one of {CORPUS_KINDS}"),
             (self.compressor in COMPRESSORS, f"compressor must be one of {COMPRESSORS}"),

@@ -185,6 +185,7 @@ def new_manifest(cfg: CacheConfig, plan: Plan, constants: dict[str, Any], inputs
     random_init = constants["identity"].get("kind") == "random-init"
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "storage": plan.storage,
+        "noisy_per_clean": plan.noisy_per_clean,
         "codec": constants, "codec_settings": codec_settings,
         "random_init": random_init,
         "notice": RANDOM_INIT_BANNER if random_init else None,

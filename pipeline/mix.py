@@ -210,3 +210,44 @@ def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float, level_dbfs: float,
         clipped=bool(clipped),
         gain=float(gain),
     )
+
+
+def mix_variants(clean: np.ndarray, noises: list[np.ndarray], snrs_db: list[float],
+                 level_dbfs: float, rirs: list[np.ndarray | None], cfg: MixConfig | None = None,
+                 sample_rate: int = 16000) -> list[MixResult]:
+    """Mix one clean window with ``K`` noises (variant ``k``: ``noises[k]`` at ``snrs_db[k]``,
+    speech through ``rirs[k]``) so that every variant shares **one** clean target.
+
+    Variant 0 is :func:`mix` exactly (``level_dbfs`` is its mixture's level). All variants use
+    variant 0's gain, so their target (the dry clean, or with ``cfg.reverb_target`` the
+    reverberant one: then ``rirs`` must all be variant 0's) is the same array; when any variant
+    would clip, the common gain is lowered until none does (``clipped`` set on all). A later
+    variant's ``level_dbfs`` is its own mixture's level before that guard.
+
+    Returns
+    -------
+    list of MixResult, one per variant, with identical ``clean``.
+    """
+    cfg = cfg or MixConfig()
+    dry = _scale_to_dbfs(np.asarray(clean, dtype=np.float64), NORMALISE_DBFS)
+    mixes = []
+    for noise, snr_db, rir in zip(noises, snrs_db, rirs):
+        if len(noise) != len(clean):
+            raise ValueError(f"clean ({len(clean)}) and noise ({len(noise)}) lengths differ")
+        speech = apply_rir(dry, rir, sample_rate).astype(np.float64) if rir is not None else dry
+        n = _scale_to_dbfs(np.asarray(noise, dtype=np.float64), NORMALISE_DBFS)
+        n = n * (rms(speech) / rms(n)) / (10.0 ** (snr_db / 20.0))
+        mixes.append((speech, n, speech + n))
+    speech0, _, noisy0 = mixes[0]
+    gain = 10.0 ** (level_dbfs / 20.0) / rms(noisy0)
+    levels = [level_dbfs] + [float(20 * np.log10(rms(m[2]) * gain)) for m in mixes[1:]]
+    peak = max(float(np.max(np.abs(m[2]))) for m in mixes) * gain
+    clipped = peak > cfg.clip_peak
+    if clipped:
+        gain *= cfg.clip_peak / peak
+    target = speech0 if (rirs[0] is not None and cfg.reverb_target) else dry
+    clean_out = (target * gain).astype(np.float32)
+    return [MixResult(clean=clean_out, noisy=(noisy * gain).astype(np.float32),
+                      noise=(n * gain).astype(np.float32), snr_db=float(snr), level_dbfs=level,
+                      reverb=rir is not None, clipped=bool(clipped), gain=float(gain))
+            for (_, n, noisy), snr, level, rir in zip(mixes, snrs_db, levels, rirs)]

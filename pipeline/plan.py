@@ -77,6 +77,7 @@ class Plan:
     rir: list[Source]
     splits: dict[str, SplitPlan]
     noise_shared: bool = False
+    noisy_per_clean: int = 1  # K noisy variants per clean window
 
     def shard_tasks(self) -> list[ShardTask]:
         """Every shard of every split, in build order (train first)."""
@@ -158,6 +159,7 @@ def make_plan(cfg: CacheConfig, corpus_record: dict[str, Any], inputs: Inputs,
     return Plan(seed=cfg.seed, mix=cfg.mix, max_draws=cfg.max_draws, sample_rate=sr,
                 window_samples=window, frames=frames, latent_dim=int(constants["latent_dim"]),
                 windows_per_shard=cfg.windows_per_shard, storage=cfg.storage, dtype=cfg.dtype,
+                noisy_per_clean=cfg.noisy_per_clean,
                 clean=sources["clean"], noise=sources["noise"], rir=sources["rir"],
                 splits=splits, noise_shared=all(s == "shared" for s in split_of["noise"]))
 

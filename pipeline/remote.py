@@ -11,13 +11,13 @@ A cache location is either a local folder or a URL:
   through webdataset's opener. webdataset caches only.
 
 Writing a cache to a URL (``cleancodec cache --out s3://…``) builds it in a local staging
-folder and uploads each file as it is finished (:func:`upload_cache`), the manifest last, so a
-reader never sees a manifest that names a missing shard.
+folder (:func:`staging_dir`: resumable like any local build) and then uploads its files
+(:func:`upload_tree`), the manifest last, so a reader never sees a manifest that names a
+missing shard.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -133,12 +133,37 @@ def upload(local: Path, url: str) -> None:
         raise RemoteError(f"{url}: cannot upload {local} ({type(exc).__name__}: {exc})") from exc
 
 
-def upload_cache(local_dir: Path, url: str, files: Iterable[str], manifest_name: str) -> int:
-    """Upload ``files`` (paths relative to ``local_dir``) to the cache at ``url``, then the
-    manifest; returns the number of files uploaded."""
-    n = 0
-    for rel in files:
+STAGING_ROOT = Path(".cleancodec-staging")
+
+
+def staging_dir(url: str, root: Path = STAGING_ROOT) -> Path:
+    """The local folder a cache bound for ``url`` is built in (one per URL, so an interrupted
+    build resumes): ``<root>/<sha256(url)[:16]>``."""
+    import hashlib
+
+    return root / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def cache_files(local_dir: Path, manifest_name: str) -> list[str]:
+    """The files of a built cache, relative, without scratch, markers or locks (any name
+    starting with a dot) and without the manifest."""
+    out = []
+    for path in sorted(local_dir.rglob("*")):
+        rel = path.relative_to(local_dir)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts) \
+                and rel.as_posix() != manifest_name:
+            out.append(rel.as_posix())
+    return out
+
+
+def upload_tree(local_dir: Path, url: str, manifest_name: str,
+                progress: bool = False) -> int:
+    """Upload the cache built in ``local_dir`` to ``url``: every file, then the manifest.
+    Returns the number of files uploaded."""
+    from tqdm import tqdm
+
+    files = cache_files(local_dir, manifest_name)
+    for rel in tqdm(files, desc=f"upload to {url}", unit="file", disable=not progress):
         upload(local_dir / rel, str(join(url, rel)))
-        n += 1
     upload(local_dir / manifest_name, str(join(url, manifest_name)))
-    return n + 1
+    return len(files) + 1

@@ -134,13 +134,16 @@ def _compressors(name: str, level: int) -> list[Any]:
 
 def create_zarr_split(path: str | Path, windows: int, latent_dim: int, frames: int,
                       windows_per_shard: int, dtype: str = "float16",
-                      compressor: str = "blosc-zstd", level: int = 3,
-                      attributes: dict[str, Any] | None = None) -> Path:
+                      compressor: str = "none", level: int = 3,
+                      attributes: dict[str, Any] | None = None,
+                      noisy_per_clean: int = 1) -> Path:
     """Create the empty ``<split>.zarr`` group (metadata only) atomically.
 
-    Arrays: ``clean``/``noisy`` ``(windows, latent_dim, frames)`` with inner chunks of one
-    window and shards of ``windows_per_shard`` windows; the :data:`META_FIELDS` arrays
-    ``(windows,)`` chunked by ``windows_per_shard``. Built in a sibling temp folder, then renamed.
+    Arrays: ``clean`` ``(windows, latent_dim, frames)`` and ``noisy`` ``(windows K, latent_dim,
+    frames)`` (``K = noisy_per_clean``; variant ``v`` of window ``i`` at row ``i K + v``) with
+    inner chunks of one window and shards of one build shard (``windows_per_shard`` clean
+    windows, ``K`` times that noisy ones); the :data:`META_FIELDS` arrays ``(windows K,)``, one
+    per noisy latent, chunked by build shard. Built in a sibling temp folder, then renamed.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -149,14 +152,16 @@ def create_zarr_split(path: str | Path, windows: int, latent_dim: int, frames: i
         group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3,
                                 attributes=attributes or {})
         for name in LATENT_ARRAYS:
+            k = noisy_per_clean if name == "noisy" else 1
             group.create_array(
-                name, shape=(windows, latent_dim, frames), dtype=dtype,
-                chunks=(1, latent_dim, frames), shards=(windows_per_shard, latent_dim, frames),
+                name, shape=(windows * k, latent_dim, frames), dtype=dtype,
+                chunks=(1, latent_dim, frames),
+                shards=(windows_per_shard * k, latent_dim, frames),
                 compressors=_compressors(compressor, level), fill_value=0.0,
                 dimension_names=("window", "channel", "frame"))
         for name, meta_dtype in META_FIELDS.items():
-            group.create_array(name, shape=(windows,), dtype=meta_dtype,
-                               chunks=(windows_per_shard,), fill_value=0,
+            group.create_array(name, shape=(windows * noisy_per_clean,), dtype=meta_dtype,
+                               chunks=(windows_per_shard * noisy_per_clean,), fill_value=0,
                                dimension_names=("window",))
     return path
 
@@ -176,13 +181,14 @@ def write_zarr_shard(cache_dir: str | Path, split: str, shard_index: int,
                      meta: dict[str, np.ndarray]) -> list[ShardFile]:
     """Write build shard ``shard_index`` of ``split`` and return its files.
 
-    clean, noisy: ``[n x D x F]`` in the array dtype, ``n <= windows_per_shard`` (only the last
-    shard of a split is short). meta: :data:`META_FIELDS` arrays of shape ``[n]``.
+    clean: ``[n x D x F]``, noisy ``[n K x D x F]`` in the array dtype, ``n <=
+    windows_per_shard`` (only the last shard of a split is short). meta: :data:`META_FIELDS`
+    arrays of shape ``[n K]``.
     The shard is staged in a scratch copy of the arrays, then each file is renamed into place.
     """
     cache_dir = Path(cache_dir)
     live = zarr_split_path(cache_dir, split)
-    start = shard_index * windows_per_shard
+    K = len(noisy) // max(1, len(clean))
     data = {"clean": clean, "noisy": noisy, **meta}
     missing = set(_array_names()) - set(data)
     if missing:
@@ -196,6 +202,7 @@ def write_zarr_shard(cache_dir: str | Path, split: str, shard_index: int,
             array = _writable_every_chunk(
                 zarr.open_array(zarr.storage.LocalStore(stage / name), mode="r+"))
             values = np.asarray(data[name], dtype=array.dtype)
+            start = shard_index * windows_per_shard * (1 if name == "clean" else K)
             array[start:start + len(values)] = values
             coords = (shard_index,) + (0,) * (array.ndim - 1)
             key = array.metadata.encode_chunk_key(coords)
@@ -252,8 +259,10 @@ def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: 
                     noisy: np.ndarray, metas: list[dict[str, Any]]) -> ShardFile:
     """Write one webdataset tar (``<split>-<shard:06d>.tar``) and return its file record.
 
-    clean, noisy: ``[n x D x F]`` in the cache dtype; metas: ``n`` JSON-able dicts (each sample's
-    ``meta.json`` also gets the crc32c of its ``.npy`` members, :data:`CRC32C_KEY`).
+    clean: ``[n x D x F]``, noisy ``[n K x D x F]`` in the cache dtype; metas: ``n K`` JSON-able
+    dicts, one per noisy latent. A sample per clean window: ``clean.npy``, its K noisy variants
+    (:func:`noisy_member`) and ``meta.json`` (variant 0's fields, later variants' under
+    :data:`VARIANTS_KEY`, and the crc32c of its ``.npy`` members, :data:`CRC32C_KEY`).
     Written to a temp name beside it, fsynced, then renamed (:func:`atomic.atomic_path`).
     """
     import webdataset as wds
@@ -264,10 +273,14 @@ def write_wds_shard(cache_dir: str | Path, split: str, shard_index: int, clean: 
         with open(tmp, "wb") as fh:
             writer = wds.TarWriter(fh, user=TAR_OWNER, group=TAR_OWNER, encoder=False,
                                    mtime=TAR_MTIME)
-            for i, meta in enumerate(metas):
-                members = {"clean.npy": npy_bytes(clean[i]), "noisy.npy": npy_bytes(noisy[i])}
-                meta = {**meta, CRC32C_KEY: {k: google_crc32c.value(v)
-                                             for k, v in members.items()}}
+            K = len(noisy) // max(1, len(clean))
+            for i in range(len(clean)):
+                members = {"clean.npy": npy_bytes(clean[i])}
+                members.update({noisy_member(v): npy_bytes(noisy[i * K + v]) for v in range(K)})
+                meta = dict(metas[i * K])
+                if K > 1:
+                    meta[VARIANTS_KEY] = [metas[i * K + v] for v in range(1, K)]
+                meta[CRC32C_KEY] = {k: google_crc32c.value(v) for k, v in members.items()}
                 writer.write({"__key__": wds_key(split, shard_index, i), **members,
                               "meta.json": json.dumps(meta, sort_keys=True).encode()})
             writer.close()
@@ -282,8 +295,10 @@ def _wds_metas(plan: Plan, mixed: MixedShard) -> list[dict[str, Any]]:
     """Per-window ``meta.json`` dicts of a webdataset shard: :data:`META_FIELDS` with source
     indices replaced by their relative paths, plus ``split`` and ``row``."""
     metas = []
-    for i in range(mixed.task.windows):
-        row = {name: mixed.meta[name][i].item() for name in META_FIELDS}
+    K = plan.noisy_per_clean
+    for j in range(mixed.task.windows * K):
+        i = j // K
+        row = {name: mixed.meta[name][j].item() for name in META_FIELDS}
         row["clean_source"] = plan.clean[row["clean_source"]].rel
         row["noise_source"] = plan.noise[row["noise_source"]].rel
         row["rir_source"] = plan.rir[row["rir_source"]].rel if row["rir_source"] >= 0 else None

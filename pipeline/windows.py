@@ -8,7 +8,7 @@ Storing them is :func:`cleancodec.pipeline.shards.write_shard`'s job.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from cleancodec.pipeline.mix import (
     draw_mix_params,
     is_mostly_silent,
     loop_segment,
-    mix,
+    mix_variants,
     noise_offset,
     window_rng,
 )
@@ -29,16 +29,19 @@ from cleancodec.pipeline.shards import META_FIELDS
 RIR_CACHE_SIZE = 256
 SEED_BITS = 64       # a window seed is a uint64
 RNG_STREAMS = 3      # clean draw, noise draw, mixing
+VARIANT_STREAMS = 2  # a later noisy variant: noise draw, mixing
 
 
 @dataclass
 class Window:
-    """One mixed window: ``clean`` (target) and ``noisy`` float32 ``[T]`` plus its metadata."""
+    """One mixed window: ``clean`` (target) and ``noisy`` float32 ``[T]`` plus its metadata;
+    with ``K > 1`` noisy variants, ``variants`` holds ``(noisy, meta)`` of variants 1..K-1."""
 
     clean: np.ndarray
     noisy: np.ndarray
     meta: dict[str, Any]
     silent_draws: int
+    variants: list[tuple[np.ndarray, dict[str, Any]]] = field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=RIR_CACHE_SIZE)
@@ -78,33 +81,51 @@ def _clean_segment(plan: Plan, sp: SplitPlan,
         "is the clean speech that quiet?")
 
 
+def _variant_rngs(window_seed: int, variant: int) -> tuple[np.random.Generator, ...]:
+    """Noise and mixing generators of noisy variant ``variant`` ``>= 1`` of a window (variant 0
+    uses the window's own streams, so a single-noise cache is unchanged)."""
+    seq = np.random.SeedSequence([window_seed, variant])
+    return tuple(np.random.default_rng(s) for s in seq.spawn(VARIANT_STREAMS))
+
+
 def make_window(plan: Plan, split: str, k: int) -> Window:
     """Window ``k`` of ``split``: a pure function of the plan, the seed, ``split`` and ``k``.
 
     ``window_seed`` (a uint64 drawn from ``window_rng(seed, split, k)``) seeds three
     independent generators: clean source/offset, noise source/offset, and mixing (SNR, level,
-    reverb, RIR choice).
+    reverb, RIR choice). Noisy variant ``v >= 1`` (``plan.noisy_per_clean > 1``) draws its noise
+    file and offset, SNR, reverb and RIR from ``(window_seed, v)``; the level and the clean
+    target are the window's (:func:`~cleancodec.pipeline.mix.mix_variants`).
     """
     sp = plan.splits[split]
     window_seed = int(window_rng(plan.seed, split, k).integers(0, 2**SEED_BITS, dtype=np.uint64))
     clean_rng, noise_rng, mix_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(window_seed).spawn(RNG_STREAMS))
     clean_index, clean_offset, clean, silent = _clean_segment(plan, sp, clean_rng)
-    noise_index = int(sp.noise[int(noise_rng.integers(len(sp.noise)))])
-    noise, noise_start = _noise_segment(plan.noise[noise_index], plan.window_samples,
-                                        noise_rng, plan.sample_rate)
-    params = draw_mix_params(mix_rng, plan.mix, have_rirs=bool(plan.rir))
-    rir_index, rir = -1, None
-    if params.reverb:
-        rir_index = int(mix_rng.integers(len(plan.rir)))
-        rir = _read_rir(plan.rir[rir_index].path, plan.sample_rate)
-    result = mix(clean, noise, params.snr_db, params.level_dbfs, rir=rir, cfg=plan.mix)
-    meta = {"snr_db": result.snr_db, "level_dbfs": result.level_dbfs,
-            "reverb": int(result.reverb), "window_seed": window_seed,
-            "clean_source": clean_index, "noise_source": noise_index,
-            "clean_offset": clean_offset, "noise_offset": noise_start,
-            "rir_source": rir_index, "clipped": int(result.clipped)}
-    return Window(result.clean, result.noisy, meta, silent)
+    draws = []
+    for v in range(plan.noisy_per_clean):
+        n_rng, m_rng = (noise_rng, mix_rng) if v == 0 else _variant_rngs(window_seed, v)
+        noise_index = int(sp.noise[int(n_rng.integers(len(sp.noise)))])
+        noise, noise_start = _noise_segment(plan.noise[noise_index], plan.window_samples,
+                                            n_rng, plan.sample_rate)
+        params = draw_mix_params(m_rng, plan.mix, have_rirs=bool(plan.rir))
+        rir_index, rir = -1, None
+        if params.reverb:
+            rir_index = int(m_rng.integers(len(plan.rir)))
+        if plan.mix.reverb_target and v > 0:  # the shared target is variant 0's room
+            rir_index = draws[0][3]
+        if rir_index >= 0:
+            rir = _read_rir(plan.rir[rir_index].path, plan.sample_rate)
+        draws.append((noise, noise_index, noise_start, rir_index, rir, params))
+    results = mix_variants(clean, [d[0] for d in draws], [d[5].snr_db for d in draws],
+                           draws[0][5].level_dbfs, [d[4] for d in draws], cfg=plan.mix,
+                           sample_rate=plan.sample_rate)
+    metas = [{"snr_db": r.snr_db, "level_dbfs": r.level_dbfs, "reverb": int(r.reverb),
+              "window_seed": window_seed, "clean_source": clean_index,
+              "noise_source": d[1], "clean_offset": clean_offset, "noise_offset": d[2],
+              "rir_source": d[3], "clipped": int(r.clipped)} for r, d in zip(results, draws)]
+    return Window(results[0].clean, results[0].noisy, metas[0], silent,
+                  [(r.noisy, m) for r, m in zip(results[1:], metas[1:])])
 
 
 @dataclass
@@ -113,24 +134,27 @@ class MixedShard:
 
     task: ShardTask
     clean: np.ndarray   # float32 [n x T]
-    noisy: np.ndarray   # float32 [n x T]
-    meta: dict[str, np.ndarray]  # META_FIELDS arrays [n]
+    noisy: np.ndarray   # float32 [n K x T]: variant v of window i at i K + v
+    meta: dict[str, np.ndarray]  # META_FIELDS arrays [n K], one per noisy latent
     silent_draws: int
 
 
 def mix_shard(plan: Plan, task: ShardTask) -> MixedShard:
-    """Mix the windows of one shard: waves ``[n x T]`` and metadata arrays ``[n]``."""
+    """Mix the windows of one shard: clean waves ``[n x T]``, noisy ``[n K x T]`` and metadata
+    arrays ``[n K]``."""
     rows = range(task.start, task.start + task.windows)
     windows = [make_window(plan, task.split, k) for k in rows]
-    meta = {name: np.array([w.meta[name] for w in windows], dtype=dtype)
+    pairs = [p for w in windows for p in [(w.noisy, w.meta), *w.variants]]
+    meta = {name: np.array([m[name] for _, m in pairs], dtype=dtype)
             for name, dtype in META_FIELDS.items()}
     return MixedShard(task, np.stack([w.clean for w in windows]),
-                      np.stack([w.noisy for w in windows]), meta,
+                      np.stack([x for x, _ in pairs]), meta,
                       sum(w.silent_draws for w in windows))
 
 
 def encode_shard(codec: Any, mixed: MixedShard, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Encode clean and noisy waves ``[n x T]`` into two ``[n x D x F]`` arrays in ``dtype``.
+    """Encode clean ``[n x T]`` and noisy ``[n K x T]`` waves into ``[n x D x F]`` and
+    ``[n K x D x F]`` arrays in ``dtype`` (each clean window encoded once for its K noises).
 
     Works batch by batch (``codec.cfg.batch_size`` windows) into preallocated arrays, so a shard
     never holds a float32 copy of all its latents. Raises BuildError when a latent is not finite

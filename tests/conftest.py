@@ -16,7 +16,8 @@ TINY_WINDOW_SECONDS = 1.0
 
 @pytest.fixture(scope="session")
 def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
-    """Factory ``(storage, train_windows, val_windows) -> cache dir``: a cache built by
+    """Factory ``(storage, train_windows, val_windows, noisy_per_clean=1) -> cache dir``: a cache
+    built by
     ``pipeline.build.build_cache`` with the tiny random-init DAC (latent dim 64) from the seeded
     synthetic corpus.
 
@@ -28,8 +29,8 @@ def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
     built: dict[str, Path] = {}
 
     def get(storage: str = "zarr", train_windows: int = TINY_TRAIN_WINDOWS,
-            val_windows: int = TINY_VAL_WINDOWS) -> Path:
-        key = f"{storage}-{train_windows}-{val_windows}"
+            val_windows: int = TINY_VAL_WINDOWS, noisy_per_clean: int = 1) -> Path:
+        key = f"{storage}-{train_windows}-{val_windows}-{noisy_per_clean}"
         if key not in built:
             from cleancodec.pipeline.build import CacheConfig, build_cache
             from cleancodec.pipeline.codec import CodecConfig
@@ -39,6 +40,7 @@ def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
                               synthetic_dir=str(root / "corpus"),
                               train_windows=train_windows, val_windows=val_windows,
                               windows_per_shard=TINY_WINDOWS_PER_SHARD, split_noise=False,
+                              noisy_per_clean=noisy_per_clean,
                               mix=MixConfig(window_seconds=TINY_WINDOW_SECONDS))
             out = root / key
             build_cache(cfg, CodecConfig(weights="random", random_arch="tiny"), out_dir=out,

@@ -58,6 +58,7 @@ def _restore_torch_threads():
 
 def small_cfg(**overrides) -> CacheConfig:
     base = CacheConfig(train_windows=6, val_windows=2, windows_per_shard=2, seed=5,
+                       noisy_per_clean=1,
                        val_fraction=0.25, mix=MixConfig(window_seconds=1.0))
     return dataclasses.replace(base, **overrides)
 
