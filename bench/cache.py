@@ -80,7 +80,7 @@ def encoder_rate(cfg: CodecConfig, waves: np.ndarray) -> float:
 
 def run_build(storage: str, cfg: CodecConfig, corpus, windows: int, out: Path):
     cache_cfg = CacheConfig(storage=storage, train_windows=windows, val_windows=0,
-                            windows_per_shard=max(1, windows // 4), seed=1,
+                            windows_per_shard=max(1, windows // 4), seed=1, noisy_per_clean=1,
                             mix=MixConfig(window_seconds=WINDOW_SECONDS))
     start = time.perf_counter()
     summary = build_cache(cache_cfg, cfg, corpus.clean_dir, corpus.noise_dir, out_dir=out,
@@ -139,6 +139,54 @@ def encoder_speedup(cfg: CodecConfig, waves: np.ndarray, reps: int = 2) -> tuple
                 best[name] = min(best[name], time.perf_counter() - start)
     audio = waves.shape[0] * WINDOW_SECONDS
     return audio / best["dac"], audio / best["prepared"]
+
+
+DEMO_PROFILE = REPO / "conf" / "demo.yaml"
+DEMO_CORPUS = REPO / "data" / "demo"
+PAIR_LATENTS_K1 = 2  # latents stored and encoded per training pair with one noise per window
+
+
+def demo_cache_stage(work: Path, scale: float, threads: int) -> list[tuple[str, str, str, str]]:
+    """The ``make demo`` cache stage before (one noisy latent per clean window, the encoder as
+    dac builds it) and now (the profile's ``noisy_per_clean``, the prepared encoder), for the
+    same number of training pairs, side by side; ``scale`` shrinks both alike."""
+    from cleancodec.pipeline import codec as codec_mod
+    from cleancodec.pipeline.config import load_section
+
+    now = load_section(DEMO_PROFILE, "cache", CacheConfig)
+    K = now.noisy_per_clean
+    pairs = {s: max(1, round(getattr(now, f"{s}_windows") * K * scale)) for s in ("train", "val")}
+    if DEMO_CORPUS.is_dir():
+        clean, noise, what = DEMO_CORPUS / "clean", DEMO_CORPUS / "noise", "demo corpus"
+    else:
+        corpus = make_tiny_corpus(work / "demo-corpus", seed=CORPUS_SEED, speakers=4,
+                                  clips_per_speaker=4, clip_seconds=6.0, noise_seconds=8.0)
+        clean, noise, what = corpus.clean_dir, corpus.noise_dir, "synthetic corpus"
+    codec_cfg = CodecConfig(weights="random", device="cpu", num_threads=threads)
+    runs = {"before": (1, lambda model: 0), "now": (K, codec_mod.prepare_for_inference)}
+    out = {}
+    for name, (k, prepare) in runs.items():
+        cfg = CacheConfig(clean=str(clean), noise=str(noise), noisy_per_clean=k,
+                          train_windows=pairs["train"] // k, val_windows=pairs["val"] // k,
+                          windows_per_shard=max(1, now.windows_per_shard * K // k))
+        original = codec_mod.prepare_for_inference
+        codec_mod.prepare_for_inference = prepare
+        try:
+            start = time.perf_counter()
+            summary = build_cache(cfg, codec_cfg, clean, noise, out_dir=work / f"demo-{name}",
+                                  progress=False)
+            out[name] = (time.perf_counter() - start, summary, k)
+        finally:
+            codec_mod.prepare_for_inference = original
+    rows = []
+    for name, (wall, summary, k) in out.items():
+        n_pairs = sum(summary.windows.values()) * k
+        encodes = sum(summary.windows.values()) * (1 + k) / n_pairs
+        rows.append((f"demo cache stage, {name}: K = {k}, {n_pairs} pairs ({what}, "
+                     f"scale {scale:g}); encodes per pair {encodes:.2f}, bytes per pair "
+                     f"{summary.bytes / n_pairs / 1e3:.0f} KB (last column: vs before)",
+                     f"{wall:.0f}", "s", f"{wall / out['before'][0]:.2f}"))
+    return rows
 
 
 def bench_device(device: str, args, corpus, work: Path) -> list[tuple[str, str, str, str]]:
@@ -214,6 +262,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--demo-scale", type=float, default=1.0,
+                        help="share of the demo cache built for its before/now timing")
+    parser.add_argument("--only-demo", action="store_true",
+                        help="only the demo cache stage before/now")
     args = parser.parse_args()
     print(f"*** {RANDOM_INIT_BANNER} ***", file=sys.stderr)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -221,9 +273,10 @@ def main() -> None:
         work = Path(tmp)
         corpus = make_tiny_corpus(work / "corpus", seed=CORPUS_SEED, speakers=4,
                                   clips_per_speaker=4, clip_seconds=6.0, noise_seconds=8.0)
-        rows = []
-        for device in devices:
-            rows += bench_device(device, args, corpus, work)
+        rows = demo_cache_stage(work, args.demo_scale, args.threads)
+        if not args.only_demo:
+            for device in devices:
+                rows += bench_device(device, args, corpus, work)
     text = table(rows, args, devices)
     print(text)
     if not args.no_append:

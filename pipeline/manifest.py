@@ -113,7 +113,8 @@ def load_manifest(cache_dir: str | Path, require_complete: bool = False) -> dict
     if version not in KNOWN_FORMAT_VERSIONS:
         raise ManifestError(
             f"{path}: cache format version {version!r} is not supported "
-            f"(this cleancodec reads {list(KNOWN_FORMAT_VERSIONS)}); rebuild the cache"
+            f"(this cleancodec reads {list(KNOWN_FORMAT_VERSIONS)}); rebuild it with "
+            f"`cleancodec cache --out {cache_dir} --overwrite` (same --conf / inputs as before)"
         )
     if manifest.get("storage") not in STORAGES:
         raise ManifestError(f"{path}: unknown storage {manifest.get('storage')!r}")

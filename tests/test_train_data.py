@@ -148,8 +148,19 @@ def test_unknown_format_version_is_refused(tmp_path):
     manifest = write_synthetic_cache(tmp_path / "c", "zarr", {"train": [2], "val": [2]}, 2)
     manifest["format_version"] = 99
     save_manifest(tmp_path / "c", manifest)
-    with pytest.raises(ManifestError, match="format version 99"):
+    with pytest.raises(ManifestError, match="format version 99.*cleancodec cache --out .*"
+                                            "--overwrite"):
         load_manifest(tmp_path / "c")
+
+
+def test_a_version_1_cache_is_read_as_one_noise_per_window(tmp_path):
+    manifest = write_synthetic_cache(tmp_path / "c", "zarr", {"train": [4, 4], "val": [2]}, 4)
+    assert manifest["format_version"] == 1 and "noisy_per_clean" not in manifest
+    src = open_split(tmp_path / "c", load_manifest(tmp_path / "c"), "train")
+    clean, noisy, _ = read_split(src)
+    assert src.noisy_per_clean == 1 and src.pairs == 8 and len(clean) == len(noisy) == 8
+    batch = next(train_batches(src, DataConfig(batch_size=8, num_workers=0), seed=0))
+    assert sorted(_ids(batch)) == list(range(8))
 
 
 def test_split_without_finished_windows_is_an_error(tmp_path):
