@@ -10,8 +10,10 @@ tree on one device:
   per wall second vs the bare encoder, for 1, 2 and 4 CPU mixing workers (how many it takes to
   keep the GPU busy);
 - training steps, medium and large, bf16, batch 64 and 256, on a cache of the DAC-16k shape:
-  step time, windows/s, GPU peak memory, share of the step spent waiting for data; and the
-  cached step vs encoding the batch inside the step;
+  step time, windows/s, GPU peak memory, share of the step spent waiting for data, with the
+  batches streamed from the memory-mapped local cache (``cached``) and with the train split
+  resident in GPU memory (``resident``); and the cached step vs encoding the batch inside the
+  step;
 - denoise real-time factor at 16 chunks per forward;
 - ``make demo CODEC=random`` wall time (``--demo``; the demo corpus must be buildable).
 
@@ -153,6 +155,9 @@ def train_one(spec: dict) -> dict:
 
     topo = Topology(device=pick_device(spec["device"]))
     cfg = bench_config(spec["preset"], spec["batch"], spec["device"], True)
+    # cached = streamed from the memory-mapped local cache; resident = the split in GPU memory
+    cfg.data.resident = "gpu" if spec["mode"] == "resident" and spec["device"] != "cpu" else (
+        "ram" if spec["mode"] == "resident" else "off")
     if spec["smoke"]:
         cfg.denoiser.width, cfg.denoiser.depth = 64, 1
     trainer = Trainer(cfg, spec["cache"], Path(spec["run"]), topo)
@@ -201,11 +206,11 @@ def train_rows(device: str, sizes: dict, work: Path, smoke: bool) -> list[dict]:
     rows = []
     for preset in sizes["presets"]:
         for batch in sizes["train_batches"]:
-            for mode in ("cached", "encode"):
+            for mode in ("cached", "resident", "encode"):
                 spec = {"preset": preset, "batch": batch, "mode": mode, "device": device,
                         "cache": str(cache), "run": str(work / f"run-{preset}-{batch}-{mode}"),
                         "warmup": sizes["warmup"], "arch": sizes["arch"], "smoke": smoke,
-                        "steps": sizes["train_steps"] if mode == "cached"
+                        "steps": sizes["train_steps"] if mode != "encode"
                         else sizes["encode_steps"]}
                 rows.append({**spec, **_in_subprocess(spec)})
     return rows
