@@ -364,10 +364,14 @@ def write_report(output_dir: Path, summary: RunSummary, enhancer: Enhancer,
 
 def run_denoise(input_path: str | Path, output_path: str | Path | None,
                 conf: str | Path | None = None, overrides: Sequence[str] = (),
-                progress: bool = True) -> tuple[RunSummary, Path]:
+                progress: bool = True,
+                load: Callable[[DenoiseConfig, CodecConfig], Enhancer] = load_enhancer,
+                ) -> tuple[RunSummary, Path]:
     """Load the profile's ``codec`` / ``denoise`` sections, apply overrides, denoise.
 
     ``overrides``: ``codec.key=value`` / ``denoise.key=value`` items, applied after the profile.
+    ``load`` makes the enhancer once the paths are checked (default: the torch one;
+    ``functools.partial(infer.onnx_engine.load_engine, "onnx", MODEL)`` the onnxruntime one).
     Returns the summary and the output path.
     """
     codec_cfg = load_section(conf, "codec", CodecConfig, overrides)
@@ -377,7 +381,7 @@ def run_denoise(input_path: str | Path, output_path: str | Path | None,
     plan_tasks(input_path, output)  # refuse a bad INPUT / OUTPUT before loading any model
     folder = output if Path(input_path).is_dir() else output.parent
     with named_os_errors(folder), DirectoryLock(folder, "denoise"), GracefulStop() as stop:
-        enhancer = load_enhancer(cfg, codec_cfg)
+        enhancer = load(cfg, codec_cfg)
         summary = denoise_path(input_path, output, enhancer, cfg, progress=progress, stop=stop)
     return summary, output
 

@@ -1,0 +1,296 @@
+"""ONNX export: the denoiser alone, or the whole 16 kHz enhancement graph.
+
+- :func:`export_denoiser`: ``trainer.models.Denoiser``, raw latents ``latents[B x D x F]`` →
+  ``denoised[B x D x F]``, with dynamic batch and frame axes.
+- :func:`export_full`: ``wave[B x T]`` at 16 kHz → ``enhanced[B x T]`` through DAC encoder →
+  denoiser → quantizer (all codebooks) → DAC decoder (:class:`EnhanceGraph`), with dynamic
+  batch and sample axes; ``T`` must be a multiple of the codec hop (320 samples), which
+  ``infer.onnx_engine.OnnxEnhancer`` pads to. The graph's metadata carries the sample rate, hop,
+  codec identity and receptive field, so the engine streams and chunks without torch models.
+
+Both use torch's dynamo exporter (``onnxscript``). Every export is written to a temporary file
+beside the target, run with onnxruntime against torch at two lengths (and batch 2), and renamed
+over the target only when they agree (denoiser: max abs difference ≤ :data:`DENOISER_MAX_ABS`;
+full graph: SNR ≥ :data:`FULL_MIN_SNR_DB`, since a rounding difference may flip a nearest-code
+choice of the quantizer); otherwise :class:`ExportError` says by how much they differ.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cleancodec.infer.receptive import ChainField, codec_chain_field
+from cleancodec.pipeline.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+DENOISER_INPUT, DENOISER_OUTPUT = "latents", "denoised"
+FULL_INPUT, FULL_OUTPUT = "wave", "enhanced"
+KIND_DENOISER, KIND_FULL = "denoiser", "full"
+META_PREFIX = "cleancodec."
+DENOISER_MAX_ABS = 1e-4  # goal for the denoiser on raw latents
+FULL_MIN_SNR_DB = 60.0  # agreement the full graph must reach (float rounding is ≥ 100 dB)
+VERIFY_BATCH = 2
+VERIFY_FRAMES = (37, 150)  # two lengths: the dynamic axis really is dynamic
+VERIFY_AMPLITUDE = 0.1  # scale of the random test waves
+VERIFY_SEED = 0
+EXPORT_FRAMES = 20  # length of the example input traced by the exporter
+MAX_BATCH = 4096  # upper bound of the dynamic batch axis
+
+
+class ExportError(RuntimeError):
+    """An export failed, or the exported graph does not agree with torch."""
+
+
+@dataclass
+class ExportReport:
+    """What one export wrote and how closely onnxruntime matched torch."""
+
+    path: Path
+    kind: str
+    max_abs_diff: float
+    snr_db: float
+    checks: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    size_bytes: int = 0
+
+    def lines(self) -> list[str]:
+        """Human-readable summary."""
+        return [f"exported {self.kind} graph to {self.path} ({self.size_bytes / 2**20:.1f} MiB, "
+                f"{self.seconds:.1f} s)",
+                f"onnxruntime vs torch: max abs difference {self.max_abs_diff:.3g}, SNR "
+                f"{self.snr_db:.1f} dB ({'; '.join(self.checks)})"]
+
+
+class EnhanceGraph(nn.Module):
+    """The whole chain as one module: ``wave[B x T] → enhanced[B x T]`` (T a multiple of the
+    hop). ``denoiser`` None exports the codec alone (bypass)."""
+
+    def __init__(self, codec_model: nn.Module, denoiser: nn.Module | None, n_codebooks: int):
+        super().__init__()
+        self.codec_model, self.denoiser, self.n_codebooks = codec_model, denoiser, n_codebooks
+
+    def forward(self, wave: Tensor) -> Tensor:
+        z = self.codec_model.encoder(wave[:, None])
+        if self.denoiser is not None:
+            z = self.denoiser(z)
+        zq = self.codec_model.quantizer(z, n_quantizers=self.n_codebooks)[0]
+        y = self.codec_model.decoder(zq)[:, 0]
+        return nn.functional.pad(y, (0, wave.shape[-1] - y.shape[-1]))
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's warnings about optional packages it does not need here."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export(module: nn.Module, example: Tensor, names: tuple[str, str],
+            dynamic: dict[int, Any], metadata: dict[str, Any], tmp: Path, path: Path) -> None:
+    """Trace ``module`` on ``example`` and save the ONNX graph (one file) at ``tmp``
+    (``path``: the target, named in errors)."""
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module.eval(), (example,), dynamo=True, verbose=False, input_names=[names[0]],
+                output_names=[names[1]], dynamic_shapes=(dynamic,))
+    except Exception as exc:  # the exporter raises many types; report them as one
+        raise ExportError(f"{path}: torch could not export the graph "
+                          f"({type(exc).__name__}: {exc})") from exc
+    for key, value in metadata.items():
+        program.model.metadata_props[META_PREFIX + key] = (
+            value if isinstance(value, str) else json.dumps(value))
+    program.save(str(tmp), external_data=False)
+
+
+def onnx_session(path: str | Path, threads: int = 0, device: str = "cpu"):
+    """An onnxruntime session (``threads`` 0: onnxruntime's default; ``device`` ``cuda`` uses
+    the CUDA provider when this onnxruntime has it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") \
+            from exc
+
+
+def read_metadata(session) -> dict[str, str]:
+    """The ``cleancodec.*`` metadata of a session's model, without the prefix."""
+    meta = session.get_modelmeta().custom_metadata_map
+    return {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+
+
+def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    ref = reference.astype(np.float64)
+    err = float(np.sum((ref - estimate) ** 2))
+    return float("inf") if err == 0 else float(10 * np.log10(max(np.sum(ref ** 2), 1e-30) / err))
+
+
+def _verify(tmp: Path, module: nn.Module, inputs: Sequence[np.ndarray], names: tuple[str, str],
+            report: ExportReport) -> None:
+    """Run torch and onnxruntime (the graph at ``tmp``) on ``inputs``; record the worst
+    difference in ``report``."""
+    path = report.path
+    session = onnx_session(tmp)
+    worst, snr = 0.0, float("inf")
+    for x in inputs:
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x)).numpy()
+        got = session.run([names[1]], {names[0]: x})[0]
+        if got.shape != ref.shape:
+            raise ExportError(f"{path}: onnxruntime returned shape {got.shape} for input "
+                              f"{x.shape}, torch {ref.shape}")
+        diff = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+        worst, snr = max(worst, diff), min(snr, _snr_db(ref, got))
+        report.checks.append(f"{names[0]} {list(x.shape)}: {diff:.3g}")
+    report.max_abs_diff, report.snr_db = worst, snr
+
+
+def _publish_checked(path: str | Path, kind: str, write, check) -> ExportReport:
+    """Write with ``write(tmp)``, verify with ``check(tmp, report)``, publish over ``path``."""
+    path = Path(path)
+    start = time.perf_counter()
+    report = ExportReport(path, kind, float("nan"), float("nan"))
+    with atomic_path(path) as tmp:
+        write(tmp)
+        check(tmp, report)
+        report.size_bytes = tmp.stat().st_size
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _provenance(info: dict[str, Any] | None, checkpoint: str | Path | None) -> dict[str, Any]:
+    info = info or {}
+    return {"checkpoint": str(checkpoint) if checkpoint else "", "step": info.get("step"),
+            "ema": bool(info.get("ema")), "torch_version": torch.__version__}
+
+
+# --- the two exports --------------------------------------------------------------------------
+
+
+def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] | None = None,
+                    checkpoint: str | Path | None = None) -> ExportReport:
+    """Export ``denoiser`` (raw latents ``[B x D x F]`` → ``[B x D x F]``), verified on latents
+    drawn with its cache statistics (see module docstring)."""
+    denoiser = denoiser.float().cpu().eval()
+    dim = int(denoiser.model_args["latent_dim"])
+    mean = denoiser.stats.mean.detach().numpy()[None, :, None]
+    std = denoiser.stats.std.detach().numpy()[None, :, None]
+    rng = np.random.default_rng(VERIFY_SEED)
+    inputs = [(mean + std * rng.standard_normal((VERIFY_BATCH, dim, f))).astype(np.float32)
+              for f in VERIFY_FRAMES]
+    example = torch.from_numpy(inputs[0][:, :, :EXPORT_FRAMES].copy())
+    dynamic = {0: torch.export.Dim("batch", max=MAX_BATCH), 2: torch.export.Dim("frames")}
+    meta = {"kind": KIND_DENOISER, "model_args": denoiser.model_args,
+            "receptive_field_frames": denoiser.receptive_field(),
+            **_provenance(info, checkpoint)}
+    names = (DENOISER_INPUT, DENOISER_OUTPUT)
+
+    def check(tmp: Path, report: ExportReport) -> None:
+        _verify(tmp, denoiser, inputs, names, report)
+        if not report.max_abs_diff <= DENOISER_MAX_ABS:
+            raise ExportError(f"{path}: onnxruntime differs from torch by "
+                              f"{report.max_abs_diff:.3g} (max abs, goal ≤ {DENOISER_MAX_ABS})")
+
+    def write(tmp: Path) -> None:
+        _export(denoiser, example, names, dynamic, meta, tmp, Path(path))
+
+    return _publish_checked(path, KIND_DENOISER, write, check)
+
+
+def export_full(codec, denoiser: nn.Module | None, path: str | Path,
+                info: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
+                chain: ChainField | None = None) -> ExportReport:
+    """Export the whole chain of ``codec`` (a ``pipeline.codec.Codec``) with ``denoiser``
+    (None: the codec alone), verified on random waves (see module docstring)."""
+    if codec.device.type != "cpu":
+        raise ExportError("export the full graph from a CPU codec (--device cpu)")
+    denoiser = denoiser.float().cpu().eval() if denoiser is not None else None
+    graph = EnhanceGraph(codec.model, denoiser, codec.n_codebooks).eval()
+    hop = codec.hop_length
+    rng = np.random.default_rng(VERIFY_SEED)
+    inputs = [(VERIFY_AMPLITUDE * rng.standard_normal((VERIFY_BATCH, f * hop)))
+              .astype(np.float32) for f in VERIFY_FRAMES]
+    example = torch.from_numpy(inputs[0][:, :EXPORT_FRAMES * hop].copy())
+    frames = torch.export.Dim("frames", min=1)
+    dynamic = {0: torch.export.Dim("batch", max=MAX_BATCH), 1: hop * frames}
+    chain = chain or codec_chain_field(codec, denoiser)
+    meta = {"kind": KIND_FULL, "sample_rate": codec.sample_rate, "hop": hop,
+            "n_codebooks": codec.n_codebooks, "codec_identity": codec.identity,
+            "codec_random_init": codec.is_random, "chain_field": chain.to_dict(),
+            "bypass": denoiser is None,
+            "model_args": denoiser.model_args if denoiser is not None else None,
+            **_provenance(info, checkpoint)}
+    names = (FULL_INPUT, FULL_OUTPUT)
+
+    def check(tmp: Path, report: ExportReport) -> None:
+        _verify(tmp, graph, inputs, names, report)
+        if not report.snr_db >= FULL_MIN_SNR_DB:
+            raise ExportError(f"{path}: onnxruntime agrees with torch to only "
+                              f"{report.snr_db:.1f} dB SNR (goal ≥ {FULL_MIN_SNR_DB:g} dB; max "
+                              f"abs difference {report.max_abs_diff:.3g})")
+
+    def write(tmp: Path) -> None:
+        _export(graph, example, names, dynamic, meta, tmp, Path(path))
+
+    return _publish_checked(path, KIND_FULL, write, check)
+
+
+# --- the stage as the command line runs it ----------------------------------------------------
+
+
+def run_export(checkpoint: str | Path, output: str | Path, full: bool = False,
+               conf: str | Path | None = None, overrides: Sequence[str] = ()) -> ExportReport:
+    """``cleancodec export``: the checkpoint's denoiser, or with ``full`` the whole graph with
+    the codec of the profile's ``codec`` section (``overrides``: ``codec.key=value`` /
+    ``denoise.key=value`` items)."""
+    from cleancodec.infer.denoise import DenoiseConfig, load_enhancer
+    from cleancodec.pipeline.codec import CodecConfig
+    from cleancodec.pipeline.config import load_section
+    from cleancodec.trainer.checkpoint import load_denoiser
+
+    if Path(output).is_dir():
+        raise ExportError(f"{output}: is a folder; give the .onnx file to write")
+    if not full:
+        denoiser, info = load_denoiser(checkpoint)
+        return export_denoiser(denoiser, output, info, checkpoint)
+    codec_cfg = load_section(conf, "codec", CodecConfig, overrides)
+    codec_cfg.device = "cpu"
+    cfg = load_section(conf, "denoise", DenoiseConfig, overrides)
+    cfg.checkpoint, cfg.bypass = str(checkpoint), False
+    enhancer = load_enhancer(cfg, codec_cfg)
+    return export_full(enhancer.codec, enhancer.denoiser, output, enhancer.info, checkpoint)
+
+
+__all__ = ["DENOISER_MAX_ABS", "EnhanceGraph", "ExportError", "ExportReport", "FULL_MIN_SNR_DB",
+           "export_denoiser", "export_full", "onnx_session", "read_metadata", "run_export"]

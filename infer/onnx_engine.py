@@ -1,0 +1,125 @@
+"""Run an exported full graph (``cleancodec export --full``) with onnxruntime.
+
+:class:`OnnxEnhancer` stands in for the torch :class:`~cleancodec.infer.denoise.Enhancer`
+wherever one is used: chunked file denoising (``infer.run``) and streaming (``infer.stream``).
+It maps float32 ``[B x T]`` 16 kHz waves to ``[B x T]``, padding ``T`` to a multiple of the hop
+(the graph's sample axis is dynamic in whole frames) and trimming the output back. Sample rate,
+hop, codec identity and receptive field come from the graph's metadata, so neither torch
+models nor the codec weights are loaded. :func:`load_engine` picks the torch or the ONNX engine
+for ``cleancodec denoise --engine``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cleancodec.infer.denoise import DenoiseConfig, Enhancer, load_enhancer
+from cleancodec.infer.export import (
+    FULL_INPUT,
+    FULL_OUTPUT,
+    KIND_FULL,
+    ExportError,
+    onnx_session,
+    read_metadata,
+)
+from cleancodec.infer.receptive import ChainField
+from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
+
+ENGINE_TORCH, ENGINE_ONNX = "torch", "onnx"
+REQUIRED_KEYS = ("kind", "sample_rate", "hop", "chain_field", "codec_identity")
+
+
+@dataclass
+class GraphCodec:
+    """What the rest of ``infer`` reads from ``enhancer.codec``, taken from graph metadata."""
+
+    identity: dict[str, Any]
+    is_random: bool
+    sample_rate: int
+    hop_length: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+class OnnxEnhancer(Enhancer):
+    """An exported full graph as an enhancer (see module docstring).
+
+    path: the ``.onnx`` file; threads: onnxruntime intra-op threads (0 = its default);
+    device: ``cpu``, or ``cuda`` to use onnxruntime's CUDA provider where installed.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0, device: str = "cpu"):
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"{path}: ONNX model not found")
+        self.session = onnx_session(path, threads, device)
+        meta = read_metadata(self.session)
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if meta.get("kind", KIND_FULL) != KIND_FULL:
+            raise ExportError(f"{path}: holds the denoiser alone (kind {meta['kind']!r}); "
+                              "`--engine onnx` needs the whole graph: cleancodec export "
+                              "--full CHECKPOINT OUT.onnx")
+        if missing:
+            raise ExportError(f"{path}: not a graph written by `cleancodec export --full` "
+                              f"(metadata lacks {', '.join(missing)})")
+        self.path, self.meta = path, meta
+        identity = json.loads(meta["codec_identity"])
+        on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
+        self.codec = GraphCodec(identity, bool(json.loads(meta.get("codec_random_init",
+                                                                    "false"))),
+                                int(meta["sample_rate"]), int(meta["hop"]),
+                                torch.device("cuda" if on_gpu else "cpu"))
+        self.chain_field = ChainField(**json.loads(meta["chain_field"]))
+        self.denoiser = None
+        self._bypass = bool(json.loads(meta.get("bypass", "false")))
+        self.info = {"step": json.loads(meta.get("step", "null")),
+                     "ema": bool(json.loads(meta.get("ema", "false"))), "onnx": str(path)}
+        self.checkpoint = meta.get("checkpoint") or None
+
+    @property
+    def bypass(self) -> bool:
+        return self._bypass
+
+    def __call__(self, waves: np.ndarray) -> np.ndarray:
+        """Enhance a batch: float32 ``[B x T]`` at 16 kHz → float32 ``[B x T]``."""
+        x = np.ascontiguousarray(waves, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"waves must be [B x T], got shape {x.shape}")
+        length = x.shape[1]
+        pad = (-length) % self.hop
+        if pad or length == 0:
+            x = np.pad(x, ((0, 0), (0, pad if length else self.hop)))
+        y = self.session.run([FULL_OUTPUT], {FULL_INPUT: x})[0]
+        return np.ascontiguousarray(y[:, :length], dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance (for the run report)."""
+        return {**super().describe(), "engine": "onnxruntime", "onnx": str(self.path)}
+
+
+def load_engine(engine: str, onnx: str | None, cfg: DenoiseConfig,
+                codec_cfg: CodecConfig) -> Enhancer:
+    """The torch enhancer (``engine="torch"``: ``load_enhancer(cfg, codec_cfg)``), or an
+    exported full graph run by onnxruntime (``engine="onnx"``, ``onnx``: its path; threads from
+    ``codec_cfg.num_threads``, the CUDA provider when ``codec_cfg.device`` names CUDA)."""
+    if engine == ENGINE_ONNX:
+        if not onnx:
+            raise ValueError("--engine onnx needs --onnx MODEL.onnx (written by `cleancodec "
+                             "export --full CHECKPOINT MODEL.onnx`)")
+        device = "cuda" if str(codec_cfg.device).startswith("cuda") else "cpu"
+        loaded = OnnxEnhancer(onnx, threads=codec_cfg.num_threads, device=device)
+        if loaded.codec.is_random:
+            print(f"*** {RANDOM_INIT_BANNER} ***", file=sys.stderr)
+        return loaded
+    if engine != ENGINE_TORCH:
+        raise ValueError(f"unknown engine {engine!r} ({ENGINE_TORCH} | {ENGINE_ONNX})")
+    cfg.validate()
+    return load_enhancer(cfg, codec_cfg)
+
+
+__all__ = ["ENGINE_ONNX", "ENGINE_TORCH", "GraphCodec", "OnnxEnhancer", "load_engine"]

@@ -1,0 +1,187 @@
+"""infer.export / infer.onnx_engine: ONNX graphs agree with torch; `--engine onnx` runs them
+chunked (files) and streamed; exports are atomic and checked before they are published."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+import cleancodec.infer.export as export_mod
+from cleancodec.cli import main
+from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
+from cleancodec.infer.export import (
+    DENOISER_MAX_ABS,
+    ExportError,
+    export_denoiser,
+    export_full,
+    onnx_session,
+    read_metadata,
+)
+from cleancodec.infer.onnx_engine import OnnxEnhancer, load_engine
+from cleancodec.infer.run import run_denoise
+from cleancodec.infer.stream import StreamDenoiser, stream_signal
+from cleancodec.trainer.models import Denoiser
+from tests.test_denoise import save_checkpoint, speechlike
+from tests.test_stream import TINY, local_denoiser
+
+SR = 16000
+ONNX_VS_TORCH_SNR_DB = 60.0  # measured ≈ 126 dB on the tiny codec (float rounding)
+
+
+@pytest.fixture(scope="module")
+def codec():
+    from cleancodec.pipeline.codec import load_codec
+
+    return load_codec(TINY)
+
+
+@pytest.fixture(scope="module")
+def full_graph(codec, tmp_path_factory):
+    """The tiny codec + a small local denoiser exported as one graph (about 15 s)."""
+    model = local_denoiser(codec, seed=4)
+    path = tmp_path_factory.mktemp("onnx") / "full.onnx"
+    report = export_full(codec, model, path, {"step": 5}, "runs/x/best.pt")
+    return model, path, report
+
+
+# --- the denoiser alone -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, window", [("none", 0), ("window", 5), ("global", 0)])
+def test_denoiser_export_matches_torch(tmp_path, codec, kind, window):
+    model = local_denoiser(codec, kind, window)
+    if kind != "none":
+        with torch.no_grad():
+            for block in model.blocks:
+                block.grn.gamma.normal_(0.0, 0.5)
+    path = tmp_path / "denoiser.onnx"
+    report = export_denoiser(model, path)
+    assert report.max_abs_diff <= DENOISER_MAX_ABS and path.is_file()
+    session = onnx_session(path)
+    assert read_metadata(session)["kind"] == "denoiser"
+    z = codec.encode(speechlike(2.3, 5)).numpy()  # raw latents of a length not seen before
+    got = session.run(["denoised"], {"latents": z})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(z)).numpy()
+    assert np.max(np.abs(got - ref)) <= DENOISER_MAX_ABS
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cli_export_denoiser(tmp_path, codec):
+    ckpt = save_checkpoint(tmp_path / "best.pt", local_denoiser(codec), codec.identity)
+    result = CliRunner().invoke(main, ["export", str(ckpt), str(tmp_path / "d.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "max abs difference" in result.output and (tmp_path / "d.onnx").is_file()
+    diff = float(result.output.split("max abs difference ")[1].split(",")[0])
+    assert diff <= DENOISER_MAX_ABS
+
+
+def test_failed_check_publishes_nothing(tmp_path, codec, monkeypatch):
+    monkeypatch.setattr(export_mod, "DENOISER_MAX_ABS", -1.0)
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_denoiser(local_denoiser(codec), tmp_path / "d.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the full graph ---------------------------------------------------------------------------
+
+
+def test_full_graph_matches_torch(codec, full_graph):
+    model, path, report = full_graph
+    assert report.snr_db >= ONNX_VS_TORCH_SNR_DB and report.kind == "full"
+    engine = OnnxEnhancer(path, threads=1)
+    assert engine.sample_rate == SR and engine.hop == codec.hop_length
+    assert engine.info["step"] == 5 and engine.checkpoint == "runs/x/best.pt"
+    assert engine.codec.is_random and engine.codec.identity == codec.identity
+    torch_enh = Enhancer(codec, model)
+    x = np.stack([speechlike(2.0, 6)[:31_999], speechlike(2.0, 7)[:31_999]])  # not hop-aligned
+    ref, got = enhance_whole(torch_enh, x), enhance_whole(engine, x)
+    assert got.shape == x.shape
+    assert min(snr_db(ref[c], got[c]) for c in range(2)) >= ONNX_VS_TORCH_SNR_DB
+
+
+def test_onnx_engine_streams_like_torch(codec, full_graph):
+    model, path, _ = full_graph
+    engine = OnnxEnhancer(path, threads=1)
+    torch_enh = Enhancer(codec, model)
+    onnx_stream = StreamDenoiser.for_engine(engine, block_frames=4)
+    torch_stream = StreamDenoiser.for_engine(torch_enh, block_frames=4)
+    assert onnx_stream.geometry == torch_stream.geometry  # receptive field from the metadata
+    x = speechlike(2.5, 8)
+    y = stream_signal(onnx_stream, x, 1000)
+    assert snr_db(enhance_whole(torch_enh, x), y) >= ONNX_VS_TORCH_SNR_DB
+
+
+def test_engine_onnx_denoises_files_like_torch(tmp_path, codec, full_graph):
+    model, path, _ = full_graph
+    ckpt = save_checkpoint(tmp_path / "best.pt", model, codec.identity)
+    src = tmp_path / "in.wav"
+    sf.write(src, speechlike(3.0, 9), SR, subtype="FLOAT")
+    overrides = ["codec.weights=random", "codec.random_arch=tiny", "codec.num_threads=1",
+                 f"denoise.checkpoint={ckpt}", "denoise.chunk_frames=60",
+                 "denoise.context_frames=26", "denoise.crossfade_frames=2"]
+    outs = {}
+    for engine in ("torch", "onnx"):
+        summary, out = run_denoise(src, tmp_path / f"{engine}.wav", overrides=overrides,
+                                   progress=False,
+                                   load=functools.partial(load_engine, engine, str(path)))
+        assert not summary.failed and summary.random_codec
+        outs[engine] = sf.read(out, dtype="float32")[0]
+    assert snr_db(outs["torch"], outs["onnx"]) >= ONNX_VS_TORCH_SNR_DB
+
+
+def test_onnx_engine_errors(tmp_path, codec):
+    den = tmp_path / "den.onnx"
+    export_denoiser(Denoiser(codec.latent_dim, 8, 1, grn="none"), den)
+    with pytest.raises(ExportError, match="denoiser alone.*--full"):
+        OnnxEnhancer(den)
+    with pytest.raises(ExportError, match="not found"):
+        OnnxEnhancer(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="needs --onnx"):
+        load_engine("onnx", None, None, TINY)
+    src = tmp_path / "in.wav"
+    sf.write(src, speechlike(0.5, 1), SR)
+    result = CliRunner().invoke(main, ["denoise", str(src), str(tmp_path / "out.wav"),
+                                       "--engine", "onnx", "--onnx", str(den)])
+    assert result.exit_code != 0 and "denoiser alone" in result.output
+
+
+def test_cli_stream_with_the_onnx_engine(codec, full_graph):
+    import io
+
+    from cleancodec.infer.pcm import PcmFormat, PcmReader, PcmWriter, read_wav_header
+
+    model, path, _ = full_graph
+    x = speechlike(1.5, 10)
+    pcm = PcmFormat("f32", SR, 1)
+    buf = io.BytesIO()
+    PcmWriter(buf, pcm).write(x[None])
+    result = CliRunner().invoke(main, ["denoise", "--stream", "-", "-", "--engine", "onnx",
+                                       "--onnx", str(path), "--threads", "1"],
+                                input=buf.getvalue())
+    assert result.exit_code == 0, result.output
+    out = io.BytesIO(result.stdout_bytes)
+    fmt, _ = read_wav_header(out)
+    y = np.concatenate(list(PcmReader(out, fmt).blocks()), axis=1)[0]
+    assert fmt == pcm and y.shape == x.shape
+    assert snr_db(enhance_whole(Enhancer(codec, model), x), y) >= ONNX_VS_TORCH_SNR_DB
+    assert "latency" in result.stderr
+
+
+@pytest.mark.slow
+def test_stream_benchmark_smoke():
+    """`python bench/stream.py --smoke` runs end to end (tiny codec; about 20 s)."""
+    import subprocess
+    import sys
+
+    from tests.test_stream import REPO
+
+    proc = subprocess.run([sys.executable, "bench/stream.py", "--smoke", "--no-append"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| torch | 1 |" in proc.stdout and "| onnxruntime | 1 |" in proc.stdout
+    assert "smallest real-time block" in proc.stdout and "latency ms" in proc.stdout
