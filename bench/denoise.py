@@ -222,7 +222,8 @@ def agreement_rows(threads: int, checkpoint: str | None = None) -> list[dict]:
         pair = np.stack([x, x])
         whole = enhance_whole(enh, pair)
         chunked = enhance_signal(enh, pair, spec, batch_size=2)
-        for i, label in enumerate(("codec alone", "medium, randomised head + GRN")):
+        labels = ("codec alone", "medium, grn: global, randomised head and gains")
+        for i, label in enumerate(labels):
             rows.append({"arch": arch, "model": label, "snr": snr_db(whole[i], chunked[i])})
         if checkpoint and arch == "dac16k":
             trained, info = load_denoiser(checkpoint)
@@ -283,15 +284,28 @@ def report(rtf: list[dict], rss: list[dict], agree: list[dict], threads: int,
     lines += ["", f"- peak RSS long / short: worst {worst:.3f} (goal ≤ {GOAL_RSS_RATIO}: "
                   f"{'met' if worst <= GOAL_RSS_RATIO else 'NOT met'}); each figure is the VmHWM "
                   f"of its own process (torch and the model weights included), medium denoiser"]
-    lines += ["", f"| codec | model | chunked vs whole SNR on {AGREEMENT_SECONDS:g} s, dB |",
-              "|---|---|---:|"]
+    return "\n".join(lines + agreement_lines(agree))
+
+
+def agreement_lines(agree: list[dict]) -> list[str]:
+    lines = ["", f"| codec | model | chunked vs whole SNR on {AGREEMENT_SECONDS:g} s, dB |",
+             "|---|---|---:|"]
     for r in agree:
         lines.append(f"| {r['arch']} | {r['model']} | {r['snr']:.1f} |")
-    lines += ["", "- the codec alone agrees to float rounding: the context exceeds the encoder "
-                  "(±9 frames) and decoder (±10 frames) receptive fields; with a denoiser the "
-                  "gap comes from its GRN layers, which normalise by statistics of the whole "
-                  "sequence (a chunk sees its own)", ""]
-    return "\n".join(lines)
+    return lines + ["", "- the codec alone agrees to float rounding: the context exceeds the "
+                        "encoder (±9 frames) and decoder (±10 frames) receptive fields; a "
+                        "denoiser with local statistics only (`grn: none` / `window`) keeps "
+                        "that; one with `grn: global` normalises by statistics of the whole "
+                        "sequence (a chunk sees its own)", ""]
+
+
+def agreement_report(agree: list[dict], wall: float) -> str:
+    return "\n".join([
+        f"## denoise, chunked vs whole (`bench/denoise.py --agreement-only`), {dt.date.today()}, "
+        f"commit {git_commit()}", "",
+        f"**{RANDOM_INIT_BANNER}** Chunks of {DenoiseConfig().chunk_frames} frames with "
+        f"{DenoiseConfig().context_frames} frames of context; {wall / 60:.1f} min.",
+        *agreement_lines(agree)])
 
 
 def main() -> None:
@@ -307,6 +321,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="also measure chunk agreement with this trained checkpoint "
                              "(DAC-16k random-init latents, e.g. runs/demo_random/train/best.pt)")
+    parser.add_argument("--agreement-only", action="store_true",
+                        help="only the chunked vs whole table (a few minutes)")
     parser.add_argument("--no-append", action="store_true", help="print only")
     parser.add_argument("--rss-child", nargs=2, metavar=("ARCH", "WAV"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -315,6 +331,13 @@ def main() -> None:
         rss_child(args.rss_child[0], args.rss_child[1], args.threads)
         return
     start, load_start = time.perf_counter(), load_average()
+    if args.agreement_only:
+        agree = agreement_rows(args.threads, args.checkpoint)
+        text = agreement_report(agree, time.perf_counter() - start)
+        print(text)
+        if not args.no_append:
+            append_benchmarks(text)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         reps = {RTF_SECONDS[0]: args.reps_short, RTF_SECONDS[1]: args.reps_long}
