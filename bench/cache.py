@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import append_benchmarks, git_commit  # noqa: E402
+from bench.common import git_commit, publish  # noqa: E402
 from cleancodec.pipeline.build import CacheConfig, build_cache  # noqa: E402
 from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from cleancodec.pipeline.manifest import load_manifest  # noqa: E402
@@ -277,11 +277,7 @@ def main() -> None:
         if not args.only_demo:
             for device in devices:
                 rows += bench_device(device, args, corpus, work)
-    text = table(rows, args, devices)
-    print(text)
-    if not args.no_append:
-        append_benchmarks(text, args.out)
-        print(f"appended to {args.out}")
+    publish(table(rows, args, devices), args.out, not args.no_append)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,11 @@ def append_benchmarks(text: str, path: Path = BENCHMARKS) -> Path:
     old = path.read_text() if path.is_file() else BENCHMARKS_TITLE
     write_text_atomic(path, old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
     return path
+
+
+def publish(text: str, out: Path = BENCHMARKS, append: bool = True) -> None:
+    """Print a benchmark's Markdown report and, unless told not to, append it to ``out``."""
+    print(text)
+    if append:
+        append_benchmarks(text, out)
+        print(f"appended to {out}")

@@ -28,9 +28,14 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS, append_benchmarks, git_commit  # noqa: E402
+from common import BENCHMARKS, git_commit, publish  # noqa: E402
 
-from cleancodec.pipeline.manifest import FORMAT, FORMAT_VERSION, save_manifest  # noqa: E402
+from cleancodec.pipeline.manifest import (  # noqa: E402
+    FORMAT,
+    FORMAT_VERSION,
+    load_manifest,
+    save_manifest,
+)
 from cleancodec.pipeline.shards import (  # noqa: E402
     META_FIELDS,
     create_zarr_split,
@@ -109,7 +114,7 @@ def rate(batches: Iterator[dict], n_batches: int, warmup: int = 3) -> float:
 def previous_reader(root: Path, workers: int) -> Iterator[dict]:
     """The reader before memory mapping, as a baseline: zarr windows one call each through the
     codec pipeline (seeded permutation, DataLoader workers), webdataset from a tar stream."""
-    source = open_split(root, _manifest(root), "train")
+    source = open_split(root, load_manifest(root), "train")
     cfg = DataConfig(batch_size=BATCH, num_workers=workers, shuffle_block=1)
     extra = dict(persistent_workers=True, prefetch_factor=2) if workers else {}
     if source.storage == "zarr":
@@ -124,19 +129,13 @@ def previous_reader(root: Path, workers: int) -> Iterator[dict]:
     return iter(loader)
 
 
-def _manifest(root: Path) -> dict:
-    from cleancodec.pipeline.manifest import load_manifest
-
-    return load_manifest(root)
-
-
 def streaming(root: Path, workers: int) -> Iterator[dict]:
-    source = open_split(root, _manifest(root), "train")
+    source = open_split(root, load_manifest(root), "train")
     return train_batches(source, DataConfig(batch_size=BATCH, num_workers=workers), SEED)
 
 
 def resident(root: Path) -> Iterator[dict]:
-    source = open_split(root, _manifest(root), "train")
+    source = open_split(root, load_manifest(root), "train")
     split = ResidentSplit(source, torch.device("cpu"))
     cfg = DataConfig(batch_size=BATCH)
     sampler = EpochBatchSampler(source.pairs, BATCH, SEED, block=cfg.shuffle_block,
@@ -234,11 +233,7 @@ def main() -> None:
     lines += ["", f"Goals: streaming >= {GOAL_VS_PREVIOUS:g}x the previous reader for both "
               f"formats and >= {100 * GOAL_MEMCPY_SHARE:.0f} % of the memcpy ceiling with 2 "
               f"workers; resident >= {GOAL_RESIDENT:,} windows/s."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_append:
-        append_benchmarks(text, args.out)
-        print(f"appended to {args.out}")
+    publish("\n".join(lines) + "\n", args.out, not args.no_append)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS, REPO, append_benchmarks, git_commit  # noqa: E402
+from common import BENCHMARKS, REPO, git_commit, publish  # noqa: E402
 
 from cleancodec.pipeline.build import CacheConfig, build_cache  # noqa: E402
 from cleancodec.pipeline.codec import CodecConfig  # noqa: E402
@@ -109,10 +109,7 @@ def main() -> None:
     for k, w, p, enc, by, g, gs in rows:
         lines.append(f"| {k} | {w} | {p} | {enc:.2f} | {by:.3f} | {g:.4f} | "
                      f"{', '.join(f'{x:.4f}' for x in gs)} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_append:
-        append_benchmarks(text, BENCHMARKS)
+    publish("\n".join(lines) + "\n", BENCHMARKS, not args.no_append)
 
 
 if __name__ == "__main__":

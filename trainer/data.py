@@ -114,28 +114,23 @@ class ZarrWindows(Dataset):
         return {"clean": row, "noisy": row * self.K + k}
 
     def _read(self, p: int) -> dict[str, np.ndarray]:
-        rows = self._rows(p)
-        arrays = self._open()
-        try:
-            out = {name: np.asarray(arrays[name][rows[name]]) for name in FIELDS}
-        except Exception as exc:
-            if "checksum" in str(exc).lower():  # zarr's crc32c codec (caches built since it)
-                raise CacheDataError(f"{self.path}: window row {rows['clean']} is corrupt: its "
-                                     "bytes fail their crc32c checksum; rebuild that shard"
-                                     ) from exc
-            raise CacheDataError(f"{self.path}: cannot read window row {rows['clean']} ({exc})"
-                                 ) from exc
-        check_finite(out, f"{self.path}: window row {rows['clean']}")
-        return out
+        return {name: self._read_row(name, row) for name, row in self._rows(p).items()}
 
-    def _read_row(self, name: str, row: int, out: np.ndarray) -> None:
+    def _read_row(self, name: str, row: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Row ``row`` of array ``name`` (into ``out`` when given), checked: a failing zarr
+        crc32c (caches built since it) or non-finite values raise CacheDataError "corrupt"."""
         try:
-            out[...] = self._open()[name][row]
-        except Exception as exc:
-            kind = "is corrupt: its bytes fail their crc32c checksum" if "checksum" in str(
-                exc).lower() else f"cannot be read ({exc})"
+            value = self._open()[name][row]
+        except Exception as exc:  # zarr raises many types for a broken chunk
+            kind = ("is corrupt: its bytes fail their crc32c checksum; rebuild that shard"
+                    if "checksum" in str(exc).lower() else f"cannot be read ({exc})")
             raise CacheDataError(f"{self.path}: {name} row {row} {kind}") from exc
+        if out is None:
+            out = np.asarray(value)
+        else:
+            out[...] = value
         check_finite({name: out}, f"{self.path}: {name} row {row}")
+        return out
 
     def read_clean(self, i: int, out: np.ndarray) -> None:
         """Copy clean window ``i`` into ``out`` ``[D x F]`` (checked)."""

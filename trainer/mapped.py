@@ -313,17 +313,14 @@ class MappedWindows(Dataset):
             raise CacheDataError(f"{path}: {what} is corrupt: the file is truncated")
         raw = out.reshape(-1).view(np.uint8)
         raw[:] = data[int(offset):end]
+        head = data[int(offset) - idx.header:int(offset)]   # empty for zarr
         if idx.crc_after:
             ok = google_crc32c.value(raw) == int.from_bytes(data[end:end + CRC_BYTES], "little")
-            kind = "crc32c"
         elif idx.crc32c:
-            head = data[int(offset) - idx.header:int(offset)]
             ok = google_crc32c.extend(google_crc32c.value(head), raw) == int(crc)
-            kind = "crc32c"
         else:
-            head = data[int(offset) - idx.header:int(offset)]
             ok = zlib.crc32(raw, zlib.crc32(head)) == int(crc)
-            kind = "crc32"
+        kind = "crc32c" if idx.crc_after or idx.crc32c else "crc32"
         if not ok:
             raise CacheDataError(f"{path}: {what} is corrupt: its bytes fail their {kind} "
                                  "checksum; rebuild that shard")
@@ -334,12 +331,8 @@ class MappedWindows(Dataset):
         """Copy pair ``p`` into ``clean`` / ``noisy`` (``[D x F]`` each). Raises CacheDataError
         when a window fails its checks."""
         i, k = divmod(int(p), self.K)
-        idx = self.index
-        row = int(self.source.rows[i])
-        self._copy(clean, idx.clean_file[i], idx.clean_offset[i], idx.clean_crc[i],
-                   f"clean window row {row}")
-        self._copy(noisy, idx.noisy_file[i, k], idx.noisy_offset[i, k], idx.noisy_crc[i, k],
-                   f"noisy window row {row} variant {k}")
+        self.read_clean(i, clean)
+        self.read_noisy(i, k, noisy)
         return True
 
     def read_clean(self, i: int, out: np.ndarray) -> None:
