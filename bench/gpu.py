@@ -11,7 +11,7 @@ tree on one device:
   keep the GPU busy);
 - training steps, medium and large, bf16, batch 64 and 256, on a cache of the DAC-16k shape:
   step time, windows/s, GPU peak memory, share of the step spent waiting for data, with the
-  batches streamed from the memory-mapped local cache (``cached``) and with the train split
+  batches streamed from the local cache, read as byte ranges (``cached``) and with the train split
   resident in GPU memory (``resident``); and the cached step vs encoding the batch inside the
   step;
 - denoise real-time factor at 16 chunks per forward;
@@ -155,7 +155,7 @@ def train_one(spec: dict) -> dict:
 
     topo = Topology(device=pick_device(spec["device"]))
     cfg = bench_config(spec["preset"], spec["batch"], spec["device"], True)
-    # cached = streamed from the memory-mapped local cache; resident = the split in GPU memory
+    # cached = streamed from the local cache; resident = the split in GPU memory
     cfg.data.resident = "gpu" if spec["mode"] == "resident" and spec["device"] != "cpu" else (
         "ram" if spec["mode"] == "resident" else "off")
     if spec["smoke"]:

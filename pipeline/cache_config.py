@@ -51,7 +51,7 @@ class CacheConfig:
         default_factory=lambda: list(corpus_mod.DEFAULT_SPEAKER_PATTERNS))
     split_noise: bool = True
     max_draws: int = 100
-    # Latent compression of zarr caches. none (default): windows are read as memory-mapped byte
+    # Latent compression of zarr caches. none (default): windows are read as indexed byte
     # ranges at memory speed; blosc-zstd saves ~9 % of the bytes on the demo cache (bench/loader.py)
     # but every read then goes through zarr's codec pipeline.
     compressor: str = "none"

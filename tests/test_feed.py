@@ -1,4 +1,4 @@
-"""The memory-speed data path: memory-mapped reads, K noisy variants per clean window, resident
+"""The memory-speed data path: byte-range reads, K noisy variants per clean window, resident
 mode, exact resume, caches served over HTTP and S3 from 127.0.0.1."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 
 from cleancodec.pipeline.manifest import load_manifest
 from cleancodec.pipeline.topology import Topology
+from cleancodec.trainer.cache_split import has_non_finite
 from cleancodec.trainer.config import DataConfig
 from cleancodec.trainer.data import (
     MappedWindows,
@@ -143,6 +144,68 @@ def test_a_corrupt_window_is_left_out_of_resident_batches(tiny_latent_cache, tmp
     assert any("corrupt" in r.message and "train.zarr" in r.message for r in caplog.records)
     batch = split.batch(list(range(src.pairs)))
     assert int(batch["corrupt"]) == 1 and len(batch["noisy"]) == src.pairs - 1
+
+
+def test_a_batch_reads_a_shared_clean_window_once_and_equals_the_cache(k_cache, tmp_path,
+                                                                       caplog):
+    src = open_split(k_cache, load_manifest(k_cache), "train")
+    clean, noisy, _ = read_split(src)
+    pairs = [0, 1, 5, 4, 2 * K + 1, 2 * K]   # the K variants of windows 0, 2 and 2, side by side
+    data = MappedWindows(src)
+    batch = data.__getitems__(pairs)
+    for row, p in enumerate(pairs):
+        assert np.array_equal(batch["clean"][row].numpy(), clean[p // K])
+        assert np.array_equal(batch["noisy"][row].numpy(), noisy[p])
+    # window 0's clean latent broken on disk: both of its pairs are left out, the rest read
+    cache = tmp_path / "cache"
+    shutil.copytree(k_cache, cache)
+    broken = open_split(cache, load_manifest(cache), "train")
+    data = MappedWindows(broken)
+    idx = data.index
+    path, at = idx.files[idx.clean_file[0]], int(idx.clean_offset[0])
+    with open(path, "r+b") as fh:
+        fh.seek(at + 100)
+        fh.write(bytes(16))
+    with caplog.at_level("WARNING"):
+        batch = data.__getitems__(pairs)
+    assert int(batch["corrupt"]) == 2 and len(batch["clean"]) == len(pairs) - 2
+    assert all("corrupt" in r.message and str(path) in r.message for r in caplog.records)
+    for row, p in enumerate(pairs[2:]):
+        assert np.array_equal(batch["clean"][row].numpy(), clean[p // K])
+
+
+def test_a_file_truncated_after_indexing_is_named(tiny_latent_cache, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_latent_cache("webdataset"), cache)
+    src = open_split(cache, load_manifest(cache), "train")
+    data = MappedWindows(src)
+    last = len(src.rows) - 1
+    path = data.index.files[data.index.clean_file[last]]
+    with open(path, "r+b") as fh:
+        fh.truncate(int(data.index.clean_offset[last]) + 10)
+    with caplog.at_level("WARNING"):
+        batch = data.__getitems__([0, last])
+    assert int(batch["corrupt"]) == 1
+    assert any("truncated" in r.message and str(path) in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_the_non_finite_check_agrees_with_isfinite(dtype):
+    finite = np.linspace(-3, 3, 301).astype(dtype)
+    if dtype == "float16":   # every bit pattern, one at a time among finite values
+        values = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    else:
+        info = np.finfo(np.float32)
+        values = np.array([np.inf, -np.inf, np.nan, -np.nan, info.max, -info.max, info.tiny,
+                           -info.tiny, 0.0, -0.0, 1e-45, -1e-45], dtype=np.float32)
+        values = np.concatenate([values, np.uint32([0x7F800001, 0xFFFFFFFF, 0x7FC00000,
+                                                    0x7F7FFFFF, 0xFF7FFFFF]).view(np.float32)])
+    for v in values:
+        arr = finite.copy()
+        arr[150] = v
+        assert has_non_finite(arr) == (not np.isfinite(v)), (dtype, v)
+    assert not has_non_finite(finite)
+    assert has_non_finite(np.array([[1.0, np.nan]], dtype=dtype).T)   # not contiguous
 
 
 # --- caches on a server at 127.0.0.1 -----------------------------------------------------------

@@ -120,19 +120,22 @@ def seeded_rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
-# IEEE 754: a value is NaN or inf exactly when all its exponent bits are set.
-EXPONENT_MASKS = {np.dtype("float16"): (np.uint16, 0x7C00),
-                  np.dtype("float32"): (np.uint32, 0x7F800000)}
+# IEEE 754: a value is NaN or inf exactly when all its exponent bits are set. Read as signed
+# integers, the positive ones are the largest values (>= the exponent mask); read as unsigned,
+# the negative ones are the largest (>= sign bit | exponent mask). Two vectorised maxima find
+# them without a temporary array.
+NON_FINITE_BOUNDS = {np.dtype("float16"): (np.int16, 0x7C00, np.uint16, 0xFC00),
+                     np.dtype("float32"): (np.int32, 0x7F800000, np.uint32, 0xFF800000)}
 
 
 def has_non_finite(arr: np.ndarray) -> bool:
-    """Whether ``arr`` holds NaN or inf (an exponent-bit test for float16 / float32: ~7x faster
-    than ``np.isfinite`` on float16)."""
-    mask = EXPONENT_MASKS.get(arr.dtype)
-    if mask is None or not arr.flags.c_contiguous:
+    """Whether ``arr`` holds NaN or inf (two integer maxima over the bits for float16 /
+    float32: ~3x faster than ``np.isfinite`` on float16)."""
+    bounds = NON_FINITE_BOUNDS.get(arr.dtype)
+    if bounds is None or not arr.flags.c_contiguous or arr.size == 0:
         return not np.isfinite(arr).all()
-    bits = arr.view(mask[0])
-    return bool(np.any((bits & mask[1]) == mask[1]))
+    signed, positive, unsigned, negative = bounds
+    return bool(arr.view(signed).max() >= positive or arr.view(unsigned).max() >= negative)
 
 
 def check_finite(arrays: dict[str, np.ndarray], where: str) -> None:

@@ -251,7 +251,7 @@ def wds_epoch_batches(source: SplitSource, cfg: DataConfig, world: int) -> int:
 
 
 def pair_dataset(source: SplitSource, in_flight: int = 0) -> Dataset:
-    """The map-style dataset of a split's training pairs: memory-mapped byte ranges
+    """The map-style dataset of a split's training pairs: indexed byte ranges
     (:class:`~cleancodec.trainer.mapped.MappedWindows`) when the cache allows it, else zarr's
     codec pipeline (:class:`ZarrWindows`). Raises CacheDataError for a webdataset cache that
     cannot be mapped (remote, or without checksums): it is read as a stream instead.

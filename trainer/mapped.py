@@ -1,7 +1,8 @@
-"""Memory-speed reads of a local cache: each window is one memory-mapped byte range.
+"""Memory-speed reads of a local cache: each window is one byte range, read with one ``preadv``.
 
-A batch is read with one large copy per window, straight out of the page cache, instead of one
-call per window through zarr's codec pipeline or a tar stream. Both storages keep their
+A batch is read with one large read per window, which the kernel copies straight out of the
+page cache into the batch, instead of one call per window through zarr's codec pipeline or a
+tar stream. Both storages keep their
 format (zarr and webdataset read them as before); this module only builds an index of where
 each window's bytes are:
 
@@ -12,7 +13,7 @@ each window's bytes are:
 - **webdataset**: the tar headers give each member's offset; a ``.npy`` member's data follows
   its header, and ``meta.json`` records each member's crc32.
 
-Every window copied is checked against its checksum and for non-finite values (a failing one is
+Every window read is checked against its checksum and for non-finite values (a failing one is
 left out of its batch with a warning naming the file, as everywhere in the reader). Compressed
 zarr caches, caches from before the checksums and remote (URL) caches are read by the generic
 paths of :mod:`cleancodec.trainer.data` instead; :func:`mappable` says which applies.
@@ -24,10 +25,10 @@ from __future__ import annotations
 
 import io
 import json
-import mmap
 import os
 import tarfile
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +54,12 @@ INDEX_ENTRY_BYTES = 16
 CRC_BYTES = 4
 MISSING = np.uint64(2**64 - 1)
 UNCOMPRESSED_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
-MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # Linux: map the pages at once
+OPEN_FILES = 64  # descriptors a process keeps open (least recently used closed first)
 NPY_HEADER_PROBE = 4096  # bytes read to parse a .npy header (ours are ~128)
 
 
 class NotMappable(CacheDataError):
-    """The cache is readable, but not as memory-mapped byte ranges (the generic paths read it)."""
+    """The cache is readable, but not as indexed byte ranges (the generic paths read it)."""
 
 
 def _zarr_layout_ok(array_dir: Path) -> bool:
@@ -78,7 +79,7 @@ def _zarr_layout_ok(array_dir: Path) -> bool:
 
 
 def mappable(source: SplitSource) -> bool:
-    """Whether ``source`` can be read as memory-mapped byte ranges (a local cache that is a
+    """Whether ``source`` can be read as indexed byte ranges (a local cache that is a
     webdataset, or a zarr store with uncompressed latents)."""
     if source.remote:
         return False
@@ -265,13 +266,14 @@ class BatchRing:
 
 
 class MappedWindows(Dataset):
-    """Map-style access to the training pairs of a local split, read as memory-mapped ranges.
+    """Map-style access to the training pairs of a local split, read as indexed byte ranges.
 
     ``dataset.__getitems__(pairs)`` (what the DataLoader calls for a batch) returns
     ``{"noisy", "clean"}`` ``Tensor[B x D x F]`` (cache dtype) plus ``"corrupt"``; in a
     DataLoader worker the batch is allocated in shared memory, so handing it to the main process
-    copies nothing; in the main process it is written into a :class:`BatchRing`. Files are
-    mapped lazily, once per process.
+    copies nothing; in the main process it is written into a :class:`BatchRing`. Each process opens
+    the files it reads lazily (at most :data:`OPEN_FILES` at once). Within a batch, a clean
+    window shared by several pairs (its K noisy variants) is read once.
     """
 
     def __init__(self, source: SplitSource, index: WindowIndex | None = None,
@@ -281,45 +283,67 @@ class MappedWindows(Dataset):
         self.K = source.noisy_per_clean
         self.shape = (source.latent_dim, source.frames)
         self.dtype = np.dtype(source.dtype)
-        self._maps: tuple[int, dict[int, np.ndarray]] = (os.getpid(), {})
+        self._fds: tuple[int, OrderedDict[int, int]] = (os.getpid(), OrderedDict())
+        self._tail = bytearray(CRC_BYTES)        # zarr: a window's crc32c
+        self._head = bytearray(self.index.header)  # webdataset: a member's .npy header
         self._ring = BatchRing()
         self._worker_ring = BatchRing(in_flight + RING) if in_flight else None
 
     def __len__(self) -> int:
         return self.source.windows * self.K
 
-    def _bytes(self, fid: int) -> np.ndarray:
+    def _fd(self, fid: int) -> int:
+        """An open descriptor of file ``fid`` in this process (at most :data:`OPEN_FILES` are
+        kept open; the least recently used is closed)."""
         pid = os.getpid()
-        if self._maps[0] != pid:
-            self._maps = (pid, {})
-        maps = self._maps[1]
-        if fid not in maps:
-            path = self.index.files[fid]
-            try:
-                with open(path, "rb") as fh:  # populated: no page fault per 4 KB later
-                    maps[fid] = np.frombuffer(mmap.mmap(fh.fileno(), 0, flags=MAP_FLAGS,
-                                                        prot=mmap.PROT_READ), dtype=np.uint8)
-            except (OSError, ValueError) as exc:
-                raise CacheDataError(f"{path}: cannot map the file ({exc})") from exc
-        return maps[fid]
+        if self._fds[0] != pid:  # a DataLoader worker: descriptors of the parent are not ours
+            self._fds = (pid, OrderedDict())
+        fds = self._fds[1]
+        fd = fds.get(fid)
+        if fd is not None:
+            fds.move_to_end(fid)
+            return fd
+        path = self.index.files[fid]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise CacheDataError(f"{path}: cannot open the file ({exc.strerror or exc})") from exc
+        fds[fid] = fd
+        if len(fds) > OPEN_FILES:
+            os.close(fds.popitem(last=False)[1])
+        return fd
+
+    def close(self) -> None:
+        """Close this process's descriptors (they are also closed when the process ends)."""
+        if self._fds[0] == os.getpid():
+            for fd in self._fds[1].values():
+                os.close(fd)
+            self._fds[1].clear()
 
     def _copy(self, out: np.ndarray, fid: int, offset: int, crc: int, what: str) -> None:
-        """Copy one window's bytes into ``out`` (``[D x F]``) and check them."""
+        """Read one window's bytes into ``out`` (``[D x F]``) with one ``preadv`` and check
+        them: the kernel copies straight from the page cache into the batch."""
         idx = self.index
-        data = self._bytes(int(fid))
-        end = int(offset) + idx.nbytes
-        path = idx.files[int(fid)]
-        if end + (CRC_BYTES if idx.crc_after else 0) > len(data):
-            raise CacheDataError(f"{path}: {what} is corrupt: the file is truncated")
+        fid, offset = int(fid), int(offset)
+        path = idx.files[fid]
         raw = out.reshape(-1).view(np.uint8)
-        raw[:] = data[int(offset):end]
-        head = data[int(offset) - idx.header:int(offset)]   # empty for zarr
+        if idx.crc_after:   # zarr: the window, then its crc32c
+            parts, start = [raw, self._tail], offset
+        else:               # webdataset: the .npy header (covered by the checksum), the window
+            parts, start = [self._head, raw], offset - idx.header
+        want = sum(len(b) for b in parts)
+        try:
+            got = os.preadv(self._fd(fid), parts, start)
+        except OSError as exc:
+            raise CacheDataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
+        if got != want:
+            raise CacheDataError(f"{path}: {what} is corrupt: the file is truncated")
         if idx.crc_after:
-            ok = google_crc32c.value(raw) == int.from_bytes(data[end:end + CRC_BYTES], "little")
+            ok = google_crc32c.value(raw) == int.from_bytes(self._tail, "little")
         elif idx.crc32c:
-            ok = google_crc32c.extend(google_crc32c.value(head), raw) == int(crc)
+            ok = google_crc32c.extend(google_crc32c.value(bytes(self._head)), raw) == int(crc)
         else:
-            ok = zlib.crc32(raw, zlib.crc32(head)) == int(crc)
+            ok = zlib.crc32(raw, zlib.crc32(self._head)) == int(crc)
         kind = "crc32c" if idx.crc_after or idx.crc32c else "crc32"
         if not ok:
             raise CacheDataError(f"{path}: {what} is corrupt: its bytes fail their {kind} "
@@ -333,6 +357,21 @@ class MappedWindows(Dataset):
         i, k = divmod(int(p), self.K)
         self.read_clean(i, clean)
         self.read_noisy(i, k, noisy)
+        return True
+
+    def _read_pair_into(self, p: int, clean: np.ndarray, noisy: np.ndarray, row: int,
+                        seen: dict[int, int]) -> bool:
+        """Pair ``p`` into row ``row`` of the batch arrays ``clean`` / ``noisy``
+        (``[B x D x F]``). A clean window already read into this batch (the K variants of a
+        window share it, and the block shuffle keeps them close) is copied from its row instead
+        of being read and checked again."""
+        i, k = divmod(int(p), self.K)
+        self.read_noisy(i, k, noisy[row])
+        if i in seen:
+            clean[row] = clean[seen[i]]
+        else:
+            self.read_clean(i, clean[row])
+            seen[i] = row
         return True
 
     def read_clean(self, i: int, out: np.ndarray) -> None:
@@ -358,10 +397,11 @@ class MappedWindows(Dataset):
                            for name in ("noisy", "clean")}
         else:
             tensors = self._ring.get(n, self.shape, dtype)
-        arrays = {name: t.numpy() for name, t in tensors.items()}
+        clean, noisy = (tensors[name].numpy() for name in ("clean", "noisy"))
         good = 0
+        seen: dict[int, int] = {}  # clean window -> the row of this batch that holds it
         for p in pairs:
-            if skip_corrupt(self.read_pair, p, arrays["clean"][good], arrays["noisy"][good]):
+            if skip_corrupt(self._read_pair_into, p, clean, noisy, good, seen):
                 good += 1
         if good == 0:
             raise CacheDataError(f"every window of a batch of {n} was corrupt (see the warnings "
