@@ -6,7 +6,9 @@ compress a little better, see the compression row) written by the cache's own wr
 
 Rows: each format x {0, 2 DataLoader workers} x {streaming, resident}, for caches with one noisy
 latent per clean window (K = 1) and with the default K (``cache.noisy_per_clean``; the K
-variants of a window share its clean latent, which a batch reads once); the previous reader
+variants of a window share its clean latent, which a batch reads once: by default a batch holds
+all K variants of its windows, ``train.data.group_variants``, and a row with the variants spread
+over batches shows what that buys); the previous reader
 (zarr through its codec pipeline with blosc-zstd compression, one call per window; webdataset
 decoded from a tar stream, both K = 1) kept here as a baseline; and the single-core memcpy
 ceiling (one batch, 39 MB, as the goal defines it), beside a memcpy of a buffer the size of the
@@ -34,6 +36,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCHMARKS, git_commit, publish  # noqa: E402
 
+from cleancodec.pipeline.cache_config import CacheConfig  # noqa: E402
 from cleancodec.pipeline.manifest import (  # noqa: E402
     FORMAT,
     FORMAT_VERSION,
@@ -46,7 +49,6 @@ from cleancodec.pipeline.shards import (  # noqa: E402
     write_wds_shard,
     write_zarr_shard,
 )
-from cleancodec.pipeline.cache_config import CacheConfig  # noqa: E402
 from cleancodec.trainer.config import DataConfig  # noqa: E402
 from cleancodec.trainer.data import (  # noqa: E402
     EpochBatchSampler,
@@ -54,6 +56,7 @@ from cleancodec.trainer.data import (  # noqa: E402
     ZarrWindows,
     open_split,
     train_batches,
+    train_sampler,
     wds_epoch_batches,
 )
 from cleancodec.trainer.feed import ResidentSplit, resident_batches  # noqa: E402
@@ -139,18 +142,17 @@ def previous_reader(root: Path, workers: int) -> Iterator[dict]:
     return iter(loader)
 
 
-def streaming(root: Path, workers: int) -> Iterator[dict]:
+def streaming(root: Path, workers: int, group: bool = True) -> Iterator[dict]:
     source = open_split(root, load_manifest(root), "train")
-    return train_batches(source, DataConfig(batch_size=BATCH, num_workers=workers), SEED)
+    cfg = DataConfig(batch_size=BATCH, num_workers=workers, group_variants=group)
+    return train_batches(source, cfg, SEED)
 
 
 def resident(root: Path) -> Iterator[dict]:
     source = open_split(root, load_manifest(root), "train")
     split = ResidentSplit(source, torch.device("cpu"))
-    cfg = DataConfig(batch_size=BATCH)
-    sampler = EpochBatchSampler(source.pairs, BATCH, SEED, block=cfg.shuffle_block,
-                                buffer=cfg.shuffle_buffer)
-    return resident_batches(split, iter(sampler))
+    return resident_batches(split, iter(train_sampler(source, DataConfig(batch_size=BATCH),
+                                                      SEED)))
 
 
 def memcpy_ceiling(reps: int = 20, windows: int = BATCH) -> float:
@@ -215,6 +217,10 @@ def main() -> None:
             for (fmt, k), root in caches.items():
                 measure.append((fmt, k, "streaming (byte ranges)", f"{workers}",
                                 lambda r=root, w=workers: streaming(r, w), nb))
+                if k > 1:
+                    measure.append((fmt, k, "streaming, variants spread over batches",
+                                    f"{workers}",
+                                    lambda r=root, w=workers: streaming(r, w, False), nb))
         for (fmt, k), root in caches.items():
             measure.append((fmt, k, "resident (RAM)", "-", lambda r=root: resident(r), nb * 3))
         for fmt, k, mode, workers, make, n in measure:

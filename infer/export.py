@@ -8,11 +8,14 @@
   ``infer.onnx_engine.OnnxEnhancer`` pads to. The graph's metadata carries the sample rate, hop,
   codec identity and receptive field, so the engine streams and chunks without torch models.
 
-Both use torch's dynamo exporter (``onnxscript``). Every export is written to a temporary file
-beside the target, run with onnxruntime against torch at two lengths (and batch 2), and renamed
-over the target only when they agree (denoiser: max abs difference ≤ :data:`DENOISER_MAX_ABS`;
-full graph: SNR ≥ :data:`FULL_MIN_SNR_DB`, since a rounding difference may flip a nearest-code
-choice of the quantizer); otherwise :class:`ExportError` says by how much they differ.
+Both use torch's dynamo exporter (``onnxscript``) on a copy of the model in the forms
+onnxruntime runs fastest (:func:`cleancodec.infer.onnx_forms.onnx_friendly`: 2-D
+convolutions, polyphase upsampling, Snake scales moved into the convolutions). Every export is
+written to a temporary file beside the target, run with onnxruntime against the *original*
+torch model at two lengths (and batch 2), and renamed over the target only when they agree
+(denoiser: max abs difference ≤ :data:`DENOISER_MAX_ABS`; full graph: SNR ≥
+:data:`FULL_MIN_SNR_DB`, since a rounding difference may flip a nearest-code choice of the
+quantizer); otherwise :class:`ExportError` says by how much they differ.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cleancodec.infer.onnx_forms import onnx_friendly
 from cleancodec.infer.receptive import ChainField, codec_chain_field
 from cleancodec.pipeline.atomic import atomic_path
 
@@ -223,7 +227,7 @@ def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] 
                               f"{report.max_abs_diff:.3g} (max abs, goal ≤ {DENOISER_MAX_ABS})")
 
     def write(tmp: Path) -> None:
-        _export(denoiser, example, names, dynamic, meta, tmp, Path(path))
+        _export(onnx_friendly(denoiser)[0], example, names, dynamic, meta, tmp, Path(path))
 
     return _publish_checked(path, KIND_DENOISER, write, check)
 
@@ -261,7 +265,7 @@ def export_full(codec, denoiser: nn.Module | None, path: str | Path,
                               f"abs difference {report.max_abs_diff:.3g})")
 
     def write(tmp: Path) -> None:
-        _export(graph, example, names, dynamic, meta, tmp, Path(path))
+        _export(onnx_friendly(graph)[0], example, names, dynamic, meta, tmp, Path(path))
 
     return _publish_checked(path, KIND_FULL, write, check)
 

@@ -97,6 +97,57 @@ def test_an_epoch_covers_every_pair_once_with_its_own_clean(k_cache):
     assert sorted(seen) == list(range(src.pairs))
 
 
+def test_grouped_batches_hold_every_variant_of_their_clean_windows(k_cache):
+    src = open_split(k_cache, load_manifest(k_cache), "train")
+    cfg = DataConfig(batch_size=8, num_workers=0, resident="off")
+    assert cfg.group_variants
+    sampler = train_sampler(src, cfg, seed=5)
+    epoch = [p for _, b in zip(range(sampler.batches_per_epoch), iter(sampler)) for p in b]
+    assert sorted(epoch) == list(range(src.pairs)), "an epoch still covers every pair once"
+    for start in range(0, len(epoch), 8):
+        windows = [p // K for p in epoch[start:start + 8]]
+        assert all(windows.count(w) == K for w in windows), "a batch holds whole windows"
+    spread = train_sampler(src, DataConfig(batch_size=8, group_variants=False), seed=5)
+    mixed = [p for _, b in zip(range(spread.batches_per_epoch), iter(spread)) for p in b]
+    assert sorted(mixed) == sorted(epoch) and mixed != epoch
+    assert any(len({p // K for p in mixed[s:s + 8]}) > 8 // K for s in range(0, len(mixed), 8))
+
+
+def test_grouped_order_is_dealt_to_ranks_by_window_and_resumes():
+    from cleancodec.trainer.data import EpochBatchSampler
+
+    ranks = [EpochBatchSampler(96, 8, seed=1, rank=r, world=2, block=8, buffer=32, group=4)
+             for r in (0, 1)]
+    epochs = [s.epoch_indices(0) for s in ranks]
+    assert sorted(np.concatenate(epochs).tolist()) == list(range(96))
+    assert not {p // 4 for p in epochs[0]} & {p // 4 for p in epochs[1]}
+    it = iter(ranks[0])
+    whole = [next(it) for _ in range(9)]
+    later = EpochBatchSampler(96, 8, seed=1, rank=0, world=2, block=8, buffer=32, group=4,
+                              start=4)
+    assert [b for _, b in zip(range(5), iter(later))] == whole[4:]
+    # group 1 is the order of block_shuffle over pairs, as before grouping existed
+    from cleancodec.trainer.data import TAG_EPOCH, block_shuffle, seeded_rng
+
+    plain = EpochBatchSampler(96, 8, seed=1, block=8, buffer=32)
+    assert np.array_equal(plain.epoch_indices(2),
+                          block_shuffle(96, seeded_rng(1, TAG_EPOCH, 2), 8, 32))
+
+
+def test_a_grouped_webdataset_stream_keeps_variants_together(tiny_latent_cache):
+    from cleancodec.trainer.tars import WebDatasetStream
+
+    cache = tiny_latent_cache("webdataset", *SMALL, noisy_per_clean=K)
+    src = open_split(cache, load_manifest(cache), "train")
+    stream = WebDatasetStream(src, batch_size=8, seed=0, epoch_batches=2, shuffle_buffer=16,
+                              group=True)
+    samples = stream._slot_samples(0, 0, 1)
+    items = [next(samples) for _ in range(4 * K)]
+    for i in range(0, len(items), K):
+        keys = {item[1]["__key__"] for item in items[i:i + K]}
+        assert len(keys) == 1 and [item[2] for item in items[i:i + K]] == list(range(K))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_mapped_reader_resumes_exactly_with_variants(k_cache, workers):
     src = open_split(k_cache, load_manifest(k_cache), "train")

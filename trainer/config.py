@@ -82,6 +82,10 @@ class DataConfig:
     # stream (remote or older tars) shuffles through a buffer of `shuffle_buffer` pairs.
     shuffle_block: int = 8
     shuffle_buffer: int = 256
+    # Keep the K noisy variants of a clean window in one batch (a batch of B pairs then holds
+    # B / K clean windows, each under K noises: "repeated augmentation", Hoffer et al., CVPR
+    # 2020). A batch reads each clean latent once: bench/loader.py measures the speed-up.
+    group_variants: bool = True
     # Resident: auto | off | ram | gpu. ram / gpu load the train split once and index it there;
     # auto picks gpu, then ram, when the split fits `resident_share` of the free memory.
     resident: str = "auto"

@@ -197,14 +197,22 @@ class EpochBatchSampler(Sampler[list[int]]):
     with ``block`` and ``buffer``), dealt to ranks round-robin (each rank gets ``n // world``) and
     cut into ``batch_size`` batches (a last partial batch is dropped). Batch ``k`` of this rank's
     stream is the same whatever ``start``.
+
+    ``group`` > 1 keeps runs of ``group`` consecutive indices together (the K noisy variants of
+    one clean window): the order is drawn over the ``n // group`` groups (``block`` and
+    ``buffer`` are divided by ``group``, so runs stay as long in pairs), groups are dealt to
+    ranks, and each group's indices follow one another, so a batch holds whole groups (but where
+    a group straddles two batches).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 start: int = 0, block: int = 1, buffer: int = 0):
+                 start: int = 0, block: int = 1, buffer: int = 0, group: int = 1):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world, self.start = rank, world, start
+        self.group = max(1, int(group))
         self.block, self.buffer = block, buffer
-        self.batches_per_epoch = (n // world) // batch_size
+        self.units = n // self.group
+        self.batches_per_epoch = (self.units // world) * self.group // batch_size
         if self.batches_per_epoch < 1:
             raise ManifestError(
                 f"the train split has {n} windows: fewer than batch_size {batch_size} x "
@@ -213,9 +221,13 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """This rank's indices for ``epoch`` (length ``batches_per_epoch * batch_size``)."""
-        perm = block_shuffle(self.n, seeded_rng(self.seed, TAG_EPOCH, epoch), self.block,
-                             self.buffer)
-        mine = perm[self.rank::self.world][: self.n // self.world]
+        g = self.group
+        perm = block_shuffle(self.units, seeded_rng(self.seed, TAG_EPOCH, epoch),
+                             max(1, self.block // g) if self.block > 1 else 1,
+                             max(1, self.buffer // g) if self.buffer > 1 else self.buffer)
+        mine = perm[self.rank::self.world][: self.units // self.world]
+        if g > 1:
+            mine = (mine[:, None] * g + np.arange(g)[None, :]).reshape(-1)
         return mine[: self.batches_per_epoch * self.batch_size]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -278,7 +290,8 @@ def train_sampler(source: SplitSource, cfg: DataConfig, seed: int, rank: int = 0
     """The seeded batches of pair indices of this rank, from step ``start`` on (block shuffle
     with ``train.data.shuffle_block`` / ``shuffle_buffer``)."""
     return EpochBatchSampler(source.pairs, cfg.batch_size, seed, rank, world, start,
-                             block=cfg.shuffle_block, buffer=cfg.shuffle_buffer)
+                             block=cfg.shuffle_block, buffer=cfg.shuffle_buffer,
+                             group=source.noisy_per_clean if cfg.group_variants else 1)
 
 
 def train_batches(source: SplitSource, cfg: DataConfig, seed: int, rank: int = 0,
@@ -308,7 +321,7 @@ def train_batches(source: SplitSource, cfg: DataConfig, seed: int, rank: int = 0
     else:
         stream = WebDatasetStream(source, cfg.batch_size, seed,
                                   wds_epoch_batches(source, cfg, world), cfg.shuffle_buffer,
-                                  rank, world, start)
+                                  rank, world, start, group=cfg.group_variants)
         loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_identity,
                             pin_memory=pin_memory, **extra)
     return iter(loader)

@@ -3,7 +3,8 @@
 Two sources of training batches, identical batch for batch (same sampler, same pairs):
 
 - **streaming**: :func:`cleancodec.trainer.data.train_batches` reads each batch from the cache
-  (indexed byte ranges read with one ``preadv`` per window, DataLoader workers, pinned memory on CUDA);
+  (indexed byte ranges read with one ``preadv`` per window, DataLoader workers, pinned memory on
+  CUDA);
 - **resident**: :class:`ResidentSplit` loads the train split once into RAM or GPU memory and
   gathers each batch there with one indexed copy per tensor.
 

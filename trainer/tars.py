@@ -147,10 +147,14 @@ class WebDatasetStream(IterableDataset):
     shards with replacement instead), in a loop if it needs more windows than they hold, through
     a shuffle buffer seeded by ``(seed, e, rank, j)``. Starting at batch ``start`` skips the
     earlier samples of the slot without decoding them, so a resumed run sees the same batches.
+    ``group``: the K noisy variants of a sample follow one another (the buffer shuffles samples,
+    ``shuffle_buffer // K`` of them) instead of being shuffled one by one.
     """
 
     def __init__(self, source: SplitSource, batch_size: int, seed: int, epoch_batches: int,
-                 shuffle_buffer: int, rank: int = 0, world: int = 1, start: int = 0):
+                 shuffle_buffer: int, rank: int = 0, world: int = 1, start: int = 0,
+                 group: bool = False):
+        self.group = group
         self.source, self.batch_size, self.seed = source, batch_size, seed
         self.epoch_batches, self.shuffle_buffer = epoch_batches, shuffle_buffer
         self.rank, self.world, self.start = rank, world, start
@@ -183,13 +187,16 @@ class WebDatasetStream(IterableDataset):
                                          f"{self.source.split} shard for this stream")
                 cycle += 1
 
-        def pairs() -> Iterator[tuple[Path, dict, int]]:
-            for path, sample in endless():
-                for k in range(self.source.noisy_per_clean):
+        def pairs(samples: Iterator[tuple[Path, dict]]) -> Iterator[tuple[Path, dict, int]]:
+            for path, sample in samples:
+                for k in range(K):
                     yield path, sample, k
 
+        K = self.source.noisy_per_clean
         rng = seeded_rng(self.seed, TAG_SLOT, epoch, self.rank, slot)
-        return _shuffled(pairs(), self.shuffle_buffer, rng)
+        if self.group and K > 1:
+            return pairs(_shuffled(endless(), max(1, self.shuffle_buffer // K), rng))
+        return _shuffled(pairs(endless()), self.shuffle_buffer, rng)
 
     def _batch(self, items: list[tuple[Path, dict, int]]) -> Batch:
         return stack_windows([skip_corrupt(decode_sample, sample, path, self.shape, k)

@@ -1,0 +1,214 @@
+"""Equivalent forms of layers that onnxruntime's CPU provider runs faster (same numbers).
+
+:func:`onnx_friendly` returns a copy of a model with these replacements, used only for export
+(``infer.export`` checks the exported graph against the *original* torch model):
+
+- ``nn.Conv1d`` / ``nn.ConvTranspose1d`` → the 2-D convolution over ``[B x C x 1 x T]`` with a
+  ``1 x k`` kernel. onnxruntime lays 2-D convolutions out in its blocked channel format
+  (its ``NCHWc`` graph transformer, on at the default optimisation level), which runs the DAC
+  convolutions faster than its 1-D kernels; the products and sums are the same.
+- DAC's ``Snake1d`` (``x + sin(alpha x)^2 / (alpha + 1e-9)``) → the same expression with
+  ``1 / (alpha + 1e-9)`` computed once and the square as a product (``s * s``): exported as
+  ``Pow(s, 2)`` it is a generic power in onnxruntime, several times slower than a product.
+
+``bench/stream.py`` measures onnxruntime against torch on the whole chain.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from cleancodec.pipeline.codec import SNAKE_EPS
+
+TIME_AXIS_2D = 2  # the height axis of size 1 that the 2-D forms add: [B x C x 1 x T]
+
+
+class Conv1dAs2d(nn.Module):
+    """A ``nn.Conv1d`` (zero padding) run as the equivalent ``conv2d``: ``[B x C x T]`` →
+    ``[B x C' x T']``, weights ``[C' x C/groups x 1 x k]``."""
+
+    def __init__(self, conv: nn.Conv1d):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach()[:, :, None, :].clone(),
+                                   requires_grad=False)
+        self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+                     if conv.bias is not None else None)
+        self.stride, self.padding = (1, conv.stride[0]), (0, conv.padding[0])
+        self.dilation, self.groups = (1, conv.dilation[0]), conv.groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = nn.functional.conv2d(x.unsqueeze(TIME_AXIS_2D), self.weight, self.bias, self.stride,
+                                 self.padding, self.dilation, self.groups)
+        return y.squeeze(TIME_AXIS_2D)
+
+
+class ConvTranspose1dAs2d(nn.Module):
+    """A ``nn.ConvTranspose1d`` run as the equivalent ``conv_transpose2d``."""
+
+    def __init__(self, conv: nn.ConvTranspose1d):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach()[:, :, None, :].clone(),
+                                   requires_grad=False)
+        self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+                     if conv.bias is not None else None)
+        self.stride, self.padding = (1, conv.stride[0]), (0, conv.padding[0])
+        self.output_padding = (0, conv.output_padding[0])
+        self.dilation, self.groups = (1, conv.dilation[0]), conv.groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = nn.functional.conv_transpose2d(x.unsqueeze(TIME_AXIS_2D), self.weight, self.bias,
+                                           self.stride, self.padding, self.output_padding,
+                                           self.groups, self.dilation)
+        return y.squeeze(TIME_AXIS_2D)
+
+
+class ConvTranspose1dPolyphase(nn.Module):
+    """A ``nn.ConvTranspose1d`` whose kernel is twice its stride ``s`` (DAC's upsampling
+    layers), run as an ordinary convolution: output sample ``s j + r`` (before cropping the
+    padding) is ``W[:, :, r]^T x[j] + W[:, :, r + s]^T x[j - 1]``, so one 2-tap convolution
+    with ``s C_out`` output channels (one group per phase ``r``) followed by interleaving the
+    phases gives the same sums. onnxruntime runs it in its blocked 2-D convolution."""
+
+    def __init__(self, conv: nn.ConvTranspose1d):
+        super().__init__()
+        stride = conv.stride[0]
+        w = conv.weight.detach()                      # [C_in x C_out x 2s]
+        c_in, c_out, _ = w.shape
+        taps = torch.stack([w[:, :, stride:], w[:, :, :stride]], dim=-1)  # [C_in x C_out x s x 2]
+        poly = taps.permute(2, 1, 0, 3).reshape(stride * c_out, c_in, 1, 2)
+        self.weight = nn.Parameter(poly.contiguous(), requires_grad=False)
+        self.bias = (nn.Parameter(conv.bias.detach().clone()[None, :, None], requires_grad=False)
+                     if conv.bias is not None else None)
+        self.stride, self.c_out, self.crop = stride, c_out, conv.padding[0]
+
+    @staticmethod
+    def applies(conv: nn.ConvTranspose1d) -> bool:
+        return (conv.kernel_size[0] == 2 * conv.stride[0] and conv.groups == 1
+                and conv.dilation[0] == 1 and conv.output_padding[0] == 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, t = x.shape
+        y = nn.functional.conv2d(x.unsqueeze(TIME_AXIS_2D), self.weight, None, 1, (0, 1))
+        y = y.reshape(b, self.stride, self.c_out, t + 1).permute(0, 2, 3, 1)
+        y = y.reshape(b, self.c_out, (t + 1) * self.stride)
+        y = y[:, :, self.crop:(t + 1) * self.stride - self.crop]
+        return y + self.bias if self.bias is not None else y
+
+
+class SnakeProduct(nn.Module):
+    """DAC's Snake activation, ``x + sin(alpha x)^2 / (alpha + 1e-9)`` for ``x: [B x C x T]``,
+    ``alpha: [1 x C x 1]``, with the reciprocal precomputed and the square as a product."""
+
+    def __init__(self, alpha: Tensor):
+        super().__init__()
+        alpha = alpha.detach().clone()
+        self.register_buffer("alpha", alpha)
+        self.register_buffer("inv_alpha", (alpha + SNAKE_EPS).reciprocal())
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = torch.sin(self.alpha * x)
+        return s * s * self.inv_alpha + x
+
+
+class SnakeScaled(nn.Module):
+    """Snake with its ``1 / (alpha + 1e-9)`` moved into the convolution that follows it:
+    ``u + sin(u)^2`` with ``u = alpha x`` (``alpha`` None: the convolution before it already
+    multiplied its output channels by alpha, so ``u`` is its input)."""
+
+    def __init__(self, alpha: Tensor | None):
+        super().__init__()
+        self.alpha = None if alpha is None else nn.Parameter(alpha.detach().clone(),
+                                                             requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = x if self.alpha is None else self.alpha * x
+        s = torch.sin(u)
+        return s * s + u
+
+
+# A Snake's scale is moved into its neighbours only when every |alpha| is at least this: the
+# move multiplies by alpha and later by 1 / (alpha + 1e-9), which is exact up to float rounding
+# for such alphas and would lose the identity term for alpha = 0.
+MIN_FOLD_ALPHA = 1e-3
+
+
+def _plain(module: nn.Module, *types: type) -> bool:
+    """``module`` is exactly one of ``types``, with no parametrisation hook and one group."""
+    return (type(module) in types and not module._forward_pre_hooks
+            and module.groups == 1 and module.padding_mode == "zeros")
+
+
+def _snake_alpha(module: nn.Module) -> Tensor | None:
+    alpha = getattr(module, "alpha", None)
+    if type(module).__name__ == "Snake1d" and isinstance(alpha, Tensor) and alpha.dim() == 3:
+        return alpha.detach()
+    return None
+
+
+@torch.no_grad()
+def _fold_snakes(seq: nn.Sequential) -> int:
+    """Within ``seq`` (each child's output feeds the next child only), move the scales of a
+    Snake followed by a convolution into the convolutions around it: its ``1 / (alpha + 1e-9)``
+    into the input channels of the next one, and its ``alpha`` into the output channels of the
+    previous one when there is one. Returns how many Snakes were rewritten."""
+    children = list(seq.children())
+    folded = 0
+    for i, module in enumerate(children):
+        alpha = _snake_alpha(module)
+        nxt = children[i + 1] if i + 1 < len(children) else None
+        if (alpha is None or nxt is None or not _plain(nxt, nn.Conv1d, nn.ConvTranspose1d)
+                or bool((alpha.abs() < MIN_FOLD_ALPHA).any())):
+            continue
+        a = alpha.reshape(-1)
+        inv = (a + SNAKE_EPS).reciprocal()
+        if type(nxt) is nn.Conv1d:             # weight [C_out x C_in x k]
+            nxt.weight.mul_(inv[None, :, None])
+        else:                                  # ConvTranspose1d: [C_in x C_out x k]
+            nxt.weight.mul_(inv[:, None, None])
+        prev = children[i - 1] if i > 0 else None
+        if prev is not None and _plain(prev, nn.Conv1d):
+            prev.weight.mul_(a[:, None, None])
+            if prev.bias is not None:
+                prev.bias.mul_(a)
+            seq[i] = SnakeScaled(None)
+        else:
+            seq[i] = SnakeScaled(alpha)
+        folded += 1
+    return folded
+
+
+def _replacement(module: nn.Module) -> nn.Module | None:
+    if type(module) is nn.Conv1d and module.padding_mode == "zeros" \
+            and not isinstance(module.padding, str):
+        return Conv1dAs2d(module)
+    if type(module) is nn.ConvTranspose1d and module.padding_mode == "zeros":
+        if ConvTranspose1dPolyphase.applies(module):
+            return ConvTranspose1dPolyphase(module)
+        return ConvTranspose1dAs2d(module)
+    alpha = _snake_alpha(module)
+    return SnakeProduct(alpha) if alpha is not None else None
+
+
+def onnx_friendly(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``model`` (evaluation mode) with the layers above replaced by their
+    equivalent forms; returns the copy and how many layers were replaced. ``model`` itself is
+    not changed. Layers under a weight-norm or spectral-norm hook are left as they are (their
+    weight is recomputed on every forward)."""
+    clone = copy.deepcopy(model).eval()
+    replaced = sum(_fold_snakes(seq) for seq in list(clone.modules())
+                   if isinstance(seq, nn.Sequential))
+    for parent in list(clone.modules()):
+        for name, child in list(parent.named_children()):
+            if child._forward_pre_hooks:  # a parametrisation hook computes its weight
+                continue
+            new = _replacement(child)
+            if new is not None:
+                setattr(parent, name, new)
+                replaced += 1
+    return clone, replaced
+
+
+__all__ = ["Conv1dAs2d", "ConvTranspose1dAs2d", "ConvTranspose1dPolyphase", "SnakeProduct",
+           "SnakeScaled", "onnx_friendly"]

@@ -1,0 +1,135 @@
+"""infer.onnx_forms: the export-only layer forms compute what the original layers compute."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cleancodec.infer.export import EnhanceGraph, onnx_session
+from cleancodec.infer.onnx_forms import (
+    Conv1dAs2d,
+    ConvTranspose1dAs2d,
+    ConvTranspose1dPolyphase,
+    SnakeProduct,
+    SnakeScaled,
+    onnx_friendly,
+)
+from cleancodec.pipeline.codec import load_codec
+from tests.test_stream import TINY, local_denoiser
+
+TOL = 1e-5  # float32 rounding of sums taken in another order
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return load_codec(TINY)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    scale = float(b.abs().max()) or 1.0
+    assert a.shape == b.shape
+    assert float((a - b).abs().max()) <= TOL * scale
+
+
+@pytest.mark.parametrize("stride, dilation, padding, groups",
+                         [(1, 1, 3, 1), (2, 1, 1, 1), (1, 3, 9, 1), (1, 1, 3, 4)])
+def test_conv1d_as_2d_equals_conv1d(stride, dilation, padding, groups):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(8, 12, 7, stride=stride, dilation=dilation, padding=padding, groups=groups)
+    x = torch.randn(2, 8, 41)
+    with torch.no_grad():
+        _close(Conv1dAs2d(conv)(x), conv(x))
+
+
+@pytest.mark.parametrize("stride", [2, 4, 8])
+def test_polyphase_upsampling_equals_the_transposed_convolution(stride):
+    """DAC's upsampling layers: kernel 2 x stride, padding ceil(stride / 2)."""
+    torch.manual_seed(stride)
+    conv = nn.ConvTranspose1d(6, 5, 2 * stride, stride=stride, padding=-(-stride // 2))
+    assert ConvTranspose1dPolyphase.applies(conv)
+    x = torch.randn(3, 6, 17)
+    with torch.no_grad():
+        _close(ConvTranspose1dPolyphase(conv)(x), conv(x))
+        _close(ConvTranspose1dAs2d(conv)(x), conv(x))
+
+
+def test_other_transposed_convolutions_are_not_taken_as_polyphase():
+    assert not ConvTranspose1dPolyphase.applies(nn.ConvTranspose1d(4, 4, 5, stride=2))
+    conv = nn.ConvTranspose1d(4, 3, 5, stride=3, padding=1, output_padding=1)
+    x = torch.randn(1, 4, 9)
+    with torch.no_grad():
+        _close(ConvTranspose1dAs2d(conv)(x), conv(x))
+
+
+def test_snake_forms_equal_dacs_snake(codec):
+    snake_type = next(type(m) for m in codec.model.modules() if type(m).__name__ == "Snake1d")
+    snake = snake_type(6)
+    with torch.no_grad():
+        snake.alpha.copy_(torch.linspace(0.2, 3.0, 6)[None, :, None])
+    x = torch.randn(2, 6, 30)
+    with torch.no_grad():
+        ref = snake(x)
+        _close(SnakeProduct(snake.alpha)(x), ref)
+        # SnakeScaled leaves 1 / alpha to the next layer: multiply it back here
+        scaled = SnakeScaled(snake.alpha)(x) / (snake.alpha + 1e-9)
+        _close(scaled, ref)
+
+
+def test_onnx_friendly_copy_computes_the_same_chain_and_leaves_the_model_alone(codec):
+    model = local_denoiser(codec, seed=2)
+    graph = EnhanceGraph(codec.model, model, codec.n_codebooks).eval()
+    before = {k: v.clone() for k, v in graph.state_dict().items()}
+    kinds = {type(m) for m in graph.modules()}
+    friendly, replaced = onnx_friendly(graph)
+    assert replaced > 0
+    new_kinds = {type(m) for m in friendly.modules()}
+    assert Conv1dAs2d in new_kinds and nn.Conv1d not in new_kinds
+    assert {type(m) for m in graph.modules()} == kinds, "the original keeps its layers"
+    for k, v in graph.state_dict().items():
+        assert torch.equal(v, before[k])
+    wave = 0.1 * torch.randn(2, 40 * codec.hop_length)
+    with torch.no_grad():
+        z = codec.model.encoder(wave[:, None])
+        _close(friendly.codec_model.encoder(wave[:, None]), z)
+        _close(friendly.denoiser(z), model(z))
+        zq = codec.model.quantizer(model(z), n_quantizers=codec.n_codebooks)[0]
+        _close(friendly.codec_model.decoder(zq), codec.model.decoder(zq))
+
+
+def test_a_snake_with_tiny_alphas_is_not_folded():
+    class Snake1d(nn.Module):   # the layer is recognised by its name and alpha, as DAC's
+        def __init__(self, alpha):
+            super().__init__()
+            self.alpha = nn.Parameter(alpha)
+
+        def forward(self, x):
+            return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+
+    alpha = torch.tensor([0.0, 1.0, 2.0])[None, :, None]
+    seq = nn.Sequential(nn.Conv1d(3, 3, 1), Snake1d(alpha), nn.Conv1d(3, 2, 3, padding=1))
+    x = torch.randn(1, 3, 11)
+    friendly, _ = onnx_friendly(seq)
+    assert isinstance(friendly[1], SnakeProduct), "alpha 0 keeps the identity term exact"
+    with torch.no_grad():
+        _close(friendly(x), seq(x))
+    seq[1].alpha.data = torch.tensor([0.5, 1.0, 2.0])[None, :, None]
+    folded, _ = onnx_friendly(seq)
+    assert isinstance(folded[1], SnakeScaled)
+    with torch.no_grad():
+        _close(folded(x), seq(x))
+
+
+def test_the_exported_friendly_denoiser_runs_in_onnxruntime_like_torch(codec, tmp_path):
+    from cleancodec.infer.export import DENOISER_MAX_ABS, export_denoiser
+
+    model = local_denoiser(codec, seed=3)
+    path = tmp_path / "d.onnx"
+    report = export_denoiser(model, path)
+    assert report.max_abs_diff <= DENOISER_MAX_ABS
+    session = onnx_session(path, threads=1)
+    z = np.random.default_rng(0).standard_normal((1, codec.latent_dim, 23)).astype(np.float32)
+    got = session.run(None, {session.get_inputs()[0].name: z})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(z)).numpy()
+    assert np.abs(got - ref).max() <= DENOISER_MAX_ABS
