@@ -25,11 +25,11 @@ from cleancodec.pipeline.codec import SNAKE_EPS
 TIME_AXIS_2D = 2  # the height axis of size 1 that the 2-D forms add: [B x C x 1 x T]
 
 
-class Conv1dAs2d(nn.Module):
-    """A ``nn.Conv1d`` (zero padding) run as the equivalent ``conv2d``: ``[B x C x T]`` →
-    ``[B x C' x T']``, weights ``[C' x C/groups x 1 x k]``."""
+class _As2d(nn.Module):
+    """The weights and geometry of a 1-D convolution laid out for its 2-D equivalent over
+    ``[B x C x 1 x T]``: kernel ``1 x k``, stride / padding / dilation ``(1 or 0, value)``."""
 
-    def __init__(self, conv: nn.Conv1d):
+    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d):
         super().__init__()
         self.weight = nn.Parameter(conv.weight.detach()[:, :, None, :].clone(),
                                    requires_grad=False)
@@ -37,6 +37,11 @@ class Conv1dAs2d(nn.Module):
                      if conv.bias is not None else None)
         self.stride, self.padding = (1, conv.stride[0]), (0, conv.padding[0])
         self.dilation, self.groups = (1, conv.dilation[0]), conv.groups
+
+
+class Conv1dAs2d(_As2d):
+    """A ``nn.Conv1d`` (zero padding) run as the equivalent ``conv2d``: ``[B x C x T]`` →
+    ``[B x C' x T']``, weights ``[C' x C/groups x 1 x k]``."""
 
     def forward(self, x: Tensor) -> Tensor:
         y = nn.functional.conv2d(x.unsqueeze(TIME_AXIS_2D), self.weight, self.bias, self.stride,
@@ -44,18 +49,12 @@ class Conv1dAs2d(nn.Module):
         return y.squeeze(TIME_AXIS_2D)
 
 
-class ConvTranspose1dAs2d(nn.Module):
+class ConvTranspose1dAs2d(_As2d):
     """A ``nn.ConvTranspose1d`` run as the equivalent ``conv_transpose2d``."""
 
     def __init__(self, conv: nn.ConvTranspose1d):
-        super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach()[:, :, None, :].clone(),
-                                   requires_grad=False)
-        self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-                     if conv.bias is not None else None)
-        self.stride, self.padding = (1, conv.stride[0]), (0, conv.padding[0])
+        super().__init__(conv)
         self.output_padding = (0, conv.output_padding[0])
-        self.dilation, self.groups = (1, conv.dilation[0]), conv.groups
 
     def forward(self, x: Tensor) -> Tensor:
         y = nn.functional.conv_transpose2d(x.unsqueeze(TIME_AXIS_2D), self.weight, self.bias,

@@ -172,3 +172,17 @@ def test_model_args_without_grn_keys_load_as_the_global_kind():
     assert old.model_args["grn"] == "global"
     with pytest.raises(ValueError, match="grn"):
         Denoiser(latent_dim=8, width=8, depth=1, grn="windowed")
+
+
+def test_window_grn_gradients_stay_finite_on_a_silent_channel():
+    from cleancodec.trainer.models import GlobalResponseNorm
+
+    torch.manual_seed(0)
+    grn = GlobalResponseNorm(6, kind="window", window=5)
+    with torch.no_grad():
+        grn.gamma.normal_()
+    x = torch.randn(2, 20, 6)
+    x[:, :, 2] = 0.0                       # a channel that is exactly zero for a whole window
+    x.requires_grad_(True)
+    grn(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(grn.gamma.grad).all()

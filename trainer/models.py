@@ -75,7 +75,8 @@ class GlobalResponseNorm(nn.Module):
             power = torch.nn.functional.avg_pool1d(
                 x.float().pow(2).transpose(1, 2), self.window, stride=1,
                 padding=self.window // 2, count_include_pad=False)
-            g = power.clamp_min(0).sqrt().transpose(1, 2).to(x.dtype)     # [B, F, C]
+            # floor at eps^2: sqrt's gradient is infinite at 0 (a silent channel)
+            g = power.clamp_min(self.eps ** 2).sqrt().transpose(1, 2).to(x.dtype)  # [B, F, C]
         n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
         return self.gamma * (x * n) + self.beta + x
 
