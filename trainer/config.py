@@ -28,8 +28,9 @@ class DenoiserConfig:
     norm_eps: float = 1e-6
     # Response normalisation of the blocks: global | window | none (see models.py). "none" keeps
     # every statistic local in time (chunked = whole denoising, the smallest look-ahead). Held-out
-    # gain, tiny profile, 300 steps, mean of 2 seeds: global 0.9135, window-9 0.9137,
-    # window-25 0.9137, none 0.9136 (equal within 0.02 %).
+    # gain on the demo cache (bench/demo_choices.py: DAC-16k at random init, demo profile, 300
+    # steps, seed 0): global 0.8502, none 0.8511 (+0.1 %); tiny profile, 300 steps, mean of 2
+    # seeds: global 0.9135, window-9 0.9137, window-25 0.9137, none 0.9136.
     grn: str = "none"
     grn_window: int = 0      # frames of the "window" GRN (odd)
 

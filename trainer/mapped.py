@@ -286,6 +286,7 @@ class MappedWindows(Dataset):
         self._fds: tuple[int, OrderedDict[int, int]] = (os.getpid(), OrderedDict())
         self._tail = bytearray(CRC_BYTES)        # zarr: a window's crc32c
         self._head = bytearray(self.index.header)  # webdataset: a member's .npy header
+        self._want = self.index.nbytes + (CRC_BYTES if self.index.crc_after else self.index.header)
         self._ring = BatchRing()
         self._worker_ring = BatchRing(in_flight + RING) if in_flight else None
 
@@ -320,36 +321,41 @@ class MappedWindows(Dataset):
                 os.close(fd)
             self._fds[1].clear()
 
-    def _copy(self, out: np.ndarray, fid: int, offset: int, crc: int, what: str) -> None:
+    def _copy(self, out: np.ndarray, fid: int, offset: int, crc: int, i: int, k: int) -> None:
         """Read one window's bytes into ``out`` (``[D x F]``) with one ``preadv`` and check
-        them: the kernel copies straight from the page cache into the batch."""
+        them: the kernel copies straight from the page cache into the batch. ``i`` / ``k``:
+        the window and its noisy variant (``k`` < 0: the clean latent), named in errors."""
         idx = self.index
-        fid, offset = int(fid), int(offset)
-        path = idx.files[fid]
         raw = out.reshape(-1).view(np.uint8)
         if idx.crc_after:   # zarr: the window, then its crc32c
-            parts, start = [raw, self._tail], offset
+            parts, start = [raw, self._tail], int(offset)
         else:               # webdataset: the .npy header (covered by the checksum), the window
-            parts, start = [self._head, raw], offset - idx.header
-        want = sum(len(b) for b in parts)
+            parts, start = [self._head, raw], int(offset) - idx.header
         try:
-            got = os.preadv(self._fd(fid), parts, start)
+            got = os.preadv(self._fd(int(fid)), parts, start)
         except OSError as exc:
-            raise CacheDataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
-        if got != want:
-            raise CacheDataError(f"{path}: {what} is corrupt: the file is truncated")
+            raise CacheDataError(f"{idx.files[int(fid)]}: cannot read {self._what(i, k)} "
+                                 f"({exc.strerror or exc})") from exc
+        if got != self._want:
+            raise CacheDataError(f"{idx.files[int(fid)]}: {self._what(i, k)} is corrupt: the "
+                                 "file is truncated")
         if idx.crc_after:
             ok = google_crc32c.value(raw) == int.from_bytes(self._tail, "little")
         elif idx.crc32c:
             ok = google_crc32c.extend(google_crc32c.value(bytes(self._head)), raw) == int(crc)
         else:
             ok = zlib.crc32(raw, zlib.crc32(self._head)) == int(crc)
-        kind = "crc32c" if idx.crc_after or idx.crc32c else "crc32"
         if not ok:
-            raise CacheDataError(f"{path}: {what} is corrupt: its bytes fail their {kind} "
-                                 "checksum; rebuild that shard")
+            kind = "crc32c" if idx.crc_after or idx.crc32c else "crc32"
+            raise CacheDataError(f"{idx.files[int(fid)]}: {self._what(i, k)} is corrupt: its "
+                                 f"bytes fail their {kind} checksum; rebuild that shard")
         if has_non_finite(out):
-            raise CacheDataError(f"{path}: {what} is corrupt: non-finite values")
+            raise CacheDataError(f"{idx.files[int(fid)]}: {self._what(i, k)} is corrupt: "
+                                 "non-finite values")
+
+    def _what(self, i: int, k: int) -> str:
+        row = int(self.source.rows[i])
+        return f"clean window row {row}" if k < 0 else f"noisy window row {row} variant {k}"
 
     def read_pair(self, p: int, clean: np.ndarray, noisy: np.ndarray) -> bool:
         """Copy pair ``p`` into ``clean`` / ``noisy`` (``[D x F]`` each). Raises CacheDataError
@@ -377,14 +383,12 @@ class MappedWindows(Dataset):
     def read_clean(self, i: int, out: np.ndarray) -> None:
         """Copy clean window ``i`` into ``out`` ``[D x F]`` (checked)."""
         idx = self.index
-        self._copy(out, idx.clean_file[i], idx.clean_offset[i], idx.clean_crc[i],
-                   f"clean window row {int(self.source.rows[i])}")
+        self._copy(out, idx.clean_file[i], idx.clean_offset[i], idx.clean_crc[i], i, -1)
 
     def read_noisy(self, i: int, k: int, out: np.ndarray) -> None:
         """Copy noisy variant ``k`` of window ``i`` into ``out`` ``[D x F]`` (checked)."""
         idx = self.index
-        self._copy(out, idx.noisy_file[i, k], idx.noisy_offset[i, k], idx.noisy_crc[i, k],
-                   f"noisy window row {int(self.source.rows[i])} variant {k}")
+        self._copy(out, idx.noisy_file[i, k], idx.noisy_offset[i, k], idx.noisy_crc[i, k], i, k)
 
     def __getitems__(self, pairs: list[int]) -> Batch:
         n = len(pairs)
