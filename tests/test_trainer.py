@@ -451,3 +451,22 @@ def test_a_stop_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(tiny_la
     assert f"stopped by SIGTERM: {run / 'latest.pt'} saved at step {saved['step']}" in err, \
         err[-3000:]
     assert proc.returncode != 0 and "143" in err  # torchrun reports the workers' exit code
+
+
+def test_a_run_from_before_grouped_variants_resumes_with_its_batch_order(tiny_latent_cache,
+                                                                         tmp_path):
+    from cleancodec.trainer.checkpoint import save_atomic
+
+    cache, run = tiny_latent_cache("zarr", 32, 8, noisy_per_clean=2), tmp_path / "run"
+    cfg = tiny_cfg(steps=2, log_every=2, val_every=2, checkpoint_every=2)
+    fit(cfg, cache, run)
+    ckpt = load_checkpoint(run / "latest.pt")
+    assert ckpt["config"]["data"]["group_variants"] is True
+    trainer = Trainer(dataclasses.replace(cfg, steps=4), cache, run, Topology())
+    trainer.prepare()
+    assert trainer.cfg.data.group_variants, "a run that recorded the key keeps it"
+    del ckpt["config"]["data"]["group_variants"]       # as a run saved before the option
+    save_atomic(ckpt, run / "latest.pt")
+    older = Trainer(dataclasses.replace(cfg, steps=4), cache, run, Topology())
+    older.prepare()
+    assert older.step == 2 and not older.cfg.data.group_variants

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -234,6 +235,14 @@ class Trainer:
                     f"({to_dict(getattr(self.cfg, section))}); use --restart or another run "
                     f"directory"
                 )
+        saved_data = saved.get("data")
+        if (isinstance(saved_data, dict) and "group_variants" not in saved_data
+                and self.cfg.data.group_variants):
+            # a run started before grouped variants existed: keep its batch order
+            self.cfg = dataclasses.replace(
+                self.cfg, data=dataclasses.replace(self.cfg.data, group_variants=False))
+            log.info("%s: started before train.data.group_variants; resuming with its order "
+                     "(group_variants=false)", path)
         if ckpt.get("cache_manifest_digest") != self.digest:
             log.warning("%s: the cache manifest changed since this run started; resuming anyway",
                         self.cache_dir)
