@@ -7,9 +7,13 @@
   ``1 x k`` kernel. onnxruntime lays 2-D convolutions out in its blocked channel format
   (its ``NCHWc`` graph transformer, on at the default optimisation level), which runs the DAC
   convolutions faster than its 1-D kernels; the products and sums are the same.
+- DAC's upsampling ``nn.ConvTranspose1d`` (kernel twice the stride) → one 2-tap polyphase
+  convolution whose phases are interleaved (:class:`ConvTranspose1dPolyphase`).
 - DAC's ``Snake1d`` (``x + sin(alpha x)^2 / (alpha + 1e-9)``) → the same expression with
   ``1 / (alpha + 1e-9)`` computed once and the square as a product (``s * s``): exported as
   ``Pow(s, 2)`` it is a generic power in onnxruntime, several times slower than a product.
+  Where a convolution follows the Snake, its scales move into the convolutions around it
+  (:class:`SnakeScaled`).
 
 ``bench/stream.py`` measures onnxruntime against torch on the whole chain.
 """
@@ -20,7 +24,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from cleancodec.pipeline.codec import SNAKE_EPS
+from cleancodec.pipeline.codec import SNAKE_EPS, is_snake
 
 TIME_AXIS_2D = 2  # the height axis of size 1 that the 2-D forms add: [B x C x 1 x T]
 
@@ -140,10 +144,7 @@ def _plain(module: nn.Module, *types: type) -> bool:
 
 
 def _snake_alpha(module: nn.Module) -> Tensor | None:
-    alpha = getattr(module, "alpha", None)
-    if type(module).__name__ == "Snake1d" and isinstance(alpha, Tensor) and alpha.dim() == 3:
-        return alpha.detach()
-    return None
+    return module.alpha.detach() if is_snake(module) else None
 
 
 @torch.no_grad()

@@ -279,6 +279,13 @@ def _snake_forward(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _snake_inplace(x, module.alpha)
 
 
+def is_snake(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is DAC's ``Snake1d`` activation (``alpha``: ``[1 x C x 1]``)."""
+    alpha = getattr(module, "alpha", None)
+    return (type(module).__name__ == "Snake1d" and isinstance(alpha, torch.Tensor)
+            and alpha.dim() == 3)
+
+
 def prepare_for_inference(model: torch.nn.Module) -> int:
     """Fold weight norm into plain weights and switch Snake activations to the in-place form.
 
@@ -292,7 +299,7 @@ def prepare_for_inference(model: torch.nn.Module) -> int:
             if type(hook).__name__ == "WeightNorm":
                 torch.nn.utils.remove_weight_norm(module, hook.name)
                 folded += 1
-        if type(module).__name__ == "Snake1d" and hasattr(module, "alpha"):
+        if is_snake(module):
             module.forward = types.MethodType(_snake_forward, module)
     return folded
 
@@ -447,5 +454,5 @@ __all__ = [
     "Codec", "CodecConfig", "CodecWeightsError", "DAC16K_ARCH", "TINY_ARCH", "RANDOM",
     "RANDOM_INIT_BANNER", "load_codec", "import_dac", "identities_match", "describe_identity",
     "default_weights_path", "download_failure", "offline_message", "save_random_release_file",
-    "sha256_file",
+    "sha256_file", "is_snake", "prepare_for_inference",
 ]

@@ -203,6 +203,24 @@ def validate(cfg: TrainConfig) -> None:
             "train.denoiser.kernel_size and train.discriminator.kernel_size must be odd")
 
 
+# Keys added after runs had started, with the value that keeps such a run's behaviour: a run
+# resumed from a checkpoint whose saved config lacks one of them gets that value.
+ADDED_KEYS: dict[tuple[str, str], Any] = {("data", "group_variants"): False}
+
+
+def config_for_resume(cfg: TrainConfig, saved: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with each of :data:`ADDED_KEYS` that the run's ``saved`` config (a checkpoint's
+    ``config``) lacks set to its old value; also the ``section.key=value`` changes made."""
+    changed = []
+    for (section, key), old in ADDED_KEYS.items():
+        stored = saved.get(section)
+        current = getattr(cfg, section)
+        if isinstance(stored, dict) and key not in stored and getattr(current, key) != old:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(current, **{key: old})})
+            changed.append(f"{section}.{key}={old}")
+    return cfg, changed
+
+
 def load_train_config(path: str | Path | None, preset: str | None = None,
                       overrides: Sequence[str] = ()) -> TrainConfig:
     """Read the ``train`` section of a profile and the command line, apply the preset, check it.

@@ -223,8 +223,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         """This rank's indices for ``epoch`` (length ``batches_per_epoch * batch_size``)."""
         g = self.group
         perm = block_shuffle(self.units, seeded_rng(self.seed, TAG_EPOCH, epoch),
-                             max(1, self.block // g) if self.block > 1 else 1,
-                             max(1, self.buffer // g) if self.buffer > 1 else self.buffer)
+                             max(1, self.block // g), max(1, self.buffer // g))
         mine = perm[self.rank::self.world][: self.units // self.world]
         if g > 1:
             mine = (mine[:, None] * g + np.arange(g)[None, :]).reshape(-1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -44,7 +43,7 @@ from cleancodec.pipeline.topology import (
     wrap,
 )
 from cleancodec.trainer import checkpoint as ckpt_io
-from cleancodec.trainer.config import TrainConfig, validate
+from cleancodec.trainer.config import TrainConfig, config_for_resume, validate
 from cleancodec.trainer.data import (
     CORRUPT_KEY,
     TRAIN,
@@ -235,14 +234,10 @@ class Trainer:
                     f"({to_dict(getattr(self.cfg, section))}); use --restart or another run "
                     f"directory"
                 )
-        saved_data = saved.get("data")
-        if (isinstance(saved_data, dict) and "group_variants" not in saved_data
-                and self.cfg.data.group_variants):
-            # a run started before grouped variants existed: keep its batch order
-            self.cfg = dataclasses.replace(
-                self.cfg, data=dataclasses.replace(self.cfg.data, group_variants=False))
-            log.info("%s: started before train.data.group_variants; resuming with its order "
-                     "(group_variants=false)", path)
+        self.cfg, kept = config_for_resume(self.cfg, saved)
+        if kept:
+            log.info("%s: started before %s existed; resuming as it ran (%s)", path,
+                     ", ".join(k.split("=")[0] for k in kept), ", ".join(kept))
         if ckpt.get("cache_manifest_digest") != self.digest:
             log.warning("%s: the cache manifest changed since this run started; resuming anyway",
                         self.cache_dir)

@@ -326,19 +326,19 @@ class MappedWindows(Dataset):
         them: the kernel copies straight from the page cache into the batch. ``i`` / ``k``:
         the window and its noisy variant (``k`` < 0: the clean latent), named in errors."""
         idx = self.index
+        fid = int(fid)
         raw = out.reshape(-1).view(np.uint8)
         if idx.crc_after:   # zarr: the window, then its crc32c
             parts, start = [raw, self._tail], int(offset)
         else:               # webdataset: the .npy header (covered by the checksum), the window
             parts, start = [self._head, raw], int(offset) - idx.header
         try:
-            got = os.preadv(self._fd(int(fid)), parts, start)
+            got = os.preadv(self._fd(fid), parts, start)
         except OSError as exc:
-            raise CacheDataError(f"{idx.files[int(fid)]}: cannot read {self._what(i, k)} "
-                                 f"({exc.strerror or exc})") from exc
+            raise self._error(fid, f"cannot read {self._window(i, k)} "
+                              f"({exc.strerror or exc})") from exc
         if got != self._want:
-            raise CacheDataError(f"{idx.files[int(fid)]}: {self._what(i, k)} is corrupt: the "
-                                 "file is truncated")
+            raise self._error(fid, f"{self._window(i, k)} is corrupt: the file is truncated")
         if idx.crc_after:
             ok = google_crc32c.value(raw) == int.from_bytes(self._tail, "little")
         elif idx.crc32c:
@@ -347,15 +347,18 @@ class MappedWindows(Dataset):
             ok = zlib.crc32(raw, zlib.crc32(self._head)) == int(crc)
         if not ok:
             kind = "crc32c" if idx.crc_after or idx.crc32c else "crc32"
-            raise CacheDataError(f"{idx.files[int(fid)]}: {self._what(i, k)} is corrupt: its "
-                                 f"bytes fail their {kind} checksum; rebuild that shard")
+            raise self._error(fid, f"{self._window(i, k)} is corrupt: its bytes fail their "
+                              f"{kind} checksum; rebuild that shard")
         if has_non_finite(out):
-            raise CacheDataError(f"{idx.files[int(fid)]}: {self._what(i, k)} is corrupt: "
-                                 "non-finite values")
+            raise self._error(fid, f"{self._window(i, k)} is corrupt: non-finite values")
 
-    def _what(self, i: int, k: int) -> str:
+    def _window(self, i: int, k: int) -> str:
+        """Window ``i``'s noisy variant ``k`` (``k`` < 0: its clean latent), for messages."""
         row = int(self.source.rows[i])
         return f"clean window row {row}" if k < 0 else f"noisy window row {row} variant {k}"
+
+    def _error(self, fid: int, message: str) -> CacheDataError:
+        return CacheDataError(f"{self.index.files[fid]}: {message}")
 
     def read_pair(self, p: int, clean: np.ndarray, noisy: np.ndarray) -> bool:
         """Copy pair ``p`` into ``clean`` / ``noisy`` (``[D x F]`` each). Raises CacheDataError
