@@ -14,6 +14,13 @@
   ``Pow(s, 2)`` it is a generic power in onnxruntime, several times slower than a product.
   Where a convolution follows the Snake, its scales move into the convolutions around it
   (:class:`SnakeScaled`).
+- A run of DAC residual units whose channel count is not a multiple of
+  :data:`BALANCED_CHANNELS` → the same units over ``ROWS`` overlapping pieces of the time axis
+  stacked on the batch axis (:class:`ResidualRows`). onnxruntime's blocked convolution shares
+  its work between threads by batch item x set of 64 output channels (4 blocks of 16 with
+  AVX-512) x output row; a ``[1 x C x 1 x T]`` convolution with 64 or 192 channels has one or
+  three such shares, so with 2 threads one of them idles for all or a third of it. Each piece
+  carries the units' receptive field on both sides, so the kept samples are the same sums.
 
 ``bench/stream.py`` measures onnxruntime against torch on the whole chain.
 """
@@ -98,6 +105,103 @@ class ConvTranspose1dPolyphase(nn.Module):
         y = y.reshape(b, self.c_out, (t + 1) * self.stride)
         y = y[:, :, self.crop:(t + 1) * self.stride - self.crop]
         return y + self.bias if self.bias is not None else y
+
+
+# The residual units of a run whose channels are a multiple of this already give onnxruntime's
+# convolution an even number of 64-channel shares (two per 128 channels; AVX2 shares are 32).
+BALANCED_CHANNELS = 128
+# Pieces of the time axis a ResidualRows splits into: an even share count for 1, 2 or 4 threads.
+ROWS = 4
+
+
+def _same_conv_padding(conv: nn.Module) -> int | None:
+    """The one-sided padding of a stride-1 ``nn.Conv1d`` whose output is as long as its input
+    (``2 padding = dilation (kernel - 1)``), None for any other layer."""
+    if type(conv) is not nn.Conv1d or conv.stride[0] != 1 or isinstance(conv.padding, str) \
+            or conv.padding_mode != "zeros":
+        return None
+    pad = conv.padding[0]
+    return pad if 2 * pad == conv.dilation[0] * (conv.kernel_size[0] - 1) else None
+
+
+def residual_halo(unit: nn.Module) -> int | None:
+    """Samples one DAC ``ResidualUnit`` (``x + block(x)``, ``block`` a sequence of Snakes and
+    same-length convolutions) reads on each side of an output sample; None if ``unit`` is not
+    such a unit."""
+    block = getattr(unit, "block", None)
+    if type(unit).__name__ != "ResidualUnit" or not isinstance(block, nn.Sequential):
+        return None
+    halo = 0
+    for layer in block:
+        if is_snake(layer):
+            continue
+        pad = _same_conv_padding(layer)
+        if pad is None:
+            return None
+        halo += pad
+    return halo
+
+
+class ResidualRows(nn.Module):
+    """A run of DAC residual units over ``rows`` overlapping pieces of the time axis.
+
+    ``x: [B x C x T]`` is zero-padded and cut into ``rows`` pieces of ``W = ceil(T / rows)``
+    samples, each with ``halo`` samples (the run's receptive field on one side) from its
+    neighbours, stacked as ``[B·rows x C x W + 2 halo]``. The units run on that batch; after
+    each, samples outside ``[0, T)`` are set to zero again, which is what the units' own zero
+    padding sees at the ends of the whole signal. The middle ``W`` samples of every piece are
+    then the run's output on ``x`` and are put back in order: ``[B x C x T]``.
+    """
+
+    def __init__(self, units: list[nn.Module], halo: int, rows: int = ROWS):
+        super().__init__()
+        self.units = nn.ModuleList(units)
+        self.halo, self.rows = halo, rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, t = x.shape
+        r, h = self.rows, self.halo
+        w = (t + r - 1) // r
+        length = w + 2 * h
+        padded = nn.functional.pad(x, (h, r * w - t + h))
+        y = torch.stack([padded[:, :, i * w: i * w + length] for i in range(r)], dim=1)
+        y = y.reshape(b * r, c, length)
+        position = (torch.arange(length, device=x.device)[None, :]
+                    + (torch.arange(r, device=x.device) * w - h)[:, None])  # [rows x L]
+        inside = ((position >= 0) & (position < t)).to(x.dtype)[:, None, :]
+        inside = inside.expand(b, r, 1, length).reshape(b * r, 1, length)
+        for unit in self.units:
+            y = unit(y) * inside
+        y = y[:, :, h: h + w].reshape(b, r, c, w).permute(0, 2, 1, 3).reshape(b, c, r * w)
+        return y[:, :, :t]
+
+
+def _unit_channels(unit: nn.Module) -> int:
+    return next(layer.out_channels for layer in unit.block if not is_snake(layer))
+
+
+def _split_residual_runs(seq: nn.Sequential) -> int:
+    """Within ``seq``, put each run of consecutive residual units (see :func:`residual_halo`)
+    whose channels are not a multiple of :data:`BALANCED_CHANNELS` into one
+    :class:`ResidualRows`. Returns how many runs were rewritten."""
+    runs, current = [], []
+    for i, module in enumerate(seq):
+        halo = residual_halo(module)
+        if halo is not None and _unit_channels(module) % BALANCED_CHANNELS:
+            current.append((i, halo))
+            continue
+        if current:
+            runs.append(current)
+        current = []
+    if current:
+        runs.append(current)
+    for run in reversed(runs):
+        first, last = run[0][0], run[-1][0]
+        units = [seq[i] for i, _ in run]
+        seq[first] = ResidualRows(units, sum(h for _, h in run))
+        for i in range(last, first, -1):
+            del seq[i]
+    return len(runs)
 
 
 class SnakeProduct(nn.Module):
@@ -197,7 +301,9 @@ def onnx_friendly(model: nn.Module) -> tuple[nn.Module, int]:
     not changed. Layers under a weight-norm or spectral-norm hook are left as they are (their
     weight is recomputed on every forward)."""
     clone = copy.deepcopy(model).eval()
-    replaced = sum(_fold_snakes(seq) for seq in list(clone.modules())
+    replaced = sum(_split_residual_runs(seq) for seq in list(clone.modules())
+                   if isinstance(seq, nn.Sequential))
+    replaced += sum(_fold_snakes(seq) for seq in list(clone.modules())
                    if isinstance(seq, nn.Sequential))
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
@@ -210,5 +316,5 @@ def onnx_friendly(model: nn.Module) -> tuple[nn.Module, int]:
     return clone, replaced
 
 
-__all__ = ["Conv1dAs2d", "ConvTranspose1dAs2d", "ConvTranspose1dPolyphase", "SnakeProduct",
-           "SnakeScaled", "onnx_friendly"]
+__all__ = ["Conv1dAs2d", "ConvTranspose1dAs2d", "ConvTranspose1dPolyphase", "ResidualRows",
+           "SnakeProduct", "SnakeScaled", "onnx_friendly", "residual_halo"]

@@ -11,11 +11,13 @@ from cleancodec.infer.onnx_forms import (
     Conv1dAs2d,
     ConvTranspose1dAs2d,
     ConvTranspose1dPolyphase,
+    ResidualRows,
     SnakeProduct,
     SnakeScaled,
     onnx_friendly,
+    residual_halo,
 )
-from cleancodec.pipeline.codec import load_codec
+from cleancodec.pipeline.codec import load_codec, prepare_for_inference
 from tests.test_stream import TINY, local_denoiser
 
 TOL = 1e-5  # float32 rounding of sums taken in another order
@@ -118,6 +120,49 @@ def test_a_snake_with_tiny_alphas_is_not_folded():
     assert isinstance(folded[1], SnakeScaled)
     with torch.no_grad():
         _close(folded(x), seq(x))
+
+
+def _residual_units(codec) -> list[nn.Module]:
+    block = codec.model.encoder.block[1].block
+    return [m for m in block if residual_halo(m) is not None]
+
+
+def test_residual_halo_reads_dacs_residual_units(codec):
+    units = _residual_units(codec)
+    assert [residual_halo(u) for u in units] == [3, 9, 27]  # kernel 7, dilations 1, 3, 9
+    assert residual_halo(nn.Conv1d(4, 4, 3, padding=1)) is None
+    assert residual_halo(codec.model.encoder.block[1]) is None, "a block is not a unit"
+
+
+@pytest.mark.parametrize("length", [1, 3, 10, 77, 1001, 4003])
+def test_residual_rows_equal_the_units_run_on_the_whole_signal(codec, length):
+    """The pieces see every sample an output depends on, and zeros past the signal's ends."""
+    units = _residual_units(codec)
+    rows = ResidualRows(units, sum(residual_halo(u) for u in units), rows=4)
+    torch.manual_seed(length)
+    x = torch.randn(2, units[0].block[1].in_channels, length)
+    with torch.no_grad():
+        ref = x
+        for unit in units:
+            ref = unit(ref)
+        _close(rows(x), ref)
+
+
+def test_only_runs_with_unbalanced_channel_counts_are_split(codec):
+    """Runs whose channels are not a multiple of 128 go into one ResidualRows each; a
+    multiple of 128 is left as it is."""
+    unit_type = type(_residual_units(codec)[0])
+    torch.manual_seed(0)
+    seq = nn.Sequential(unit_type(64, dilation=1), unit_type(64, dilation=3),
+                        nn.Conv1d(64, 128, 1), unit_type(128, dilation=1))
+    prepare_for_inference(seq)  # DAC builds its units with weight norm
+    friendly, _ = onnx_friendly(seq)
+    assert isinstance(friendly[0], ResidualRows) and len(friendly[0].units) == 2
+    assert friendly[0].halo == 3 + 9
+    assert not isinstance(friendly[2], ResidualRows) and len(friendly) == 3
+    x = torch.randn(1, 64, 333)
+    with torch.no_grad():
+        _close(friendly(x), seq(x))
 
 
 def test_the_exported_friendly_denoiser_runs_in_onnxruntime_like_torch(codec, tmp_path):
