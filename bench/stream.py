@@ -9,15 +9,14 @@ depth 2, ``grn: none``: ±6 frames), with its zero-initialised head randomised.
 For each block size the latency is ``block + lookahead`` (``infer.stream``; the lookahead is
 the chain's receptive field rounded up to whole 20 ms frames). Timing: two streams, the torch
 ``Enhancer`` and the exported full graph run by onnxruntime (``infer.onnx_engine``), are fed
-the same noisy speech, after enough input that every window is full length; the time of each
-``push`` that emits one block is recorded. Each engine runs in passes of consecutive blocks,
-in the order torch, onnxruntime, onnxruntime, torch (so a drift in the machine's load falls on
-both), and the first block of every pass is not timed. Alternating the engines block by block
-would time each right after the other: torch's OpenMP workers (libgomp, default wait policy)
-keep spinning after its last parallel region, and measured that way onnxruntime took 12 %
-and torch 5 % longer per block than when each ran alone (2 threads, 1 s blocks, 2026-12-01).
-A stream runs one engine, as here. A configuration is real-time when its p99 stays below the
-block's duration.
+the same noisy speech one block at a time, alternating (so a drift in the machine's load falls
+on both), after enough input that every window is full length; the time of each ``push`` that
+emits one block is recorded. Each push comes after a pause of ``PARK_S``: the worker threads
+of the engine that ran before keep spinning for a while after their last parallel region
+(torch's libgomp workers, onnxruntime's pool), and without the pause onnxruntime took 12 % and
+torch 5 % longer per block than when each ran alone (2 threads, 1 s blocks, 2026-12-01); with
+it, both are within the run-to-run spread of running alone. A configuration is real-time when
+its p99 stays below the block's duration.
 
 Usage: ``python bench/stream.py [--blocks 8] [--device cuda] [--smoke] [--no-append]``;
 prints a Markdown table and appends it to BENCHMARKS.md (``--smoke``: the tiny codec, two block
@@ -55,8 +54,8 @@ TIMED_FRAMES = (5, 25, 35, 50)  # block sizes timed (100 ms … 1 s)
 THREADS = (1, 2)
 DENOISER = {"width": 256, "depth": 2, "grn": "none"}
 HEAD_STD = 0.02  # randomised head: the denoiser changes the latents, as a trained one does
-WARMUP_BLOCKS = 1  # pushes not timed at the start of each pass (the other engine ran before)
-PASSES = 2  # passes per engine, in the order A B B A
+WARMUP_BLOCKS = 2  # timed pushes discarded (first full-size window: kernel set-up)
+PARK_S = 0.2  # pause before each push: the other engine's worker threads stop spinning
 DEFAULT_BLOCKS = 8
 SMOKE = {"arch": "tiny", "timed": (2, 5), "latency": (1, 5), "blocks": 2, "threads": (1,)}
 MS_PER_S = 1000.0
@@ -91,26 +90,20 @@ def small_denoiser(latent_dim: int, stats_from: torch.Tensor) -> Denoiser:
 
 def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray,
                 n_blocks: int) -> tuple[dict[str, list[float]], float]:
-    """Feed every stream the same input; per-block push times of ``n_blocks`` blocks per
-    stream, timed in :data:`PASSES` passes per stream in the order A B … B A (each after
-    :data:`WARMUP_BLOCKS` untimed blocks), and the SNR between the first two streams'
-    outputs."""
+    """Feed every stream the same input one block at a time, alternating, each push after a
+    pause of :data:`PARK_S`; per-block push times of the ``n_blocks`` blocks after the
+    warm-up, and the SNR between the first two streams' outputs."""
     g = next(iter(streams.values())).geometry
     fill = (-(-g.context // g.block) + 1) * g.block + g.lookahead  # every later window is full
-    timed = [n_blocks // PASSES + (p < n_blocks % PASSES) for p in range(PASSES)]
-    need = fill + (PASSES * WARMUP_BLOCKS + n_blocks) * g.block
+    need = fill + (WARMUP_BLOCKS + n_blocks) * g.block
     if need > len(x):
         x = np.tile(x, -(-need // len(x)))
     outs: dict[str, list[np.ndarray]] = {k: [s.push(x[:fill])] for k, s in streams.items()}
     times: dict[str, list[float]] = {k: [] for k in streams}
-    position = dict.fromkeys(streams, fill)
-    names = list(streams)
-    order = [(name, p) for p in range(PASSES) for name in (names if p % 2 == 0 else names[::-1])]
-    for name, p in order:
-        stream = streams[name]
-        for i in range(WARMUP_BLOCKS + timed[p]):
-            block = x[position[name]: position[name] + g.block]
-            position[name] += g.block
+    for i in range(WARMUP_BLOCKS + n_blocks):
+        block = x[fill + i * g.block: fill + (i + 1) * g.block]
+        for name, stream in streams.items():
+            time.sleep(PARK_S)
             start = time.perf_counter()
             y = stream.push(block)
             elapsed = time.perf_counter() - start
@@ -183,10 +176,10 @@ def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: lis
         g = StreamGeometry.for_field(field, frames)
         lines.append(f"| {g.block_ms:.0f} | {g.ms(g.lookahead):.0f} | {g.latency_ms:.0f} | "
                      f"{g.ms(g.window):.0f} |")
-    lines += ["", f"Per-block compute ({n_blocks} blocks per row, in {PASSES} passes per engine "
-                  f"in the order torch, onnxruntime, onnxruntime, torch, each after "
-                  f"{WARMUP_BLOCKS} untimed block; p99 of {n_blocks} is about their maximum). "
-                  "RTF = p50 / block duration.", "",
+    lines += ["", f"Per-block compute ({n_blocks} blocks per row after {WARMUP_BLOCKS} warm-up, "
+                  f"the engines alternating block by block with a {PARK_S:g} s pause before "
+                  f"each; p99 of {n_blocks} is about their maximum). RTF = p50 / block "
+                  "duration.", "",
               "| engine | threads | block ms | latency ms | p50 ms | p99 ms | RTF (p50) | "
               "real time (p99 < block) |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
