@@ -10,7 +10,8 @@
 
 Both use torch's dynamo exporter (``onnxscript``) on a copy of the model in the forms
 onnxruntime runs fastest (:func:`cleancodec.infer.onnx_forms.onnx_friendly`: 2-D
-convolutions, polyphase upsampling, Snake scales moved into the convolutions). Every export is
+convolutions, polyphase upsampling, Snake scales moved into the convolutions and its sine from
+products and sums, residual runs over overlapping pieces of the time axis). Every export is
 written to a temporary file beside the target, run with onnxruntime against the *original*
 torch model at two lengths (and batch 2), and renamed over the target only when they agree
 (denoiser: max abs difference ≤ :data:`DENOISER_MAX_ABS`; full graph: SNR ≥

@@ -187,12 +187,13 @@ class WebDatasetStream(IterableDataset):
                                          f"{self.source.split} shard for this stream")
                 cycle += 1
 
+        K = self.source.noisy_per_clean
+
         def pairs(samples: Iterator[tuple[Path, dict]]) -> Iterator[tuple[Path, dict, int]]:
             for path, sample in samples:
                 for k in range(K):
                     yield path, sample, k
 
-        K = self.source.noisy_per_clean
         rng = seeded_rng(self.seed, TAG_SLOT, epoch, self.rank, slot)
         if self.group and K > 1:
             return pairs(_shuffled(endless(), max(1, self.shuffle_buffer // K), rng))
