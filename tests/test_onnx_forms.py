@@ -10,6 +10,7 @@ from torch import nn
 
 from cleancodec.infer.export import EnhanceGraph, onnx_session
 from cleancodec.infer.onnx_forms import (
+    ROWS,
     Conv1dAs2d,
     ConvTranspose1dAs2d,
     ConvTranspose1dPolyphase,
@@ -190,3 +191,24 @@ def test_the_exported_friendly_denoiser_runs_in_onnxruntime_like_torch(codec, tm
     with torch.no_grad():
         ref = model(torch.from_numpy(z)).numpy()
     assert np.abs(got - ref).max() <= DENOISER_MAX_ABS
+
+
+def test_a_snake_evaluated_piece_by_piece_gives_the_same_values():
+    torch.manual_seed(0)
+    x = 3 * torch.randn(8, 5, 37)       # 2 items x 4 pieces on the batch axis
+    alpha = torch.rand(1, 5, 1) + 0.5
+    for snake_alpha in (alpha, None):
+        whole = SnakeScaled(snake_alpha)(x)
+        assert torch.equal(SnakeScaled(snake_alpha, pieces=4)(x), whole)
+        assert torch.equal(SnakeScaled(snake_alpha, pieces=2)(x), whole)
+
+
+def test_the_snakes_of_residual_rows_go_piece_by_piece_and_no_others(codec):
+    model = local_denoiser(codec, seed=2)
+    friendly, _ = onnx_friendly(EnhanceGraph(codec.model, model, codec.n_codebooks).eval())
+    in_rows = {id(s) for r in friendly.modules() if isinstance(r, ResidualRows)
+               for s in r.modules() if isinstance(s, SnakeScaled)}
+    snakes = [m for m in friendly.modules() if isinstance(m, SnakeScaled)]
+    assert in_rows and len(in_rows) < len(snakes)
+    for snake in snakes:
+        assert snake.pieces == (ROWS if id(snake) in in_rows else 1)
