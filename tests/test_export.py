@@ -41,7 +41,8 @@ def codec():
 
 @pytest.fixture(scope="module")
 def full_graph(codec, tmp_path_factory):
-    """The tiny codec + a small local denoiser exported as one graph (about 15 s)."""
+    """The tiny codec + a small local denoiser exported as one graph (about 2.5 min on
+    2 shared cores, 2026-12-01: tracing its many small pieces is most of it)."""
     model = local_denoiser(codec, seed=4)
     path = tmp_path_factory.mktemp("onnx") / "full.onnx"
     report = export_full(codec, model, path, {"step": 5}, "runs/x/best.pt")
@@ -174,7 +175,8 @@ def test_cli_stream_with_the_onnx_engine(codec, full_graph):
 
 @pytest.mark.slow
 def test_stream_benchmark_smoke():
-    """`python bench/stream.py --smoke` runs end to end (tiny codec; about 20 s)."""
+    """`python bench/stream.py --smoke` runs end to end (tiny codec; about 2.5 min, most of
+    it the export)."""
     import subprocess
     import sys
 
