@@ -44,10 +44,10 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade "pip>=23"
 	$(VENV)/bin/pip install torch==2.13.0
-	# dac and audiotools without their torchaudio requirement (see pipeline/codec.py)
+	# dac and audiotools without their torchaudio requirement (see cleancodec/core/codec.py)
 	$(VENV)/bin/pip install --no-deps descript-audio-codec==1.0.0 descript-audiotools==0.7.2
 	$(VENV)/bin/pip install -e '.[dev]'
-	$(PY) -c "import cleancodec.pipeline.codec as c; c.import_dac(); print('cleancodec installed; dac imports fine')"
+	$(PY) -c "import cleancodec.core.codec as c; c.import_dac(); print('cleancodec installed; dac imports fine')"
 
 # demo corpus (real speech + noise from Debian packages): DEMO=dir to build it elsewhere
 demo-data:

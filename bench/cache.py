@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import git_commit, publish  # noqa: E402
+from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
+from cleancodec.datagen.synth import make_tiny_corpus  # noqa: E402
 from cleancodec.pipeline.build import CacheConfig, build_cache  # noqa: E402
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from cleancodec.pipeline.manifest import load_manifest  # noqa: E402
 from cleancodec.pipeline.mix import MixConfig  # noqa: E402
-from cleancodec.pipeline.synth import make_tiny_corpus  # noqa: E402
 from cleancodec.trainer.data import ZarrWindows, iter_tar_windows, open_split  # noqa: E402
 
 WINDOW_SECONDS = 3.0
@@ -59,7 +59,7 @@ def codec_config(device: str, bf16: bool, threads: int, batch: int) -> CodecConf
 
 def synth_windows(n: int, seed: int = 0) -> np.ndarray:
     """``[n x T]`` speech-like windows (the synthetic corpus generator, not noise)."""
-    from cleancodec.pipeline.synth import synth_utterance
+    from cleancodec.datagen.synth import synth_utterance
 
     return np.stack([synth_utterance(seed, i % 4, i, WINDOW_SECONDS, SAMPLE_RATE)
                      for i in range(n)])
@@ -117,7 +117,7 @@ def encoder_speedup(cfg: CodecConfig, waves: np.ndarray, reps: int = 2) -> tuple
     """Audio s per wall s of the DAC-16k encoder as dac builds it (weight norm recomputed every
     forward, Snake with four temporaries) and as the codec loads it (weight norm folded, Snake
     in place), interleaved, the fastest of ``reps`` runs each. Their latents are equal."""
-    from cleancodec.pipeline.codec import _build_dac, resolve_arch
+    from cleancodec.core.codec import _build_dac, resolve_arch
 
     codec = load_codec(cfg)
     with torch.random.fork_rng(devices=[]):
@@ -150,8 +150,8 @@ def demo_cache_stage(work: Path, scale: float, threads: int) -> list[tuple[str, 
     """The ``make demo`` cache stage before (one noisy latent per clean window, the encoder as
     dac builds it) and now (the profile's ``noisy_per_clean``, the prepared encoder), for the
     same number of training pairs, side by side; ``scale`` shrinks both alike."""
-    from cleancodec.pipeline import codec as codec_mod
-    from cleancodec.pipeline.config import load_section
+    from cleancodec.core import codec as codec_mod
+    from cleancodec.core.config import load_section
 
     now = load_section(DEMO_PROFILE, "cache", CacheConfig)
     K = now.noisy_per_clean

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCHMARKS, REPO, git_commit, publish  # noqa: E402
 from variants import PAIR_BYTES_K1, held_out_gain  # noqa: E402
 
+from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig  # noqa: E402
 from cleancodec.pipeline.build import build_cache, load_cache_config  # noqa: E402
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig  # noqa: E402
 from cleancodec.pipeline.manifest import load_manifest  # noqa: E402
 from cleancodec.trainer.config import load_train_config  # noqa: E402
 from cleancodec.trainer.loop import fit  # noqa: E402

@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BENCHMARKS, append_benchmarks, git_commit
-from cleancodec.pipeline.config import load_section
-from cleancodec.pipeline.demo.build import BuildReport, build_demo_data
-from cleancodec.pipeline.demo.config import DemoDataConfig
-from cleancodec.pipeline.demo.debs import AptFetcher
+from cleancodec.core.config import load_section
+from cleancodec.datagen.demo.build import BuildReport, build_demo_data
+from cleancodec.datagen.demo.config import DemoDataConfig
+from cleancodec.datagen.demo.debs import AptFetcher
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS_PER_MINUTE = 60.0

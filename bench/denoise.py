@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import append_benchmarks, git_commit  # noqa: E402
+from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
+from cleancodec.datagen.synth import synth_noise, synth_utterance  # noqa: E402
 from cleancodec.infer.chunking import ChunkSpec  # noqa: E402
 from cleancodec.infer.denoise import (  # noqa: E402
     DenoiseConfig,
@@ -51,8 +53,6 @@ from cleancodec.infer.denoise import (  # noqa: E402
     snr_db,
 )
 from cleancodec.infer.run import denoise_path  # noqa: E402
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
-from cleancodec.pipeline.synth import synth_noise, synth_utterance  # noqa: E402
 from cleancodec.trainer.checkpoint import load_denoiser  # noqa: E402
 from cleancodec.trainer.models import Denoiser  # noqa: E402
 

@@ -67,7 +67,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _codec(device: str, bf16: bool, batch: int, arch: str):
-    from cleancodec.pipeline.codec import CodecConfig, load_codec
+    from cleancodec.core.codec import CodecConfig, load_codec
 
     return load_codec(CodecConfig(weights="random", random_seed=CODEC_SEED, random_arch=arch,
                                   device=device, bf16=bf16, batch_size=batch))
@@ -110,9 +110,9 @@ def codec_rows(device: str, sizes: dict) -> list[dict]:
 
 def build_rows(device: str, sizes: dict, work: Path) -> list[dict]:
     """A synthetic-corpus cache build on ``device`` with 1..N mixing workers."""
+    from cleancodec.core.codec import CodecConfig
     from cleancodec.pipeline.build import build_cache
     from cleancodec.pipeline.cache_config import CacheConfig
-    from cleancodec.pipeline.codec import CodecConfig
 
     rows = []
     codec_cfg = CodecConfig(weights="random", random_seed=CODEC_SEED, random_arch=sizes["arch"],
@@ -150,7 +150,7 @@ def codec_rows_single(device: str, sizes: dict) -> float:
 def train_one(spec: dict) -> dict:
     """In a subprocess: time steps of one (preset, batch, mode); data wait measured apart."""
     from bench.train import bench_config
-    from cleancodec.pipeline.topology import Topology, pick_device
+    from cleancodec.core.topology import Topology, pick_device
     from cleancodec.trainer.loop import Trainer
 
     topo = Topology(device=pick_device(spec["device"]))

@@ -41,12 +41,12 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import append_benchmarks, git_commit  # noqa: E402
 from bench.denoise import load_average, noisy_speech  # noqa: E402
+from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from cleancodec.infer.denoise import Enhancer, snr_db  # noqa: E402
 from cleancodec.infer.export import export_full  # noqa: E402
 from cleancodec.infer.onnx_engine import OnnxEnhancer  # noqa: E402
 from cleancodec.infer.receptive import codec_chain_field  # noqa: E402
 from cleancodec.infer.stream import StreamDenoiser, StreamGeometry  # noqa: E402
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from cleancodec.trainer.models import Denoiser  # noqa: E402
 
 LATENCY_FRAMES = (1, 2, 5, 10, 25, 50)  # block sizes of the latency table (20 ms frames)

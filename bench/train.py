@@ -127,7 +127,7 @@ def _sync(device: torch.device) -> None:
 
 def run_one(spec: dict) -> dict:
     """Time ``spec["steps"]`` steps after ``spec["warmup"]``; returns seconds/step and peaks."""
-    from cleancodec.pipeline.topology import Topology, pick_device
+    from cleancodec.core.topology import Topology, pick_device
     from cleancodec.trainer.loop import Trainer
 
     device = pick_device(spec["device"])
@@ -139,7 +139,7 @@ def run_one(spec: dict) -> dict:
         def step() -> None:
             trainer.train_step(trainer.next_batch())
     else:
-        from cleancodec.pipeline.codec import CodecConfig, load_codec
+        from cleancodec.core.codec import CodecConfig, load_codec
 
         codec = load_codec(CodecConfig(weights="random", random_seed=CODEC_SEED,
                                        random_arch="dac16k", device=str(device), bf16=spec["bf16"]))

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCHMARKS, REPO, git_commit, publish  # noqa: E402
 
+from cleancodec.core.codec import CodecConfig  # noqa: E402
 from cleancodec.pipeline.build import CacheConfig, build_cache  # noqa: E402
-from cleancodec.pipeline.codec import CodecConfig  # noqa: E402
 from cleancodec.pipeline.manifest import load_manifest  # noqa: E402
 from cleancodec.pipeline.mix import MixConfig  # noqa: E402
 from cleancodec.trainer.checkpoint import load_denoiser  # noqa: E402

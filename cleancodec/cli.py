@@ -1,8 +1,8 @@
 """The ``cleancodec`` command: one subcommand per stage, each a thin wrapper over one typed
 stage function (``cleancodec.pipeline.build.run_cache``, ``cleancodec.trainer.loop.fit``,
 ``cleancodec.infer.run.run_denoise``, ``cleancodec.infer.evaluate.run_evaluate``, the demo's in
-``cleancodec.pipeline.demo``). Every stage takes ``section.key=value`` overrides after its
-options (see ``cleancodec.pipeline.config``); an option such as ``--steps`` is a shorthand for
+``cleancodec.datagen.demo``). Every stage takes ``section.key=value`` overrides after its
+options (see ``cleancodec.core.config``); an option such as ``--steps`` is a shorthand for
 one of them."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from cleancodec.pipeline.stopping import SIGNAL_EXIT_BASE, StopRequested
+from cleancodec.core.stopping import SIGNAL_EXIT_BASE, StopRequested
 
 WATCH_POLL_SECONDS = 5.0  # how often the watcher started by `train --watch` looks for checkpoints
 
@@ -95,10 +95,10 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
     built. Under torchrun each rank builds its share of the shards. Bad input files are
     skipped and listed in <out>/rejected.tsv; exits non-zero only when no usable input remains.
     """
-    from cleancodec.pipeline import remote
+    from cleancodec.core import remote
+    from cleancodec.core.codec import CodecWeightsError
+    from cleancodec.core.config import ConfigError, check_overrides
     from cleancodec.pipeline.build import BuildError, run_cache
-    from cleancodec.pipeline.codec import CodecWeightsError
-    from cleancodec.pipeline.config import ConfigError, check_overrides
     from cleancodec.pipeline.manifest import MANIFEST_NAME
 
     target = out_dir
@@ -155,7 +155,7 @@ def stop_watcher(watcher: subprocess.Popen | None) -> None:
 def config_command(conf, args):
     """Print the resolved configuration: every key of the named sections (default: all) after
     the profile and the overrides, as YAML. What a stage would run with, before it runs."""
-    from cleancodec.pipeline.config import (
+    from cleancodec.core.config import (
         SECTIONS,
         ConfigError,
         check_overrides,
@@ -218,10 +218,10 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     <run>/latest.pt. Launch with `torchrun --standalone --nproc_per_node N -m cleancodec train
     --run-dir DIR ...` for multi-GPU (DDP).
     """
-    from cleancodec.pipeline.config import ConfigError, check_overrides
-    from cleancodec.pipeline.dirlock import DirectoryLockedError
+    from cleancodec.core.config import ConfigError, check_overrides
+    from cleancodec.core.dirlock import DirectoryLockedError
+    from cleancodec.core.topology import is_main_process
     from cleancodec.pipeline.manifest import ManifestError
-    from cleancodec.pipeline.topology import is_main_process
     from cleancodec.trainer.checkpoint import CheckpointError
     from cleancodec.trainer.config import load_train_config
     from cleancodec.trainer.data import CacheDataError
@@ -261,7 +261,7 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     )
 
 
-# --- the demo (pipeline/demo/) ----------------------------------------------------------------
+# --- the demo (cleancodec/datagen/demo/) ---------------------------------------------------
 
 
 @main.group("demo")
@@ -285,10 +285,10 @@ def demo_data_command(conf, out_dir, deb_cache, no_apt_update, overrides):
     """Build the demo corpus: real speech and noise from Debian packages, generated noise,
     speaker-disjoint splits and a DNS-style test set. Reruns only do what is missing; exits
     non-zero when a part could not be built (the message says what to do)."""
-    from cleancodec.pipeline.config import ConfigError, check_overrides, load_section
-    from cleancodec.pipeline.demo.build import build_demo_data
-    from cleancodec.pipeline.demo.config import DemoDataConfig
-    from cleancodec.pipeline.demo.summary import summary
+    from cleancodec.core.config import ConfigError, check_overrides, load_section
+    from cleancodec.datagen.demo.build import build_demo_data
+    from cleancodec.datagen.demo.config import DemoDataConfig
+    from cleancodec.datagen.demo.summary import summary
 
     try:
         check_overrides(overrides, ("demo_data",), "demo data")
@@ -317,7 +317,7 @@ main.add_command(demo_data_command, "demo-data")  # `cleancodec demo-data`, the 
 @click.option("--codec", default=None, help="'random' or a DAC weights path.")
 def demo_preflight_command(conf, codec):
     """Check that the codec the demo needs can be loaded; say what to do when it cannot."""
-    from cleancodec.pipeline.demo.preflight import run_preflight
+    from cleancodec.datagen.demo.preflight import run_preflight
 
     status, text = run_preflight(conf, codec)
     click.echo(text, err=status != 0)
@@ -333,8 +333,8 @@ def demo_preflight_command(conf, codec):
               help="Where clean/ and noisy/ of the excerpt go.")
 def demo_testset_command(conf, corpus, out):
     """Copy the first demo.testset_clips clean/noisy pairs of the demo test set into OUT."""
-    from cleancodec.pipeline.config import ConfigError
-    from cleancodec.pipeline.demo.excerpt import run_testset_excerpt
+    from cleancodec.core.config import ConfigError
+    from cleancodec.datagen.demo.excerpt import run_testset_excerpt
 
     try:
         names = run_testset_excerpt(out, corpus, conf)
@@ -367,9 +367,9 @@ def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, time
     SI-SDR, speaker similarity) on a test set: RUN/eval/eval.jsonl, RUN/eval/scores.png and
     TensorBoard (RUN/tensorboard/eval). Follows a live run until it ends; the trainer itself
     never loads the codec."""
+    from cleancodec.core.config import ConfigError, check_overrides
+    from cleancodec.core.oserrors import named_os_errors
     from cleancodec.infer.watch import summary_lines, watch_run
-    from cleancodec.pipeline.config import ConfigError, check_overrides
-    from cleancodec.pipeline.oserrors import named_os_errors
 
     items = option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights)})
     try:
@@ -444,9 +444,9 @@ def denoise_command(args, conf, codec, codec_weights, checkpoint, bypass, mix, o
     """
     import functools
 
+    from cleancodec.core.config import ConfigError, check_overrides, split_overrides
     from cleancodec.infer.onnx_engine import load_engine
     from cleancodec.infer.run import run_denoise
-    from cleancodec.pipeline.config import ConfigError, check_overrides, split_overrides
 
     overrides, paths = split_overrides(args)
     stream_only = {"--block-ms": block_ms, "--format": raw_format, "--rate": rate,
@@ -492,9 +492,9 @@ def _denoise_stream(input_path: str, output_path: str, conf: str | None, items: 
                     rate: int | None, channels: int | None, engine: str,
                     onnx_model: str | None) -> None:
     """``cleancodec denoise --stream``: everything but audio goes to stderr."""
+    from cleancodec.core.config import ConfigError, check_overrides
     from cleancodec.infer.stream import DEFAULT_BLOCK_MS
     from cleancodec.infer.streamio import StreamOptions, run_stream
-    from cleancodec.pipeline.config import ConfigError, check_overrides
 
     opts = StreamOptions(block_ms=DEFAULT_BLOCK_MS if block_ms is None else block_ms,
                          raw_format=raw_format, rate=rate, channels=channels or 1)
@@ -529,9 +529,9 @@ def export_command(checkpoint, output, full, conf, codec, codec_weights, allow_c
     The file is checked with onnxruntime against torch before it is renamed into place; the
     maximum absolute difference is printed.
     """
+    from cleancodec.core.codec import CodecWeightsError
+    from cleancodec.core.config import ConfigError, check_overrides
     from cleancodec.infer.export import run_export
-    from cleancodec.pipeline.codec import CodecWeightsError
-    from cleancodec.pipeline.config import ConfigError, check_overrides
 
     items = [*option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights)}),
              *option_overrides("denoise", {"allow_codec_mismatch": allow_codec_mismatch})]
@@ -568,8 +568,8 @@ def evaluate_command(enhanced, clean, noisy, out, conf, workers, spectrograms,
 
     Files pair by relative path or by the DNS test-set `fileid_N` convention.
     """
+    from cleancodec.core.config import ConfigError, check_overrides
     from cleancodec.infer.evaluate import run_evaluate
-    from cleancodec.pipeline.config import ConfigError, check_overrides
 
     items = option_overrides("evaluate", {"workers": workers, "spectrograms": spectrograms,
                                           "dnsmos_personalized": dnsmos_personalized})

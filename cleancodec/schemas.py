@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import importlib
 
-from cleancodec.pipeline.config import SECTIONS
+from cleancodec.core.config import SECTIONS
 
 #: section → "module:Class" of its schema
 SCHEMAS = {
-    "codec": "cleancodec.pipeline.codec:CodecConfig",
+    "codec": "cleancodec.core.codec:CodecConfig",
     "cache": "cleancodec.pipeline.build:CacheConfig",
     "train": "cleancodec.trainer.config:TrainConfig",
     "denoise": "cleancodec.infer.denoise:DenoiseConfig",
     "evaluate": "cleancodec.infer.evaluate:EvaluateConfig",
-    "demo": "cleancodec.pipeline.demo.config:DemoConfig",
-    "demo_data": "cleancodec.pipeline.demo.config:DemoDataConfig",
+    "demo": "cleancodec.datagen.demo.config:DemoConfig",
+    "demo_data": "cleancodec.datagen.demo.config:DemoDataConfig",
 }
 assert tuple(SCHEMAS) == SECTIONS, "every section needs a schema"
 
 
 def schema(section: str) -> type:
-    """The dataclass schema of ``section`` (one of :data:`cleancodec.pipeline.config.SECTIONS`)."""
+    """The dataclass schema of ``section`` (one of :data:`cleancodec.core.config.SECTIONS`)."""
     try:
         module, name = SCHEMAS[section].split(":")
     except KeyError:

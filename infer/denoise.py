@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
-from cleancodec.pipeline.codec import (
+from cleancodec.core.codec import (
     Codec,
     CodecConfig,
     describe_identity,
     identities_match,
     load_codec,
 )
-from cleancodec.pipeline.topology import bf16_autocast
+from cleancodec.core.topology import bf16_autocast
+from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
 from cleancodec.trainer.checkpoint import BEST, RUN_CONFIG, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)

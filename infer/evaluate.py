@@ -36,14 +36,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from cleancodec.core.atomic import write_bytes_atomic, write_text_atomic
+from cleancodec.core.audio import AudioError, read_audio
+from cleancodec.core.codec import RANDOM_INIT_BANNER
+from cleancodec.core.config import load_section, to_dict
+from cleancodec.core.oserrors import named_os_errors
 from cleancodec.infer.metrics import ALL_METRICS, COLUMNS, SAMPLE_RATE, SpeakerEncoder, score
 from cleancodec.infer.run import REPORT_NAME
 from cleancodec.infer.testset import Pair, Pairing, pair_files
-from cleancodec.pipeline.atomic import write_bytes_atomic, write_text_atomic
-from cleancodec.pipeline.audio import AudioError, read_audio
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
-from cleancodec.pipeline.config import load_section, to_dict
-from cleancodec.pipeline.oserrors import named_os_errors
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cleancodec.core.atomic import atomic_path
 from cleancodec.infer.onnx_forms import onnx_friendly
 from cleancodec.infer.receptive import ChainField, codec_chain_field
-from cleancodec.pipeline.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +279,9 @@ def run_export(checkpoint: str | Path, output: str | Path, full: bool = False,
     """``cleancodec export``: the checkpoint's denoiser, or with ``full`` the whole graph with
     the codec of the profile's ``codec`` section (``overrides``: ``codec.key=value`` /
     ``denoise.key=value`` items)."""
+    from cleancodec.core.codec import CodecConfig
+    from cleancodec.core.config import load_section
     from cleancodec.infer.denoise import DenoiseConfig, load_enhancer
-    from cleancodec.pipeline.codec import CodecConfig
-    from cleancodec.pipeline.config import load_section
     from cleancodec.trainer.checkpoint import load_denoiser
 
     if Path(output).is_dir():

@@ -22,8 +22,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from cleancodec.pipeline.atomic import publish, temp_beside
-from cleancodec.pipeline.audio import (
+from cleancodec.core.atomic import publish, temp_beside
+from cleancodec.core.audio import (
     RESAMPLE_QUALITY,
     AudioError,
     audio_extensions,

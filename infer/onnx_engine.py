@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig
 from cleancodec.infer.denoise import DenoiseConfig, Enhancer, load_enhancer
 from cleancodec.infer.export import (
     FULL_INPUT,
@@ -29,7 +30,6 @@ from cleancodec.infer.export import (
     read_metadata,
 )
 from cleancodec.infer.receptive import ChainField
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
 
 ENGINE_TORCH, ENGINE_ONNX = "torch", "onnx"
 REQUIRED_KEYS = ("kind", "sample_rate", "hop", "chain_field", "codec_identity")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cleancodec.pipeline.codec import SNAKE_EPS, is_snake
+from cleancodec.core.codec import SNAKE_EPS, is_snake
 
 TIME_AXIS_2D = 2  # the height axis of size 1 that the 2-D forms add: [B x C x 1 x T]
 SNAKE_R = 2.0 / math.sqrt(math.pi)  # sin(pi f)^2 / pi = h (SNAKE_R - h), h = SNAKE_R sin(pi f/2)^2

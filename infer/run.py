@@ -24,6 +24,13 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from cleancodec.core.atomic import write_json_atomic
+from cleancodec.core.audio import EMPTY, AudioError
+from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig
+from cleancodec.core.config import load_section, to_dict
+from cleancodec.core.dirlock import DirectoryLock
+from cleancodec.core.oserrors import describe, is_os_failure, named_os_errors
+from cleancodec.core.stopping import GracefulStop
 from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
 from cleancodec.infer.denoise import DenoiseConfig, Enhancer, enhance_chunks, load_enhancer
 from cleancodec.infer.fileio import (
@@ -37,13 +44,6 @@ from cleancodec.infer.fileio import (
     plan_tasks,
     total_seconds,
 )
-from cleancodec.pipeline.atomic import write_json_atomic
-from cleancodec.pipeline.audio import EMPTY, AudioError
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig
-from cleancodec.pipeline.config import load_section, to_dict
-from cleancodec.pipeline.dirlock import DirectoryLock
-from cleancodec.pipeline.oserrors import describe, is_os_failure, named_os_errors
-from cleancodec.pipeline.stopping import GracefulStop
 
 log = logging.getLogger(__name__)
 

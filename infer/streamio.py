@@ -27,6 +27,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from cleancodec.core.atomic import publish, temp_beside
+from cleancodec.core.stopping import GracefulStop
 from cleancodec.infer.fileio import AudioReader, Fifo, Resampler
 from cleancodec.infer.pcm import (
     RAW_FORMATS,
@@ -45,8 +47,6 @@ from cleancodec.infer.stream import (
     StreamError,
     block_frames_for,
 )
-from cleancodec.pipeline.atomic import publish, temp_beside
-from cleancodec.pipeline.stopping import GracefulStop
 
 log = logging.getLogger(__name__)
 
@@ -316,10 +316,10 @@ def run_stream(source: str, target: str, conf: str | Path | None = None,
     ``overrides``: ``codec.key=value`` / ``denoise.key=value`` items, applied after the
     profile (``denoise.mix`` / ``denoise.output_sr`` stand in for unset ``opts`` fields).
     """
+    from cleancodec.core.codec import CodecConfig
+    from cleancodec.core.config import load_section
     from cleancodec.infer.denoise import DenoiseConfig
     from cleancodec.infer.onnx_engine import load_engine
-    from cleancodec.pipeline.codec import CodecConfig
-    from cleancodec.pipeline.config import load_section
 
     opts = opts or StreamOptions()
     codec_cfg = load_section(conf, "codec", CodecConfig, overrides)

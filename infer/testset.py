@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from cleancodec.pipeline.audio import list_audio_files
-from cleancodec.pipeline.dns import fileid
+from cleancodec.core.audio import list_audio_files
+from cleancodec.core.dns import fileid
 
 
 @dataclass

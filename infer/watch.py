@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from cleancodec.core.atomic import write_bytes_atomic, write_text_atomic
+from cleancodec.core.audio import list_audio_files, read_mono
+from cleancodec.core.codec import RANDOM, CodecConfig, load_codec
+from cleancodec.core.config import load_section
+from cleancodec.core.dirlock import holder
 from cleancodec.infer.denoise import DenoiseConfig, load_enhancer
 from cleancodec.infer.evaluate import EvaluateConfig, evaluate_dirs
 from cleancodec.infer.run import denoise_path
-from cleancodec.pipeline.atomic import write_bytes_atomic, write_text_atomic
-from cleancodec.pipeline.audio import list_audio_files, read_mono
-from cleancodec.pipeline.codec import RANDOM, CodecConfig, load_codec
-from cleancodec.pipeline.config import load_section
-from cleancodec.pipeline.dirlock import holder
 from cleancodec.trainer.checkpoint import BEST, BEST_INFO, RUN_CONFIG
 from cleancodec.trainer.checkpoint import RUN_SUMMARY as SUMMARY
 

@@ -49,13 +49,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cleancodec.core.config import to_dict
+from cleancodec.core.dirlock import DirectoryLock
+from cleancodec.core.oserrors import named_os_errors
+from cleancodec.core.stopping import GracefulStop
+from cleancodec.core.topology import GLOO, Topology, barrier, broadcast_object, process_group
 from cleancodec.pipeline import shards
 from cleancodec.pipeline.build_errors import BuildError, CacheMismatchError, NoUsableInputError
 from cleancodec.pipeline.cache_config import CacheConfig
 from cleancodec.pipeline.cachedir import check_out_dir, clear_scratch, verify_done
-from cleancodec.pipeline.config import to_dict
 from cleancodec.pipeline.corpus import fingerprint
-from cleancodec.pipeline.dirlock import DirectoryLock
 from cleancodec.pipeline.inputs import (
     REJECTED_FILE,
     Inputs,
@@ -76,10 +79,7 @@ from cleancodec.pipeline.manifest import (
     now,
     save_manifest,
 )
-from cleancodec.pipeline.oserrors import named_os_errors
 from cleancodec.pipeline.plan import Plan, make_plan
-from cleancodec.pipeline.stopping import GracefulStop
-from cleancodec.pipeline.topology import GLOO, Topology, barrier, broadcast_object, process_group
 from cleancodec.pipeline.workers import (
     Progress,
     run_tasks_inline,
@@ -135,7 +135,7 @@ class BuildSummary:
         if not self.complete:
             lines.append("  INCOMPLETE: rerun the same command to finish the missing shards")
         if self.random_init:
-            from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
+            from cleancodec.core.codec import RANDOM_INIT_BANNER
 
             lines.append(f"  {RANDOM_INIT_BANNER}")
         return "\n".join(lines)
@@ -256,7 +256,7 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
     ------
     CacheMismatchError, NoUsableInputError, CorpusError, BuildError, CodecWeightsError.
     """
-    from cleancodec.pipeline.codec import load_codec
+    from cleancodec.core.codec import load_codec
 
     cfg.validate()
     if workers < 1:
@@ -360,7 +360,7 @@ def load_cache_config(conf: str | Path | None, section: str = "cache",
                       overrides: Sequence[str] = ()) -> CacheConfig:
     """The ``cache`` section of a profile (defaults when ``conf`` is None), with
     ``section.key=value`` ``overrides`` applied."""
-    from cleancodec.pipeline.config import load_section
+    from cleancodec.core.config import load_section
 
     return load_section(conf, section, CacheConfig, overrides)
 
@@ -374,8 +374,8 @@ def run_cache(conf: str | Path | None, codec_choice: str | None = None,
     """``cleancodec cache``: load the profile's ``codec`` and ``cache`` sections with the
     ``section.key=value`` ``overrides``, apply the command-line options (``codec_choice``:
     ``"random"`` or a weights path; ``storage``), build."""
-    from cleancodec.pipeline.codec import CodecConfig
-    from cleancodec.pipeline.config import load_section
+    from cleancodec.core.codec import CodecConfig
+    from cleancodec.core.config import load_section
 
     cfg = load_cache_config(conf, overrides=overrides)
     codec_cfg = load_section(conf, "codec", CodecConfig, overrides)

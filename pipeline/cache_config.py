@@ -1,19 +1,19 @@
 """The ``cache`` section of a profile: :class:`CacheConfig`, the schema of a cache build.
 
-A plain dataclass with defaults, loaded by :func:`cleancodec.pipeline.config.load_section` (an
+A plain dataclass with defaults, loaded by :func:`cleancodec.core.config.load_section` (an
 OmegaConf structured config), so its fields stay simple types: int / float / str / bool,
 ``X | None``, lists, and the nested :class:`~cleancodec.pipeline.mix.MixConfig` /
-:class:`~cleancodec.pipeline.synth.SynthConfig`.
+:class:`~cleancodec.datagen.synth.SynthConfig`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cleancodec.datagen.synth import SynthConfig
 from cleancodec.pipeline import corpus as corpus_mod
 from cleancodec.pipeline.manifest import STORAGES
 from cleancodec.pipeline.mix import MixConfig
 from cleancodec.pipeline.shards import COMPRESSORS, DTYPES
-from cleancodec.pipeline.synth import SynthConfig
 
 CORPUS_KINDS = ("dirs", "synthetic")
 SIZED_FIELDS = ("train_windows", "val_windows", "train_hours", "val_hours")

@@ -3,8 +3,8 @@
 A cache folder holds only names a build creates (:func:`is_ours`): ``manifest.json``,
 ``corpus.json``, ``rejected.tsv``, ``<split>.zarr`` or ``<split>-NNNNNN.tar``, the ``.tmp``
 scratch folder, the ``.markers`` folder of other ranks, and temp names of those files
-(``.<name>.<random>.tmp``, see :mod:`cleancodec.pipeline.atomic`), and the build's lock file
-``.cleancodec.lock`` (:mod:`cleancodec.pipeline.dirlock`). A build refuses a folder with
+(``.<name>.<random>.tmp``, see :mod:`cleancodec.core.atomic`), and the build's lock file
+``.cleancodec.lock`` (:mod:`cleancodec.core.dirlock`). A build refuses a folder with
 anything else in it, and deletes only its own names.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cleancodec.core.atomic import temp_target
+from cleancodec.core.dirlock import LOCK_NAME
 from cleancodec.pipeline import shards
-from cleancodec.pipeline.atomic import temp_target
 from cleancodec.pipeline.build_errors import BuildError, CacheMismatchError
-from cleancodec.pipeline.dirlock import LOCK_NAME
 from cleancodec.pipeline.inputs import CORPUS_FILE, REJECTED_FILE, SPLITS
 from cleancodec.pipeline.manifest import MANIFEST_NAME, MARKER_DIR, ManifestError, load_manifest
 

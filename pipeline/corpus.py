@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cleancodec.pipeline.audio import SILENCE_PEAK, is_audio_path
+from cleancodec.core.audio import SILENCE_PEAK, is_audio_path
 
 DEFAULT_SPEAKER_PATTERNS = (r"reader_(\d+)", r"^(\d+)-\d+-\d+", r"^(p\d{3})_")
 SPEAKER_SOURCES = ("auto", "index", "pattern", "dir", "none")

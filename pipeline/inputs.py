@@ -21,10 +21,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cleancodec.core.atomic import atomic_path, write_json_atomic
+from cleancodec.datagen.synth import make_tiny_corpus_from
 from cleancodec.pipeline import corpus as corpus_mod
-from cleancodec.pipeline.atomic import atomic_path, write_json_atomic
 from cleancodec.pipeline.cache_config import CacheConfig
-from cleancodec.pipeline.synth import make_tiny_corpus_from
 
 SPLITS = corpus_mod.SPLITS
 ROLES = ("clean", "noise", "rir")

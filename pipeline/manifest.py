@@ -42,13 +42,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cleancodec.pipeline.atomic import write_json_atomic
+from cleancodec.core.atomic import write_json_atomic
 
 if TYPE_CHECKING:  # types only: readers import this module without the build
+    from cleancodec.core.topology import Topology
     from cleancodec.pipeline.cache_config import CacheConfig
     from cleancodec.pipeline.inputs import Inputs
     from cleancodec.pipeline.plan import Plan, ShardTask
-    from cleancodec.pipeline.topology import Topology
 
 FORMAT = "cleancodec-latent-cache"
 # 2: ``noisy_per_clean`` (K noisy variants per clean window; noisy arrays / tar members hold
@@ -87,7 +87,7 @@ def load_manifest(cache_dir: str | Path, require_complete: bool = False) -> dict
     Raises ManifestError when the file is missing, unreadable, of another format, of an unknown
     format version, or (with ``require_complete``) not marked complete.
     """
-    from cleancodec.pipeline import remote
+    from cleancodec.core import remote
 
     if remote.is_url(cache_dir):
         path = remote.join(cache_dir, MANIFEST_NAME)
@@ -158,8 +158,8 @@ def new_manifest(cfg: CacheConfig, plan: Plan, constants: dict[str, Any], inputs
                  corpus_record: dict[str, Any], codec_settings: dict[str, Any],
                  n_rejected: int) -> dict[str, Any]:
     """The manifest of a fresh build, every shard ``pending`` (layout: module docstring)."""
-    from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
-    from cleancodec.pipeline.config import to_dict
+    from cleancodec.core.codec import RANDOM_INIT_BANNER
+    from cleancodec.core.config import to_dict
     from cleancodec.pipeline.inputs import ROLES
     from cleancodec.pipeline.plan import SECONDS_PER_HOUR
     from cleancodec.pipeline.shards import WDS_PATTERN
@@ -219,7 +219,7 @@ def compare_build(manifest: dict[str, Any], wanted: dict[str, Any]) -> list[str]
     ``wanted``: this run's ``codec`` constants, ``codec_settings``, ``config``, ``inputs`` and
     ``corpus_fingerprint``, in the manifest's layout.
     """
-    from cleancodec.pipeline.codec import describe_identity, identities_match
+    from cleancodec.core.codec import describe_identity, identities_match
 
     diffs = []
     have_id, want_id = manifest.get("codec", {}).get("identity", {}), wanted["codec"]["identity"]

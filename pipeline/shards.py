@@ -11,7 +11,7 @@ zarr (``<cache>/<split>.zarr``, one group per split)::
 Each build shard therefore owns exactly one file per array, so shards are written
 independently (by workers or ranks). A shard is first written into a scratch copy of the arrays
 (same metadata) in a temp folder under ``<cache>/.tmp/``; its files are then published (fsync +
-rename, :mod:`cleancodec.pipeline.atomic`) into place, so a killed build never leaves a
+rename, :mod:`cleancodec.core.atomic`) into place, so a killed build never leaves a
 half-written file under a live name.
 
 webdataset (``<cache>/<split>-%06d.tar``, one tar per build shard): samples
@@ -40,8 +40,8 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from cleancodec.pipeline.atomic import atomic_dir, atomic_path, publish, temp_dir_beside
-from cleancodec.pipeline.hashing import sha256_file
+from cleancodec.core.atomic import atomic_dir, atomic_path, publish, temp_dir_beside
+from cleancodec.core.hashing import sha256_file
 
 if TYPE_CHECKING:  # types only: this module must not import the build at run time
     from cleancodec.pipeline.plan import Plan

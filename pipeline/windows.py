@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cleancodec.pipeline.audio import read_audio, read_segment
+from cleancodec.core.audio import read_audio, read_segment
 from cleancodec.pipeline.build_errors import BuildError
 from cleancodec.pipeline.mix import (
     draw_mix_params,

@@ -18,9 +18,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cleancodec.core.topology import Topology
 from cleancodec.pipeline.plan import Plan, ShardTask
 from cleancodec.pipeline.shards import write_shard
-from cleancodec.pipeline.topology import Topology
 from cleancodec.pipeline.windows import encode_shard, mix_shard
 
 OnDone = Callable[[str, dict[str, Any]], None]
@@ -39,7 +39,7 @@ def cpu_count() -> int:
 def worker_codec_config(codec_cfg: Any, topology: Topology, workers: int) -> Any:
     """This process's codec settings: torch threads shared among the processes on this machine
     (``workers`` per rank). The GPU of each rank follows from ``LOCAL_RANK``
-    (:func:`cleancodec.pipeline.topology.pick_device`)."""
+    (:func:`cleancodec.core.topology.pick_device`)."""
     procs = max(1, workers) * max(1, topology.local_world_size)
     if not codec_cfg.num_threads and procs > 1:
         return dataclasses.replace(codec_cfg, num_threads=max(1, cpu_count() // procs))
@@ -54,7 +54,7 @@ def _init_worker(plan: Plan, codec_cfg: Any, cache_dir: str) -> None:
     # ledger); a Ctrl-C sent to the whole process group must not kill the workers mid-shard.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
-    from cleancodec.pipeline.codec import load_codec
+    from cleancodec.core.codec import load_codec
 
     _WORKER.update(plan=plan, codec=load_codec(codec_cfg), cache_dir=Path(cache_dir))
 

@@ -32,8 +32,8 @@ def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
             val_windows: int = TINY_VAL_WINDOWS, noisy_per_clean: int = 1) -> Path:
         key = f"{storage}-{train_windows}-{val_windows}-{noisy_per_clean}"
         if key not in built:
+            from cleancodec.core.codec import CodecConfig
             from cleancodec.pipeline.build import CacheConfig, build_cache
-            from cleancodec.pipeline.codec import CodecConfig
             from cleancodec.pipeline.mix import MixConfig
 
             cfg = CacheConfig(storage=storage, corpus="synthetic",

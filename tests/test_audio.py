@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cleancodec.pipeline.audio import (
+from cleancodec.core.audio import (
     AudioError,
     read_audio,
     read_audio_channels,
@@ -74,7 +74,7 @@ def test_atomic_write_leaves_no_temp_and_keeps_old_on_failure(tmp_path):
 
 
 def test_one_definition_of_an_audio_file_and_streamed_reads(tmp_path):
-    from cleancodec.pipeline.audio import (
+    from cleancodec.core.audio import (
         audio_extensions,
         is_audio_path,
         list_audio_files,

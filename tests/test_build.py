@@ -24,6 +24,9 @@ import torch
 import zarr
 from click.testing import CliRunner
 
+from cleancodec.core.codec import CodecConfig, load_codec
+from cleancodec.core.config import to_dict
+from cleancodec.datagen.synth import make_tiny_corpus
 from cleancodec.pipeline.build import (
     BuildError,
     CacheConfig,
@@ -31,15 +34,12 @@ from cleancodec.pipeline.build import (
     NoUsableInputError,
     build_cache,
 )
-from cleancodec.pipeline.codec import CodecConfig, load_codec
-from cleancodec.pipeline.config import to_dict
 from cleancodec.pipeline.corpus import DEFAULT_SPEAKER_PATTERNS, speaker_from_name
 from cleancodec.pipeline.inputs import Inputs
 from cleancodec.pipeline.manifest import latent_shape, load_manifest
 from cleancodec.pipeline.mix import MixConfig
 from cleancodec.pipeline.plan import make_plan
 from cleancodec.pipeline.shards import META_FIELDS, sha256_file
-from cleancodec.pipeline.synth import make_tiny_corpus
 from cleancodec.pipeline.windows import make_window
 from cleancodec.trainer.data import open_split, read_split, read_window
 
@@ -349,8 +349,8 @@ def test_cli_builds_the_tiny_profile_offline(tmp_path, monkeypatch):
 _BUILD_SCRIPT = """
 import json, sys
 from cleancodec.pipeline.build import CacheConfig, build_cache
-from cleancodec.pipeline.codec import CodecConfig
-from cleancodec.pipeline.config import from_dict
+from cleancodec.core.codec import CodecConfig
+from cleancodec.core.config import from_dict
 a = json.loads(sys.argv[1])
 build_cache(from_dict(CacheConfig, a["cfg"]), CodecConfig(**a["codec"]), a["clean"], a["noise"],
             None, a["out"], workers=a.get("workers", 1), progress=False)
@@ -499,7 +499,7 @@ def test_a_second_build_into_a_held_cache_folder_is_refused(corpus, tmp_path):
     import os
     import socket
 
-    from cleancodec.pipeline.dirlock import DirectoryLock, DirectoryLockedError
+    from cleancodec.core.dirlock import DirectoryLock, DirectoryLockedError
 
     out = tmp_path / "cache"
     with DirectoryLock(out, "cache"):

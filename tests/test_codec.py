@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cleancodec.pipeline.codec import (
+from cleancodec.core.codec import (
     CodecConfig,
     CodecWeightsError,
     default_weights_path,
@@ -131,7 +131,7 @@ def test_offline_without_weights_gives_one_clear_error(tmp_path, monkeypatch):
 
 def test_inference_speed_ups_keep_encode_quantize_decode_equal(codec):
     """Folded weight norm and the in-place Snake give dac's own numbers (float rounding)."""
-    from cleancodec.pipeline.codec import _build_dac, prepare_for_inference, resolve_arch
+    from cleancodec.core.codec import _build_dac, prepare_for_inference, resolve_arch
 
     torch.manual_seed(TINY.random_seed)
     reference = _build_dac(resolve_arch("tiny")).eval()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cleancodec.pipeline.config import (
+from cleancodec.core.config import (
     SECTIONS,
     ConfigError,
     check_overrides,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cleancodec.pipeline.audio import read_audio, read_segment
+from cleancodec.core.audio import read_audio, read_segment
 from cleancodec.pipeline.corpus import (
     DEFAULT_SPEAKER_PATTERNS,
     CorpusError,

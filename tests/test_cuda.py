@@ -102,7 +102,7 @@ def test_bf16_training_step_is_finite_and_close_to_fp32():
 
 
 def _tiny_codec(device: str, bf16: bool = False):
-    from cleancodec.pipeline.codec import CodecConfig, load_codec
+    from cleancodec.core.codec import CodecConfig, load_codec
 
     return load_codec(CodecConfig(weights="random", random_arch="tiny", random_seed=SEED,
                                   device=device, bf16=bf16))

@@ -16,31 +16,31 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cleancodec.pipeline.audio import AudioError
-from cleancodec.pipeline.config import ConfigError, load_section
-from cleancodec.pipeline.demo import debs
-from cleancodec.pipeline.demo.build import build_demo_data, sweep_leftovers
-from cleancodec.pipeline.demo.config import (
+from cleancodec.core.audio import AudioError
+from cleancodec.core.config import ConfigError, load_section
+from cleancodec.core.dns import noisy_name, pair_by_fileid, parse_noisy_name
+from cleancodec.datagen.demo import debs
+from cleancodec.datagen.demo.build import build_demo_data, sweep_leftovers
+from cleancodec.datagen.demo.config import (
     DemoDataConfig,
     GeneratedNoiseConfig,
     RealNoiseConfig,
     SessionConfig,
     validate,
 )
-from cleancodec.pipeline.demo.g722_codec import (
+from cleancodec.datagen.demo.g722_codec import (
     G722_DELAY_SAMPLES,
     decode_g722_bytes,
     encode_g722_bytes,
     read_g722,
     read_prompt,
 )
-from cleancodec.pipeline.demo.index import IndexRow, read_index, split_paths
-from cleancodec.pipeline.demo.noise_real import copyright_licenses, event_sequence, kind_of, segment
-from cleancodec.pipeline.demo.speech import load_prompts, plan_sessions, trim_silence
-from cleancodec.pipeline.demo.splits import SplitLeak, check_disjoint, hold_out
-from cleancodec.pipeline.dns import noisy_name, pair_by_fileid, parse_noisy_name
+from cleancodec.datagen.demo.index import IndexRow, read_index, split_paths
+from cleancodec.datagen.demo.noise_real import copyright_licenses, event_sequence, kind_of, segment
+from cleancodec.datagen.demo.speech import load_prompts, plan_sessions, trim_silence
+from cleancodec.datagen.demo.splits import SplitLeak, check_disjoint, hold_out
+from cleancodec.datagen.synth import BabbleSource, generate
 from cleancodec.pipeline.mix import rms_dbfs, snr_db, window_rng
-from cleancodec.pipeline.synth import BabbleSource, generate
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[1]
@@ -702,8 +702,8 @@ def test_real_demo_corpus_from_debian_packages(tmp_path):
 
 
 def test_demo_preflight_explains_missing_weights(tmp_path):
-    from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, CodecWeightsError
-    from cleancodec.pipeline.demo.preflight import (
+    from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, CodecWeightsError
+    from cleancodec.datagen.demo.preflight import (
         EXIT_NO_WEIGHTS,
         missing_weights_message,
         preflight,
@@ -721,7 +721,7 @@ def test_demo_preflight_explains_missing_weights(tmp_path):
 
 
 def test_demo_testset_excerpt_copies_pairs_by_fileid(tmp_path):
-    from cleancodec.pipeline.demo.excerpt import copy_testset
+    from cleancodec.datagen.demo.excerpt import copy_testset
 
     root = tmp_path / "corpus" / "testset"
     for k in range(3):

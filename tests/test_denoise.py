@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cleancodec.core.codec import CodecConfig, load_codec
 from cleancodec.infer.chunking import ChunkAssembler, ChunkPlanner, ChunkSpec
 from cleancodec.infer.denoise import (
     DenoiseConfig,
@@ -18,7 +19,6 @@ from cleancodec.infer.denoise import (
     load_enhancer,
     snr_db,
 )
-from cleancodec.pipeline.codec import CodecConfig, load_codec
 from cleancodec.trainer.checkpoint import FORMAT_VERSION, CheckpointError, save_atomic
 from cleancodec.trainer.models import Denoiser
 

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from cleancodec.pipeline.dirlock import DirectoryLock, DirectoryLockedError, holder
+from cleancodec.core.dirlock import DirectoryLock, DirectoryLockedError, holder
 
 HOLD = """
 import sys, time
-from cleancodec.pipeline.dirlock import DirectoryLock
+from cleancodec.core.dirlock import DirectoryLock
 lock = DirectoryLock(sys.argv[1], "train").acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -16,9 +16,9 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from cleancodec.cli import main
+from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, identities_match, load_codec
+from cleancodec.datagen.synth import synth_noise, synth_utterance
 from cleancodec.infer.denoise import snr_db
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, identities_match, load_codec
-from cleancodec.pipeline.synth import synth_noise, synth_utterance
 from cleancodec.trainer.checkpoint import load_denoiser
 from cleancodec.trainer.config import load_train_config
 from cleancodec.trainer.loop import fit

@@ -11,12 +11,12 @@ import pytest
 import soundfile as sf
 from scipy import stats
 
+from cleancodec.core.codec import RANDOM_INIT_BANNER
+from cleancodec.core.dns import fileid
 from cleancodec.infer.evaluate import EvaluateConfig, evaluate_dirs, mean_ci
 from cleancodec.infer.metrics import si_sdr
 from cleancodec.infer.run import REPORT_NAME
 from cleancodec.infer.testset import pair_files
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER
-from cleancodec.pipeline.dns import fileid
 
 SR = 16000
 SECONDS = 5.0  # DNSMOS scores 9.01 s windows; a 5 s clip is repeated once: one window

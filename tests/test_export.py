@@ -34,7 +34,7 @@ ONNX_VS_TORCH_SNR_DB = 60.0  # measured ≈ 126 dB on the tiny codec (float roun
 
 @pytest.fixture(scope="module")
 def codec():
-    from cleancodec.pipeline.codec import load_codec
+    from cleancodec.core.codec import load_codec
 
     return load_codec(TINY)
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from cleancodec.core.topology import Topology
 from cleancodec.pipeline.manifest import load_manifest
-from cleancodec.pipeline.topology import Topology
 from cleancodec.trainer.cache_split import has_non_finite
 from cleancodec.trainer.config import DataConfig
 from cleancodec.trainer.data import (
@@ -333,7 +333,7 @@ def test_cache_built_into_s3_and_trained_from_it(tiny_latent_cache, tmp_path, mo
     moto_server = pytest.importorskip("moto.server")
     import boto3
 
-    from cleancodec.pipeline import remote
+    from cleancodec.core import remote
     from cleancodec.pipeline.manifest import MANIFEST_NAME
     from cleancodec.trainer.loop import fit
 
@@ -364,7 +364,7 @@ def test_cache_built_into_s3_and_trained_from_it(tiny_latent_cache, tmp_path, mo
 
 
 def test_read_only_locations_are_refused_for_writing():
-    from cleancodec.pipeline import remote
+    from cleancodec.core import remote
 
     for url in ("http://127.0.0.1:1/cache", "pipe:cat {}"):
         with pytest.raises(remote.RemoteError, match="read-only"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from cleancodec.core.codec import load_codec, prepare_for_inference
 from cleancodec.infer.export import EnhanceGraph, onnx_session
 from cleancodec.infer.onnx_forms import (
     ROWS,
@@ -20,7 +21,6 @@ from cleancodec.infer.onnx_forms import (
     onnx_friendly,
     residual_halo,
 )
-from cleancodec.pipeline.codec import load_codec, prepare_for_inference
 from tests.test_stream import TINY, local_denoiser
 
 TOL = 1e-5  # float32 rounding of sums taken in another order

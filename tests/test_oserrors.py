@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from cleancodec.pipeline.oserrors import StageOSError, describe, named_os_errors
+from cleancodec.core.oserrors import StageOSError, describe, named_os_errors
 
 
 def test_errno_is_worded_with_the_path():

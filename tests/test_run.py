@@ -11,10 +11,10 @@ import soxr
 from click.testing import CliRunner
 
 from cleancodec.cli import main
+from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec
 from cleancodec.infer.chunking import ChunkSpec
 from cleancodec.infer.denoise import DenoiseConfig, Enhancer, enhance_signal
 from cleancodec.infer.run import REPORT_NAME, RunError, default_output, denoise_path, plan_tasks
-from cleancodec.pipeline.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec
 from cleancodec.trainer.checkpoint import FORMAT_VERSION, save_atomic
 from cleancodec.trainer.models import Denoiser
 
@@ -303,7 +303,7 @@ def test_a_second_denoise_into_a_held_output_folder_is_refused(tmp_path):
     import os
     import socket
 
-    from cleancodec.pipeline.dirlock import DirectoryLock
+    from cleancodec.core.dirlock import DirectoryLock
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from cleancodec.core.codec import CodecConfig, load_codec
 from cleancodec.infer.denoise import DenoiseConfig, Enhancer, enhance_whole, load_enhancer, snr_db
 from cleancodec.infer.pcm import PcmError, PcmFormat, PcmReader, PcmWriter, read_wav_header
 from cleancodec.infer.receptive import codec_chain_field, gradient_span
@@ -25,7 +26,6 @@ from cleancodec.infer.stream import (
     stream_signal,
 )
 from cleancodec.infer.streamio import StreamOptions, stream_file
-from cleancodec.pipeline.codec import CodecConfig, load_codec
 from cleancodec.trainer.models import Denoiser
 from tests.test_denoise import save_checkpoint, speechlike
 

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cleancodec.pipeline.corpus import DEFAULT_SPEAKER_PATTERNS, find_audio_files, speaker_from_name
-from cleancodec.pipeline.mix import MixConfig, active_fraction
-from cleancodec.pipeline.synth import (
+from cleancodec.datagen.synth import (
     NOISE_KINDS,
     make_tiny_corpus,
     speaker_voice,
     synth_noise,
     synth_utterance,
 )
+from cleancodec.pipeline.corpus import DEFAULT_SPEAKER_PATTERNS, find_audio_files, speaker_from_name
+from cleancodec.pipeline.mix import MixConfig, active_fraction
 
 SR = 16000
 SMALL = dict(speakers=2, clips_per_speaker=2, clip_seconds=1.5, noises_per_kind=1,

@@ -21,9 +21,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cleancodec.pipeline.config import to_dict
+from cleancodec.core.config import to_dict
+from cleancodec.core.topology import Topology
 from cleancodec.pipeline.manifest import latent_shape, load_manifest, save_manifest
-from cleancodec.pipeline.topology import Topology
 from cleancodec.trainer.checkpoint import CheckpointError, load_checkpoint, load_denoiser
 from cleancodec.trainer.config import TrainConfig, load_train_config
 from cleancodec.trainer.loop import Trainer, fit
@@ -35,23 +35,23 @@ GAIN_THRESHOLD = 0.97   # 200 steps reach ~0.93 on this cache; an identity model
 
 RUNNER = """
 import json, sys
-from cleancodec.pipeline.config import from_dict
+from cleancodec.core.config import from_dict
 from cleancodec.trainer.config import TrainConfig
 from cleancodec.trainer.loop import fit
 cfg = from_dict(TrainConfig, json.loads(sys.argv[1]))
 out = fit(cfg, sys.argv[2], sys.argv[3])
 codec = sorted(m for m in sys.modules
-               if m.split(".")[0] in ("dac", "audiotools") or m == "cleancodec.pipeline.codec")
+               if m.split(".")[0] in ("dac", "audiotools") or m == "cleancodec.core.codec")
 print("RESULT " + json.dumps({**out, "codec_modules": codec}))
 """
 
 DDP_RUNNER = """
 import json, sys, torch
-from cleancodec.pipeline.config import from_dict
+from cleancodec.core.config import from_dict
 from cleancodec.pipeline.manifest import load_manifest
 from cleancodec.trainer.config import TrainConfig
 from cleancodec.trainer.data import open_split, train_batches
-from cleancodec.pipeline.topology import process_group
+from cleancodec.core.topology import process_group
 from cleancodec.trainer.loop import Trainer
 cfg = from_dict(TrainConfig, json.loads(sys.argv[1]))
 cache, run, out = sys.argv[2], sys.argv[3], sys.argv[4]
@@ -333,7 +333,7 @@ def test_a_second_trainer_on_the_same_run_is_refused_until_the_first_dies(tiny_l
                                                                          tmp_path):
     import socket
 
-    from cleancodec.pipeline.dirlock import DirectoryLockedError
+    from cleancodec.core.dirlock import DirectoryLockedError
 
     cache, run = tiny_latent_cache("zarr"), tmp_path / "run"
     first = _cli_train(cache, run, "train.steps=100000", "train.data.num_workers=0")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cleancodec.pipeline import remote
+from cleancodec.core import remote
 from cleancodec.pipeline.manifest import ManifestError, done_shards, latent_shape
 from cleancodec.pipeline.shards import WDS_PATTERN
 

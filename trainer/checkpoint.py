@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cleancodec.pipeline.atomic import TMP_SUFFIX, atomic_path
-from cleancodec.pipeline.oserrors import stage_error
+from cleancodec.core.atomic import TMP_SUFFIX, atomic_path
+from cleancodec.core.oserrors import stage_error
 from cleancodec.trainer.models import Denoiser
 
 FORMAT_VERSION = 1

@@ -2,7 +2,7 @@
 
 Every number the trainer uses has its default here, written once: model sizes, loss weights,
 optimiser settings, intervals, seeds. Profiles (``conf/*.yaml``) and ``train.key=value``
-command-line overrides change them (see :mod:`cleancodec.pipeline.config`). Model presets
+command-line overrides change them (see :mod:`cleancodec.core.config`). Model presets
 (``medium``, ``large``) are named sets of :class:`DenoiserConfig` overrides;
 :func:`resolve_preset` applies the chosen one, and the resolved config is what checkpoints record.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cleancodec.pipeline.config import ConfigError, from_dict, load_section, to_dict
+from cleancodec.core.config import ConfigError, from_dict, load_section, to_dict
 
 
 @dataclass

@@ -19,7 +19,7 @@ same world size and worker count). Batches are dicts ``{"noisy", "clean"}`` of
 Exact reads, on the same dataset / tar-decoding code the loaders use: :func:`read_window`
 (window ``i`` of a split with its metadata), :func:`read_split` (every window of a split, in
 order) and :func:`iter_tar_windows` (the samples of webdataset tars). This module never imports
-the codec (``pipeline/codec.py``, ``dac``).
+the codec (``cleancodec/core/codec.py``, ``dac``).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cleancodec.pipeline import remote
+from cleancodec.core import remote
 from cleancodec.pipeline.manifest import ManifestError
 from cleancodec.pipeline.shards import META_FIELDS, SOURCE_FIELDS
 from cleancodec.trainer.cache_split import (

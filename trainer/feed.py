@@ -24,7 +24,7 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from cleancodec.pipeline.topology import Topology
+from cleancodec.core.topology import Topology
 from cleancodec.trainer.cache_split import CORRUPT_KEY, Batch, CacheDataError, SplitSource
 from cleancodec.trainer.config import DataConfig
 from cleancodec.trainer.data import pair_dataset, train_batches, train_sampler

@@ -27,14 +27,13 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from cleancodec.pipeline import remote
-from cleancodec.pipeline.atomic import write_json_atomic, write_text_atomic
-from cleancodec.pipeline.config import to_dict
-from cleancodec.pipeline.dirlock import DirectoryLock
-from cleancodec.pipeline.manifest import latent_shape, load_manifest
-from cleancodec.pipeline.oserrors import named_os_errors
-from cleancodec.pipeline.stopping import GracefulStop
-from cleancodec.pipeline.topology import (
+from cleancodec.core import remote
+from cleancodec.core.atomic import write_json_atomic, write_text_atomic
+from cleancodec.core.config import to_dict
+from cleancodec.core.dirlock import DirectoryLock
+from cleancodec.core.oserrors import named_os_errors
+from cleancodec.core.stopping import GracefulStop
+from cleancodec.core.topology import (
     Topology,
     all_reduce_sum,
     barrier,
@@ -42,6 +41,7 @@ from cleancodec.pipeline.topology import (
     process_group,
     wrap,
 )
+from cleancodec.pipeline.manifest import latent_shape, load_manifest
 from cleancodec.trainer import checkpoint as ckpt_io
 from cleancodec.trainer.config import TrainConfig, config_for_resume, validate
 from cleancodec.trainer.data import (

@@ -20,7 +20,7 @@ import google_crc32c
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cleancodec.pipeline import remote
+from cleancodec.core import remote
 from cleancodec.pipeline.shards import CRC32C_KEY, CRC_KEY, VARIANTS_KEY, noisy_member
 from cleancodec.trainer.cache_split import (
     FIELDS,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cleancodec.pipeline.audio import list_audio_files
+from cleancodec.core.audio import list_audio_files
 
 FILEID = re.compile(r"fileid_(\d+)")
 SNR = re.compile(r"_snr(-?\d+)_")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from cleancodec.pipeline.codec import (
+from cleancodec.core.codec import (
     RANDOM,
     RANDOM_INIT_BANNER,
     CodecConfig,
@@ -20,7 +20,7 @@ from cleancodec.pipeline.codec import (
     fetch_default_weights,
     offline_message,
 )
-from cleancodec.pipeline.config import load_section
+from cleancodec.core.config import load_section
 
 EXIT_OK = 0
 EXIT_NO_WEIGHTS = 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cleancodec.pipeline.audio import AudioError, read_audio_channels, resample
+from cleancodec.core.audio import AudioError, read_audio_channels, resample
 
 G722_SAMPLE_RATE = 16000
 G722_BIT_RATE = 64000

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cleancodec.pipeline.audio import AudioError, write_audio_atomic
-from cleancodec.pipeline.demo.config import NoisePackage, RealNoiseConfig
-from cleancodec.pipeline.demo.g722_codec import read_prompt
-from cleancodec.pipeline.demo.index import IndexRow, Skipped
-from cleancodec.pipeline.demo.splits import hold_out
+from cleancodec.core.audio import AudioError, write_audio_atomic
+from cleancodec.datagen.demo.config import NoisePackage, RealNoiseConfig
+from cleancodec.datagen.demo.g722_codec import read_prompt
+from cleancodec.datagen.demo.index import IndexRow, Skipped
+from cleancodec.datagen.demo.splits import hold_out
 from cleancodec.pipeline.mix import window_rng
 
 NOISE_DIR = "noise"

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cleancodec.pipeline.audio import read_mono, write_audio_atomic
-from cleancodec.pipeline.demo.config import TestSetConfig
-from cleancodec.pipeline.demo.index import IndexRow
-from cleancodec.pipeline.dns import clean_name, noisy_name
+from cleancodec.core.audio import read_mono, write_audio_atomic
+from cleancodec.core.dns import clean_name, noisy_name
+from cleancodec.datagen.demo.config import TestSetConfig
+from cleancodec.datagen.demo.index import IndexRow
 from cleancodec.pipeline.mix import MixConfig, active_fraction, fit_noise, mix, rms_dbfs, window_rng
 
 TESTSET_DIR = "testset"

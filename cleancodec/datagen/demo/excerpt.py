@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cleancodec.pipeline.atomic import atomic_path
-from cleancodec.pipeline.config import load_section
-from cleancodec.pipeline.demo.config import DemoConfig
-from cleancodec.pipeline.demo.testset import TESTSET_DIR
-from cleancodec.pipeline.dns import pair_by_fileid
+from cleancodec.core.atomic import atomic_path
+from cleancodec.core.config import load_section
+from cleancodec.core.dns import pair_by_fileid
+from cleancodec.datagen.demo.config import DemoConfig
+from cleancodec.datagen.demo.testset import TESTSET_DIR
 
 CLEAN_DIR, NOISY_DIR = "clean", "noisy"
 

@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from cleancodec.pipeline.config import ConfigError, from_dict
-from cleancodec.pipeline.synth import GENERATED_KINDS, NoiseSynthConfig
+from cleancodec.core.config import ConfigError, from_dict
+from cleancodec.datagen.synth import GENERATED_KINDS, NoiseSynthConfig
 
 SPLITS = ("train", "val", "test")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cleancodec.pipeline.audio import AudioError, write_audio_atomic
-from cleancodec.pipeline.demo.config import SessionConfig, SpeechSource
-from cleancodec.pipeline.demo.g722_codec import read_prompt
-from cleancodec.pipeline.demo.index import IndexRow, Skipped
+from cleancodec.core.audio import AudioError, write_audio_atomic
+from cleancodec.datagen.demo.config import SessionConfig, SpeechSource
+from cleancodec.datagen.demo.g722_codec import read_prompt
+from cleancodec.datagen.demo.index import IndexRow, Skipped
 from cleancodec.pipeline.mix import frame_levels_db, window_rng
 
 CLEAN_DIR = "clean"

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from cleancodec.pipeline.atomic import atomic_path
+from cleancodec.core.atomic import atomic_path
 
 SILENCE_PEAK = 1e-6  # a file whose peak stays under this is treated as all-silent
 RESAMPLE_QUALITY = "HQ"

@@ -34,9 +34,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cleancodec.pipeline.atomic import atomic_path, write_json_atomic
-from cleancodec.pipeline.audio import write_audio_atomic
-from cleancodec.pipeline.demo.config import (
+from cleancodec.core.atomic import atomic_path, write_json_atomic
+from cleancodec.core.audio import write_audio_atomic
+from cleancodec.datagen.demo.config import (
     SPLITS,
     DemoDataConfig,
     NoisePackage,
@@ -44,9 +44,9 @@ from cleancodec.pipeline.demo.config import (
     split_of_speaker,
     validate,
 )
-from cleancodec.pipeline.demo.debs import AptFetcher, PackageError, deb_version, unpack_deb
-from cleancodec.pipeline.demo.g722_codec import G722Unavailable
-from cleancodec.pipeline.demo.index import (
+from cleancodec.datagen.demo.debs import AptFetcher, PackageError, deb_version, unpack_deb
+from cleancodec.datagen.demo.g722_codec import G722Unavailable
+from cleancodec.datagen.demo.index import (
     IndexRow,
     Skipped,
     UnitState,
@@ -56,16 +56,16 @@ from cleancodec.pipeline.demo.index import (
     write_index,
     write_skipped,
 )
-from cleancodec.pipeline.demo.noise_real import (
+from cleancodec.datagen.demo.noise_real import (
     build_noise_package,
     copyright_licenses,
     load_noise_files,
 )
-from cleancodec.pipeline.demo.speech import common_base, list_files, load_prompts, write_sessions
-from cleancodec.pipeline.demo.splits import check_disjoint, hold_out
-from cleancodec.pipeline.demo.testset import TESTSET_DIR, build_testset
+from cleancodec.datagen.demo.speech import common_base, list_files, load_prompts, write_sessions
+from cleancodec.datagen.demo.splits import check_disjoint, hold_out
+from cleancodec.datagen.demo.testset import TESTSET_DIR, build_testset
+from cleancodec.datagen.synth import BabbleSource, generate
 from cleancodec.pipeline.mix import window_rng
-from cleancodec.pipeline.synth import BabbleSource, generate
 
 SPLITS_NAME = "splits.json"
 LICENSES_DIR = "licenses"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from cleancodec.pipeline.demo.config import SPLITS
-from cleancodec.pipeline.demo.index import IndexRow, Skipped
+from cleancodec.datagen.demo.config import SPLITS
+from cleancodec.datagen.demo.index import IndexRow, Skipped
 
 SECONDS_PER_MINUTE = 60.0
 

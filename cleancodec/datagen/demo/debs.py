@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cleancodec.pipeline.atomic import publish
+from cleancodec.core.atomic import publish
 
 APT_TIMEOUT_S = 900  # one package download
 DPKG_TIMEOUT_S = 300  # one unpack

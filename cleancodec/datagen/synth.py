@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from cleancodec.pipeline.atomic import write_json_atomic
-from cleancodec.pipeline.audio import read_mono, resample, write_audio_atomic
+from cleancodec.core.atomic import write_json_atomic
+from cleancodec.core.audio import read_mono, resample, write_audio_atomic
 from cleancodec.pipeline.mix import EPS, rms
 
 NOISE_KINDS = ("white", "pink", "hum", "clicks")  # the tiny corpus's noise folders

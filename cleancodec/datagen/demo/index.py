@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cleancodec.pipeline import hashing
-from cleancodec.pipeline.atomic import write_json_atomic, write_text_atomic
+from cleancodec.core import hashing
+from cleancodec.core.atomic import write_json_atomic, write_text_atomic
 
 INDEX_NAME = "index.csv"
 SKIPPED_NAME = "skipped.csv"

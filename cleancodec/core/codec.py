@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cleancodec.pipeline.hashing import sha256_file
-from cleancodec.pipeline.topology import bf16_autocast, pick_device
+from cleancodec.core.hashing import sha256_file
+from cleancodec.core.topology import bf16_autocast, pick_device
 
 log = logging.getLogger(__name__)
 
