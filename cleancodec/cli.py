@@ -159,11 +159,10 @@ def config_command(conf, args):
         SECTIONS,
         ConfigError,
         check_overrides,
-        load_section,
         split_overrides,
         to_yaml,
     )
-    from cleancodec.schemas import schema
+    from cleancodec.schemas import resolve
 
     overrides, names = split_overrides(args)
     unknown = [n for n in names if n not in SECTIONS]
@@ -172,7 +171,7 @@ def config_command(conf, args):
     names = names or list(SECTIONS)
     try:
         check_overrides(overrides, names, "config")
-        resolved = {n: load_section(conf, n, schema(n), overrides) for n in names}
+        resolved = {n: resolve(conf, n, overrides) for n in names}
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(to_yaml(resolved), nl=False)

@@ -202,3 +202,73 @@ def test_cli_config_prints_the_resolved_sections():
     assert result.exit_code == 0, result.output
     assert "steps: 11" in result.output and "random_arch: tiny" in result.output
     assert "lr_g: 0.0004" in result.output
+
+
+# --- model presets and the keys a user writes ------------------------------------------------
+
+
+def _config_output(*args: str) -> dict:
+    from omegaconf import OmegaConf
+
+    from cleancodec.cli import main
+
+    result = CliRunner().invoke(main, ["config", *args])
+    assert result.exit_code == 0, result.output
+    return OmegaConf.to_container(OmegaConf.create(result.output))
+
+
+def test_a_written_denoiser_key_beats_the_preset_and_config_prints_what_train_builds(tmp_path):
+    from cleancodec.trainer.config import load_train_config
+
+    overrides = ["train.preset=medium", "train.denoiser.width=96"]
+    cfg = load_train_config(TINY, None, overrides)
+    # width from the command line, depth from the profile: the preset fills neither
+    assert (cfg.preset, cfg.denoiser.width, cfg.denoiser.depth) == ("medium", 96, 2)
+    printed = _config_output("--conf", str(TINY), "train", *overrides)["train"]
+    assert printed == to_dict(cfg)
+    # the preset fills the keys nobody wrote, the written one keeps its value even when it
+    # equals the schema default
+    plain = REPO / "conf" / "train.yaml"
+    large = load_train_config(plain, None, ["train.preset=large", "train.denoiser.width=512"])
+    assert (large.denoiser.width, large.denoiser.depth) == (512, 8)
+    assert _config_output("--conf", str(plain), "train", "train.preset=large",
+                          "train.denoiser.width=512")["train"] == to_dict(large)
+    # a key written in a profile counts as written too, through its base chain
+    child = _profile(tmp_path, f"base: {plain}\ntrain:\n  preset: large\n"
+                               "  denoiser: {depth: 3}\n")
+    resolved = load_train_config(child).denoiser
+    assert (resolved.width, resolved.depth) == (768, 3)
+    assert load_train_config(child, "medium").denoiser.depth == 3
+    # with nothing written, the preset decides
+    assert load_train_config(plain, "large").denoiser.width == 768
+
+
+def test_a_preset_with_an_unknown_key_is_refused_even_when_overruled():
+    from cleancodec.trainer.config import load_train_config
+
+    with pytest.raises(ConfigError, match=r"train\.presets\.odd.*wide"):
+        load_train_config(None, "odd", ["train.presets={odd: {wide: 3}}",
+                                        "train.denoiser.width=8"])
+
+
+@pytest.mark.parametrize("overrides, width, depth", [
+    (["train.preset=medium", "train.denoiser.width=96"], 96, 2),
+    (["train.denoiser.width=256"], 256, 2),
+])
+def test_cli_train_builds_the_model_it_was_told(tiny_latent_cache, tmp_path, overrides, width,
+                                               depth):
+    import torch
+
+    from cleancodec.cli import main
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--conf", str(TINY), "--cache",
+                                       str(tiny_latent_cache("zarr")), "--run", str(run),
+                                       "--quiet", "train.steps=1", "train.val_every=1",
+                                       "train.data.num_workers=0", *overrides])
+    assert result.exit_code == 0, result.output
+    ckpt = torch.load(run / "latest.pt", map_location="cpu", weights_only=True)
+    assert (ckpt["model_args"]["width"], ckpt["model_args"]["depth"]) == (width, depth)
+    assert ckpt["config"]["denoiser"]["width"] == width
+    printed = _config_output("--conf", str(TINY), "train", *overrides)["train"]
+    assert printed["denoiser"] == ckpt["config"]["denoiser"]

@@ -3,18 +3,28 @@
 Every number the trainer uses has its default here, written once: model sizes, loss weights,
 optimiser settings, intervals, seeds. Profiles (``conf/*.yaml``) and ``train.key=value``
 command-line overrides change them (see :mod:`cleancodec.core.config`). Model presets
-(``medium``, ``large``) are named sets of :class:`DenoiserConfig` overrides;
-:func:`resolve_preset` applies the chosen one, and the resolved config is what checkpoints record.
+(``medium``, ``large``) are named sets of :class:`DenoiserConfig` values; :func:`load_train_config`
+applies the chosen one under the keys the user wrote, and the resolved config is what checkpoints
+record and what ``cleancodec config`` prints. Each dataclass checks its own values in
+``__post_init__`` (:func:`cleancodec.core.config.require`), naming the key.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cleancodec.core.config import ConfigError, from_dict, load_section, to_dict
+from cleancodec.core.config import (
+    ConfigError,
+    from_dict,
+    load_section,
+    require,
+    require_positive_ints,
+    to_dict,
+    written_section,
+)
 
 
 @dataclass
@@ -34,6 +44,11 @@ class DenoiserConfig:
     grn: str = "none"
     grn_window: int = 0      # frames of the "window" GRN (odd)
 
+    def __post_init__(self) -> None:
+        require_positive_ints(self, "train.denoiser", ("width", "depth"))
+        require(self.kernel_size % 2 == 1, "train.denoiser.kernel_size",
+                f"must be odd, got {self.kernel_size}")
+
 
 @dataclass
 class DiscriminatorConfig:
@@ -44,6 +59,14 @@ class DiscriminatorConfig:
     kernel_size: int = 3
     groups: int = 8
     negative_slope: float = 0.2
+
+    def __post_init__(self) -> None:
+        require_positive_ints(self, "train.discriminator", ("channels",))
+        require(self.kernel_size % 2 == 1, "train.discriminator.kernel_size",
+                f"must be odd, got {self.kernel_size}")
+        require(self.groups >= 1 and self.channels % self.groups == 0,
+                "train.discriminator.channels",
+                f"({self.channels}) must be divisible by groups ({self.groups})")
 
 
 @dataclass
@@ -66,6 +89,10 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 1000
     grad_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        require(len(self.betas) == 2, "train.optim.betas",
+                f"must hold two numbers, got {self.betas!r}")
 
 
 RESIDENT_MODES = ("auto", "off", "ram", "gpu")
@@ -96,6 +123,17 @@ class DataConfig:
     val_batch_size: int = 32
     val_max_windows: int | None = 2048  # cap on val windows per validation (None: all)
     max_corrupt_share: float = 0.01   # stop when more of the windows read fail their checks
+
+    def __post_init__(self) -> None:
+        require_positive_ints(self, "train.data", ("batch_size", "val_batch_size",
+                                                   "stats_windows", "shuffle_block",
+                                                   "shuffle_buffer"))
+        require(self.resident in RESIDENT_MODES, "train.data.resident",
+                f"must be one of {'|'.join(RESIDENT_MODES)}, got {self.resident!r}")
+        require(0 < self.resident_share <= 1, "train.data.resident_share",
+                f"must be in (0, 1], got {self.resident_share!r}")
+        require(self.num_workers >= 0, "train.data.num_workers",
+                f"must be >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -131,30 +169,45 @@ class TrainConfig:
     ema_decay: float | None = 0.999
     progress: bool = True             # tqdm bar on the main rank
 
+    def __post_init__(self) -> None:
+        require_positive_ints(self, "train", ("steps", "log_every", "val_every",
+                                              "checkpoint_every", "max_skipped_steps"))
+
     @property
     def run_name(self) -> str:
         """``name``, else the preset, else ``run``."""
         return self.name or self.preset or "run"
 
 
-def resolve_preset(cfg: TrainConfig, preset: str | None = None) -> TrainConfig:
-    """Apply a model preset to ``cfg.denoiser``.
+def resolve_preset(cfg: TrainConfig, preset: str | None = None,
+                   written: Collection[str] = ()) -> TrainConfig:
+    """Fill ``cfg.denoiser`` from a model preset, leaving the keys the user wrote alone.
+
+    Precedence, lowest first: the schema's default, the preset, the profile, the command line.
+    A preset sets only the denoiser keys absent from ``written``; a key the user wrote keeps its
+    value even when it equals the schema default (``train.denoiser.width=512`` with
+    ``train.preset=large`` gives width 512, depth 8).
 
     Parameters
     ----------
     cfg : TrainConfig
+        As loaded from the profile and the overrides (denoiser keys not written hold defaults).
     preset : str or None
         Overrides ``cfg.preset`` when given.
+    written : collection of str
+        The ``train.denoiser`` keys the user wrote (see :func:`load_train_config`).
 
     Returns
     -------
     TrainConfig
-        A copy whose ``denoiser`` carries the preset's values and whose ``preset`` names it.
+        A copy whose ``denoiser`` carries the preset's values under the written ones and whose
+        ``preset`` names it.
 
     Raises
     ------
     ConfigError
-        When the preset is not defined in ``cfg.presets``.
+        When the preset is not defined in ``cfg.presets`` or holds a key or value the denoiser
+        does not accept.
     """
     name = preset or cfg.preset
     if not name:
@@ -163,44 +216,12 @@ def resolve_preset(cfg: TrainConfig, preset: str | None = None) -> TrainConfig:
         raise ConfigError(
             f"train.preset {name!r} is not defined; known presets: {sorted(cfg.presets) or 'none'}"
         )
-    merged = {**to_dict(cfg.denoiser), **dict(cfg.presets[name] or {})}
-    denoiser = from_dict(DenoiserConfig, merged, f"train.presets.{name}")
+    where = f"train.presets.{name}"
+    values = dict(cfg.presets[name] or {})
+    from_dict(DenoiserConfig, values, where)  # its keys and types, even where overruled
+    unset = {key: value for key, value in values.items() if key not in written}
+    denoiser = from_dict(DenoiserConfig, {**to_dict(cfg.denoiser), **unset}, where)
     return dataclasses.replace(cfg, preset=name, denoiser=denoiser)
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Reject values the trainer cannot run with, naming the key."""
-    positive = {
-        "steps": cfg.steps, "log_every": cfg.log_every, "val_every": cfg.val_every,
-        "checkpoint_every": cfg.checkpoint_every, "data.batch_size": cfg.data.batch_size,
-        "data.val_batch_size": cfg.data.val_batch_size,
-        "data.stats_windows": cfg.data.stats_windows,
-        "denoiser.width": cfg.denoiser.width, "denoiser.depth": cfg.denoiser.depth,
-        "discriminator.channels": cfg.discriminator.channels,
-        "max_skipped_steps": cfg.max_skipped_steps, "data.shuffle_block": cfg.data.shuffle_block,
-        "data.shuffle_buffer": cfg.data.shuffle_buffer,
-    }
-    for key, value in positive.items():
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
-    if cfg.data.resident not in RESIDENT_MODES:
-        raise ConfigError(f"train.data.resident must be one of {'|'.join(RESIDENT_MODES)}, got "
-                          f"{cfg.data.resident!r}")
-    if not 0 < cfg.data.resident_share <= 1:
-        raise ConfigError(f"train.data.resident_share must be in (0, 1], got "
-                          f"{cfg.data.resident_share!r}")
-    if cfg.data.num_workers < 0:
-        raise ConfigError(f"train.data.num_workers must be >= 0, got {cfg.data.num_workers}")
-    if cfg.discriminator.channels % cfg.discriminator.groups:
-        raise ConfigError(
-            f"train.discriminator.channels ({cfg.discriminator.channels}) must be divisible by "
-            f"groups ({cfg.discriminator.groups})"
-        )
-    if len(cfg.optim.betas) != 2:
-        raise ConfigError(f"train.optim.betas must hold two numbers, got {cfg.optim.betas!r}")
-    if cfg.denoiser.kernel_size % 2 == 0 or cfg.discriminator.kernel_size % 2 == 0:
-        raise ConfigError(
-            "train.denoiser.kernel_size and train.discriminator.kernel_size must be odd")
 
 
 # Keys added after runs had started, with the value that keeps such a run's behaviour: a run
@@ -223,7 +244,12 @@ def config_for_resume(cfg: TrainConfig, saved: dict[str, Any]) -> tuple[TrainCon
 
 def load_train_config(path: str | Path | None, preset: str | None = None,
                       overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read the ``train`` section of a profile and the command line, apply the preset, check it.
+    """The train config a run uses: profile, command line and preset, resolved and checked.
+
+    The one resolving function of the ``train`` section: ``cleancodec train`` runs with its
+    result and ``cleancodec config`` prints it. A ``train.denoiser`` key written in the profile
+    (its ``base:`` chain included) or in an override is *explicit* and wins over the preset;
+    the preset fills the denoiser keys nobody wrote (see :func:`resolve_preset`).
 
     Parameters
     ----------
@@ -234,6 +260,6 @@ def load_train_config(path: str | Path | None, preset: str | None = None,
     overrides : sequence of str
         ``train.key=value`` items, applied after the profile.
     """
-    cfg = resolve_preset(load_section(path, "train", TrainConfig, overrides), preset)
-    validate(cfg)
-    return cfg
+    cfg = load_section(path, "train", TrainConfig, overrides)
+    denoiser = written_section(path, "train", overrides).get("denoiser")
+    return resolve_preset(cfg, preset, set(denoiser) if isinstance(denoiser, dict) else set())

@@ -43,7 +43,7 @@ from cleancodec.core.topology import (
 )
 from cleancodec.pipeline.manifest import latent_shape, load_manifest
 from cleancodec.trainer import checkpoint as ckpt_io
-from cleancodec.trainer.config import TrainConfig, config_for_resume, validate
+from cleancodec.trainer.config import TrainConfig, config_for_resume
 from cleancodec.trainer.data import (
     CORRUPT_KEY,
     TRAIN,
@@ -548,7 +548,6 @@ def fit(cfg: TrainConfig, cache_dir: str | Path, run_dir: str | Path,
         ``step``, ``val/latent_l1``, ``val/noisy_l1``, ``val/gain`` (1.0 = no change),
         ``best/latent_l1``, ``train/steps_per_s``, ``run_dir``.
     """
-    validate(cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     with process_group(cfg.device) as env, GracefulStop() as stop:

@@ -35,6 +35,25 @@ class ConfigError(ValueError):
     """A profile or an override could not be read or does not match the stage's schema."""
 
 
+def require(ok: bool, key: str, problem: str) -> None:
+    """Raise :class:`ConfigError` ``"<key> <problem>"`` unless ``ok``.
+
+    The one way a schema checks its values: each schema dataclass calls it from
+    ``__post_init__`` with the key's full path (``train.data.batch_size``), so a bad value is
+    refused wherever the dataclass is built (profile, override, checkpoint, code).
+    """
+    if not ok:
+        raise ConfigError(f"{key} {problem}")
+
+
+def require_positive_ints(obj: Any, prefix: str, names: Iterable[str]) -> None:
+    """:func:`require` that each field ``names`` of ``obj`` is an integer ≥ 1 (``prefix.name``)."""
+    for name in names:
+        value = getattr(obj, name)
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{prefix}.{name}", f"must be a positive integer, got {value!r}")
+
+
 def _describe(exc: OmegaConfBaseException) -> str:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return first
@@ -138,7 +157,9 @@ def _build(cls: type[T], layers: list[tuple[str, Any]], section: str) -> T:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"{section}.{key}: {_describe(exc)}") from exc
-    except (TypeError, ValueError) as exc:  # a schema's own __post_init__ check
+    except ConfigError:  # a schema's own __post_init__ check: it names the key already
+        raise
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{section}: {exc}") from exc
 
 
@@ -174,6 +195,26 @@ def load_section(path: str | Path | None, section: str, cls: type[T],
     if mine:
         layers.append((COMMAND_LINE, mine))
     return _build(cls, layers, section)
+
+
+def written_section(path: str | Path | None, section: str,
+                    overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The keys of ``section`` that the user wrote: the profile's (``base:`` chain included)
+    merged with this section's command-line overrides, as a plain mapping, without defaults.
+
+    Call it after :func:`load_section` has accepted the same arguments (it does not check keys or
+    types). A key counts as written when it appears, with any value, in the profile or in an
+    override, even when that value equals the schema's default.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        found = load_profile(path).get(section)
+        if isinstance(found, dict):
+            data = found
+    mine = _section_overrides(overrides, section)
+    if mine:
+        data = _merge(data, OmegaConf.to_container(OmegaConf.from_dotlist(mine)))  # type: ignore[arg-type]
+    return data
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
