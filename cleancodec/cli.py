@@ -444,7 +444,7 @@ def denoise_command(args, conf, codec, codec_weights, checkpoint, bypass, mix, o
     import functools
 
     from cleancodec.core.config import ConfigError, check_overrides, split_overrides
-    from cleancodec.infer.onnx_engine import load_engine
+    from cleancodec.infer.engines import load_engine
     from cleancodec.infer.run import run_denoise
 
     overrides, paths = split_overrides(args)

@@ -5,8 +5,8 @@ wherever one is used: chunked file denoising (``infer.run``) and streaming (``in
 It maps float32 ``[B x T]`` 16 kHz waves to ``[B x T]``, padding ``T`` to a multiple of the hop
 (the graph's sample axis is dynamic in whole frames) and trimming the output back. Sample rate,
 hop, codec identity and receptive field come from the graph's metadata, so neither torch
-models nor the codec weights are loaded. :func:`load_engine` picks the torch or the ONNX engine
-for ``cleancodec denoise --engine``.
+models nor the codec weights are loaded. ``infer.engines.load_engine`` picks the torch or the
+ONNX engine for ``cleancodec denoise --engine`` and imports this module only for the latter.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig
-from cleancodec.infer.denoise import DenoiseConfig, Enhancer, load_enhancer
+from cleancodec.infer.denoise import Enhancer
 from cleancodec.infer.export import (
     FULL_INPUT,
     FULL_OUTPUT,
@@ -31,7 +31,6 @@ from cleancodec.infer.export import (
 )
 from cleancodec.infer.receptive import ChainField
 
-ENGINE_TORCH, ENGINE_ONNX = "torch", "onnx"
 REQUIRED_KEYS = ("kind", "sample_rate", "hop", "chain_field", "codec_identity")
 
 
@@ -102,24 +101,15 @@ class OnnxEnhancer(Enhancer):
         return {**super().describe(), "engine": "onnxruntime", "onnx": str(self.path)}
 
 
-def load_engine(engine: str, onnx: str | None, cfg: DenoiseConfig,
-                codec_cfg: CodecConfig) -> Enhancer:
-    """The torch enhancer (``engine="torch"``: ``load_enhancer(cfg, codec_cfg)``), or an
-    exported full graph run by onnxruntime (``engine="onnx"``, ``onnx``: its path; threads from
-    ``codec_cfg.num_threads``, the CUDA provider when ``codec_cfg.device`` names CUDA)."""
-    if engine == ENGINE_ONNX:
-        if not onnx:
-            raise ValueError("--engine onnx needs --onnx MODEL.onnx (written by `cleancodec "
-                             "export --full CHECKPOINT MODEL.onnx`)")
-        device = "cuda" if str(codec_cfg.device).startswith("cuda") else "cpu"
-        loaded = OnnxEnhancer(onnx, threads=codec_cfg.num_threads, device=device)
-        if loaded.codec.is_random:
-            print(f"*** {RANDOM_INIT_BANNER} ***", file=sys.stderr)
-        return loaded
-    if engine != ENGINE_TORCH:
-        raise ValueError(f"unknown engine {engine!r} ({ENGINE_TORCH} | {ENGINE_ONNX})")
-    cfg.validate()
-    return load_enhancer(cfg, codec_cfg)
+def load_onnx_engine(onnx: str | Path, codec_cfg: CodecConfig) -> OnnxEnhancer:
+    """The exported full graph at ``onnx`` run by onnxruntime for ``--engine onnx`` (threads
+    from ``codec_cfg.num_threads``, the CUDA provider when ``codec_cfg.device`` names CUDA);
+    prints the random-codec banner when the graph's codec is random-init."""
+    device = "cuda" if str(codec_cfg.device).startswith("cuda") else "cpu"
+    loaded = OnnxEnhancer(onnx, threads=codec_cfg.num_threads, device=device)
+    if loaded.codec.is_random:
+        print(f"*** {RANDOM_INIT_BANNER} ***", file=sys.stderr)
+    return loaded
 
 
-__all__ = ["ENGINE_ONNX", "ENGINE_TORCH", "GraphCodec", "OnnxEnhancer", "load_engine"]
+__all__ = ["GraphCodec", "OnnxEnhancer", "load_onnx_engine"]

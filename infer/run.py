@@ -371,7 +371,7 @@ def run_denoise(input_path: str | Path, output_path: str | Path | None,
 
     ``overrides``: ``codec.key=value`` / ``denoise.key=value`` items, applied after the profile.
     ``load`` makes the enhancer once the paths are checked (default: the torch one;
-    ``functools.partial(infer.onnx_engine.load_engine, "onnx", MODEL)`` the onnxruntime one).
+    ``functools.partial(infer.engines.load_engine, "onnx", MODEL)`` the onnxruntime one).
     Returns the summary and the output path.
     """
     codec_cfg = load_section(conf, "codec", CodecConfig, overrides)

@@ -319,7 +319,7 @@ def run_stream(source: str, target: str, conf: str | Path | None = None,
     from cleancodec.core.codec import CodecConfig
     from cleancodec.core.config import load_section
     from cleancodec.infer.denoise import DenoiseConfig
-    from cleancodec.infer.onnx_engine import load_engine
+    from cleancodec.infer.engines import load_engine
 
     opts = opts or StreamOptions()
     codec_cfg = load_section(conf, "codec", CodecConfig, overrides)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import cleancodec.infer.export as export_mod
 from cleancodec.cli import main
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
+from cleancodec.infer.engines import load_engine
 from cleancodec.infer.export import (
     DENOISER_MAX_ABS,
     ExportError,
@@ -21,7 +22,7 @@ from cleancodec.infer.export import (
     onnx_session,
     read_metadata,
 )
-from cleancodec.infer.onnx_engine import OnnxEnhancer, load_engine
+from cleancodec.infer.onnx_engine import OnnxEnhancer
 from cleancodec.infer.run import run_denoise
 from cleancodec.infer.stream import StreamDenoiser, stream_signal
 from cleancodec.trainer.models import Denoiser
@@ -124,7 +125,7 @@ def test_engine_onnx_denoises_files_like_torch(tmp_path, codec, full_graph):
     sf.write(src, speechlike(3.0, 9), SR, subtype="FLOAT")
     overrides = ["codec.weights=random", "codec.random_arch=tiny", "codec.num_threads=1",
                  f"denoise.checkpoint={ckpt}", "denoise.chunk_frames=60",
-                 "denoise.context_frames=26", "denoise.crossfade_frames=2"]
+                 "denoise.crossfade_frames=2"]
     outs = {}
     for engine in ("torch", "onnx"):
         summary, out = run_denoise(src, tmp_path / f"{engine}.wav", overrides=overrides,

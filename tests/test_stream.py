@@ -340,3 +340,37 @@ def test_cli_stream_errors(tmp_path):
     assert proc.stdout == b""
     proc = run_cli(["denoise", str(raw), "--block-ms", "40"])
     assert proc.returncode != 0 and b"apply to --stream only" in proc.stderr
+
+
+# modules that only the ONNX export and engine need; the torch engine must load none of them
+EXPORT_MODULES = ("onnx", "onnxruntime", "onnxscript", "torch.onnx", "cleancodec.infer.export",
+                  "cleancodec.infer.onnx_engine", "cleancodec.infer.onnx_forms")
+TORCH_PATH_SCRIPT = """
+import sys
+import numpy as np
+import soundfile as sf
+from click.testing import CliRunner
+from cleancodec.cli import main
+
+src, root = sys.argv[1], sys.argv[2]
+common = ["--bypass", "--codec", "random", "--threads", "1", "codec.random_arch=tiny"]
+for args in (["denoise", src, root + "/files.wav", "--quiet"],
+             ["denoise", "--stream", src, root + "/stream.wav", "--block-ms", "100"]):
+    result = CliRunner().invoke(main, args + common)
+    assert result.exit_code == 0, result.output
+print(" ".join(sorted(m for m in sys.modules if m in set(sys.argv[3:]))))
+"""
+
+
+def test_torch_engine_imports_no_export_code(tmp_path):
+    """`cleancodec denoise` (files and --stream) with the torch engine never imports onnx,
+    onnxruntime or the export modules (a fresh interpreter, so other tests' imports don't
+    count)."""
+    src = tmp_path / "in.wav"
+    sf.write(src, speechlike(0.6, 2), SR)
+    proc = subprocess.run([sys.executable, "-c", TORCH_PATH_SCRIPT, str(src), str(tmp_path),
+                           *EXPORT_MODULES], capture_output=True, text=True, cwd=REPO,
+                          timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "files.wav").is_file() and (tmp_path / "stream.wav").is_file()
+    assert proc.stdout.strip().splitlines()[-1:] in ([], [""]), proc.stdout
