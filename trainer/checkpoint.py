@@ -24,7 +24,7 @@ import torch
 
 from cleancodec.core.atomic import TMP_SUFFIX, atomic_path
 from cleancodec.core.oserrors import stage_error
-from cleancodec.trainer.models import Denoiser
+from cleancodec.trainer.models import build_denoiser
 
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
@@ -127,8 +127,13 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    seed_files: bool = False) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check its format version.
+
+    With ``seed_files``, a checkpoint of the seed research code (``denoiser_state_dict``, …) is
+    converted in memory (:func:`cleancodec.trainer.seed_import.seed_checkpoint`; no codec
+    identity: it records none).
 
     Raises
     ------
@@ -144,6 +149,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:  # torch raises several types for torn / foreign files
         raise CheckpointError(
             f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if seed_files:
+        from cleancodec.trainer import seed_import
+
+        if seed_import.is_seed_checkpoint(ckpt):
+            stem = seed_import.stem_latent_dim(ckpt, path)
+            return seed_import.seed_checkpoint(path, stem, None, obj=ckpt)
     if not isinstance(ckpt, dict) or ckpt.get("format_version") not in KNOWN_FORMAT_VERSIONS:
         version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
         raise CheckpointError(
@@ -159,13 +170,13 @@ def checkpoint_info(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_denoiser(path: str | Path, map_location: str | torch.device = "cpu",
-                  use_ema: bool = True) -> tuple[Denoiser, dict[str, Any]]:
+                  use_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the trained denoiser from a checkpoint alone.
 
     Parameters
     ----------
     path : str or Path
-        ``latest.pt``, ``best.pt`` or ``step_<N>.pt`` of a run.
+        ``latest.pt``, ``best.pt`` or ``step_<N>.pt`` of a run, or a seed ``.tar``.
     map_location : str or torch.device
         Where tensors are loaded.
     use_ema : bool
@@ -174,21 +185,21 @@ def load_denoiser(path: str | Path, map_location: str | torch.device = "cpu",
 
     Returns
     -------
-    model : Denoiser
+    model : Denoiser or SeedDenoiser
         In eval mode, on ``map_location``; call ``model(z)`` on raw ``Tensor[B x D x F]``
         latents.
     info : dict
         :func:`checkpoint_info`: ``model_args``, ``step``, ``config``, ``codec_identity``,
         ``val``, ``cache_manifest_digest``, ``format_version``, ...
     """
-    ckpt = load_checkpoint(path, map_location)
+    ckpt = load_checkpoint(path, map_location, seed_files=True)
     weights = ckpt["denoiser"]
     if use_ema and ckpt.get("denoiser_ema") is not None:
         weights = ckpt["denoiser_ema"]
     try:
-        model = Denoiser(**ckpt["model_args"])
+        model = build_denoiser(ckpt["model_args"])
         model.load_state_dict(weights)
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: denoiser does not match its model_args ({exc})") from exc
     model.to(map_location).eval()
     info = checkpoint_info(ckpt)

@@ -279,3 +279,39 @@ class Discriminator(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+CONVNEXT_ARCH = "convnext"  # model_args without an "arch" key (every checkpoint before the seed's)
+ARCHS = (CONVNEXT_ARCH, "seed")
+
+
+def build_denoiser(model_args: dict[str, Any]) -> nn.Module:
+    """The generator that ``model_args`` (a checkpoint's, or a config's with ``latent_dim``)
+    describes: :class:`Denoiser`, or :class:`~cleancodec.trainer.seed.SeedDenoiser` for
+    ``arch: seed`` (which takes only ``width``, ``depth`` and the layer-scale keys)."""
+    from cleancodec.trainer.seed import SEED_ARCH, SeedDenoiser
+
+    args = dict(model_args)
+    arch = args.pop("arch", CONVNEXT_ARCH)
+    if arch == SEED_ARCH:
+        return SeedDenoiser(args["latent_dim"], args["width"], args["depth"],
+                            bool(args.get("layer_scale", False)),
+                            float(args.get("layer_scale_init", 1e-6)))
+    if arch != CONVNEXT_ARCH:
+        raise ValueError(f"unknown denoiser arch {arch!r} (known: {', '.join(ARCHS)})")
+    for key in ("layer_scale", "layer_scale_init"):
+        args.pop(key, None)
+    return Denoiser(**args)
+
+
+def build_discriminator(disc_args: dict[str, Any]) -> nn.Module:
+    """The discriminator that ``disc_args`` describes (``arch: seed`` or cleancodec's)."""
+    from cleancodec.trainer.seed import SEED_ARCH, SeedDiscriminator
+
+    args = dict(disc_args)
+    arch = args.pop("arch", CONVNEXT_ARCH)
+    if arch == SEED_ARCH:
+        return SeedDiscriminator(**args)
+    if arch != CONVNEXT_ARCH:
+        raise ValueError(f"unknown discriminator arch {arch!r} (known: {', '.join(ARCHS)})")
+    return Discriminator(**args)
