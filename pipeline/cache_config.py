@@ -59,6 +59,16 @@ class CacheConfig:
     # K noisy variants per clean window: each clean window is encoded once and mixed with K
     # independent noise draws (K training pairs; train_windows / val_windows / hours count clean
     # windows). Encodes per pair (1 + K) / K, bytes per pair (1 + K) / 2K of a K = 1 pair.
+    # Measured on the demo cache (bench/demo_choices.py, BENCHMARKS.md; DAC-16k architecture at
+    # random init, demo corpus, 160 encodes per train split, demo profile 300 steps, seed 0;
+    # held-out gain on one common val split, lower is better):
+    #   K=1: 2.00 encodes and 614 KB per pair (3 s DAC-16k float16), gain 0.8493
+    #   K=2: 1.50 encodes, 461 KB, gain 0.8345
+    #   K=4: 1.25 encodes, 384 KB, gain 0.8511  (+0.2 % vs K=1)
+    # and on the tiny profile (bench/variants.py, 2 seeds): 0.9150 / 0.9096 / 0.9172.
+    # K=4 is the only one of these that meets <= 0.65x the encodes and bytes of K=1, at a gain
+    # equal to K=1's; K=2 gave the best gain in both studies (1.7 % / 0.6 % better than K=1) for
+    # 0.75x the cost: set cache.noisy_per_clean=2 when encodes are cheap for you.
     noisy_per_clean: int = 4
     rank_timeout_minutes: float = 120.0
     mix: MixConfig = field(default_factory=MixConfig)

@@ -78,7 +78,7 @@ class RealNoiseConfig:
     event_rate_max_hz: float = 3.0
     event_gain_db_range: float = 12.0
     event_sequences: dict[str, int] = field(
-        default_factory=lambda: {"train": 3, "val": 1, "test": 1})
+        default_factory=lambda: {"train": 2, "val": 1, "test": 1})
 
 
 @dataclass
@@ -88,7 +88,7 @@ class GeneratedNoiseConfig(NoiseSynthConfig):
 
     kinds: list[str] = field(default_factory=lambda: list(GENERATED_KINDS))
     seconds: float = 30.0
-    files: dict[str, int] = field(default_factory=lambda: {"train": 4, "val": 1, "test": 2})
+    files: dict[str, int] = field(default_factory=lambda: {"train": 4, "val": 1, "test": 1})
 
 
 @dataclass
@@ -104,7 +104,7 @@ class SplitConfig:
 class TestSetConfig:
     """The DNS-style synthetic test set ``testset/{clean,noisy}``."""
 
-    clips: int = 60
+    clips: int = 50
     seconds: float = 10.0
     snr_min_db: int = 0
     snr_max_db: int = 20
