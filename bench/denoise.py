@@ -44,10 +44,10 @@ sys.path.insert(0, str(REPO))
 from bench.common import append_benchmarks, git_commit  # noqa: E402
 from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
 from cleancodec.datagen.synth import synth_noise, synth_utterance  # noqa: E402
-from cleancodec.infer.chunking import ChunkSpec  # noqa: E402
 from cleancodec.infer.denoise import (  # noqa: E402
     DenoiseConfig,
     Enhancer,
+    chunk_spec,
     enhance_signal,
     enhance_whole,
     snr_db,
@@ -218,7 +218,7 @@ def agreement_rows(threads: int, checkpoint: str | None = None) -> list[dict]:
         stats = codec.encode(x[: 10 * SR])
         model = denoiser(codec.latent_dim, "medium", True, stats_from=stats)
         enh = PairedEnhancer(codec, model)
-        spec = ChunkSpec.from_config(DenoiseConfig(), codec.hop_length)
+        spec = chunk_spec(DenoiseConfig(), enh)
         pair = np.stack([x, x])
         whole = enhance_whole(enh, pair)
         chunked = enhance_signal(enh, pair, spec, batch_size=2)
@@ -228,7 +228,8 @@ def agreement_rows(threads: int, checkpoint: str | None = None) -> list[dict]:
         if checkpoint and arch == "dac16k":
             trained, info = load_denoiser(checkpoint)
             enh = Enhancer(codec, trained)
-            snr = snr_db(enhance_whole(enh, x), enhance_signal(enh, x, spec))
+            snr = snr_db(enhance_whole(enh, x),
+                         enhance_signal(enh, x, chunk_spec(DenoiseConfig(), enh)))
             rows.append({"arch": arch, "model": f"trained checkpoint ({info.get('step')} steps, "
                                                  f"{Path(checkpoint).parent.name})", "snr": snr})
     return rows
@@ -255,7 +256,8 @@ def report(rtf: list[dict], rss: list[dict], agree: list[dict], threads: int,
         "",
         f"Machine: 2 CPU cores shared with other jobs (noisy timings), {platform.machine()}, "
         f"torch {torch.__version__}, {threads} torch threads; chunks of {cfg.chunk_frames} "
-        f"frames, {cfg.context_frames} context, {cfg.crossfade_frames} crossfade; 16 kHz mono "
+        f"frames, context from the receptive field, {cfg.crossfade_frames} crossfade; 16 kHz "
+        "mono "
         f"WAV files through `infer.run.denoise_path` (read, chunk, encode, denoise, quantise, "
         f"decode, write). Whole run {wall / 60:.1f} min; load average {load[0]} at the start, "
         f"{load[1]} at the end (above 2 means other jobs competed for the 2 cores).",
@@ -304,7 +306,8 @@ def agreement_report(agree: list[dict], wall: float) -> str:
         f"## denoise, chunked vs whole (`bench/denoise.py --agreement-only`), {dt.date.today()}, "
         f"commit {git_commit()}", "",
         f"**{RANDOM_INIT_BANNER}** Chunks of {DenoiseConfig().chunk_frames} frames with "
-        f"{DenoiseConfig().context_frames} frames of context; {wall / 60:.1f} min.",
+        "the context derived from the receptive field of codec + denoiser; "
+        f"{wall / 60:.1f} min.",
         *agreement_lines(agree)])
 
 

@@ -2,13 +2,20 @@
 
 Long signals are cut into chunks of ``chunk_frames`` latent frames (a multiple of the hop, so
 every chunk's latent frames line up with the whole signal's). Consecutive chunks overlap by
-``2 * context_frames + crossfade_frames``: ``context_frames`` at each inner edge are thrown away
+``2 * context + crossfade_frames`` frames: ``context`` frames at each inner edge are thrown away
 (they see zero padding instead of the real neighbours) and the outputs meet with a raised-cosine
 crossfade of ``crossfade_frames`` in the middle of the overlap. The last chunk is aligned to end
 exactly where the whole signal ends (the signal zero-padded to a multiple of the hop), so every
 chunk has the same length and batches together; a signal no longer than one chunk is processed
-whole. With ``context_frames`` at least the receptive field of encoder + denoiser + decoder,
-chunked output equals whole-signal output up to float rounding (BENCHMARKS.md has the figures).
+whole.
+
+The context is not a setting: :meth:`ChunkSpec.from_config` takes it from the receptive field
+of encoder + denoiser + decoder computed from the architectures (``infer.receptive``, the same
+field ``infer.stream`` uses), rounded up to whole frames on the longer of its two sides
+(:meth:`~cleancodec.infer.receptive.ChainField.edge_frames`). Every output sample that is kept
+then sees all the input that can change it, so chunked output equals whole-signal output up to
+float rounding (for a denoiser with ``grn: global``, whose statistics span the whole sequence,
+only approximately). DAC 16 kHz with the default denoiser: 30 frames (600 ms) each side.
 
 :class:`ChunkPlanner` (blocks in → chunks out) and :class:`ChunkAssembler` (chunk outputs in →
 contiguous samples out) are streaming: neither ever holds more than about two chunks, so memory
@@ -27,8 +34,16 @@ class ChunkFrames(Protocol):
     """A config naming the chunk geometry in latent frames (``DenoiseConfig`` is one)."""
 
     chunk_frames: int
-    context_frames: int
     crossfade_frames: int
+
+
+class EdgeField(Protocol):
+    """A receptive field telling how many frames a chunk drops at each inner edge
+    (``infer.receptive.ChainField`` is one)."""
+
+    hop: int
+
+    def edge_frames(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -59,10 +74,23 @@ class ChunkSpec:
         return spec
 
     @classmethod
-    def from_config(cls, cfg: ChunkFrames, hop: int) -> ChunkSpec:
-        """The geometry of a config holding ``chunk_frames``, ``context_frames`` and
-        ``crossfade_frames`` (a ``DenoiseConfig``)."""
-        return cls.from_frames(cfg.chunk_frames, cfg.context_frames, cfg.crossfade_frames, hop)
+    def from_config(cls, cfg: ChunkFrames, field: EdgeField) -> ChunkSpec:
+        """The geometry of a config holding ``chunk_frames`` and ``crossfade_frames`` (a
+        ``DenoiseConfig``), with the context taken from the receptive ``field`` of the chain
+        that processes the chunks (see module docstring).
+
+        Raises ValueError when ``chunk_frames`` leaves no room after the context and the
+        crossfade, naming the smallest chunk that works.
+        """
+        context = int(field.edge_frames())
+        smallest = 2 * context + int(cfg.crossfade_frames) + 1
+        if int(cfg.chunk_frames) < smallest:
+            raise ValueError(
+                f"denoise.chunk_frames ({cfg.chunk_frames}) must be at least {smallest}: "
+                f"chunks drop {context} frames of context at each inner edge (the receptive "
+                f"field of codec + denoiser) and overlap by {cfg.crossfade_frames} crossfade "
+                f"frames")
+        return cls.from_frames(cfg.chunk_frames, context, cfg.crossfade_frames, field.hop)
 
 
 @dataclass
@@ -190,4 +218,4 @@ class ChunkAssembler:
         return tail
 
 
-__all__ = ["Chunk", "ChunkAssembler", "ChunkFrames", "ChunkPlanner", "ChunkSpec"]
+__all__ = ["Chunk", "ChunkAssembler", "ChunkFrames", "ChunkPlanner", "ChunkSpec", "EdgeField"]

@@ -3,8 +3,9 @@
 The enhancement path for one batch of 16 kHz waves is
 ``encode → denoiser → quantize (all codebooks) → decode`` (:class:`Enhancer`); ``--bypass``
 drops the denoiser and runs the codec alone (the quality ceiling). Long signals are processed
-in overlapping chunks (``infer.chunking`` has the geometry): :func:`enhance_signal` for a signal
-in memory, ``infer.run`` for files.
+in overlapping chunks (``infer.chunking`` has the geometry; :func:`chunk_spec` takes their
+context from the enhancer's computed receptive field): :func:`enhance_signal` for a signal in
+memory, ``infer.run`` for files.
 
 With no checkpoint given, :func:`find_default_checkpoint` picks the newest ``best.pt`` under
 ``runs/`` trained on the loaded codec's latents. It reads each run's codec identity from the
@@ -14,6 +15,7 @@ small JSON files the trainer writes beside its checkpoints (:func:`identity_side
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from cleancodec.core.codec import (
 )
 from cleancodec.core.topology import bf16_autocast
 from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
+from cleancodec.infer.receptive import ChainField, codec_chain_field
 from cleancodec.trainer.checkpoint import BEST, RUN_CONFIG, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,9 @@ class DenoiseConfig:
     checkpoint: trainer checkpoint (``runs/<name>/best.pt``); ``None`` → the newest
         ``best.pt`` under ``runs_dir`` trained on the loaded codec's latents.
     runs_dir: where the default checkpoint is looked for.
-    chunk_frames: latent frames per chunk (50 frames = 1 s at 16 kHz / hop 320).
-    context_frames: frames thrown away at each inner chunk edge (≥ receptive field).
+    chunk_frames: latent frames per chunk (50 frames = 1 s at 16 kHz / hop 320). The frames
+        thrown away at each inner chunk edge are not a setting: they come from the computed
+        receptive field of codec + denoiser (:func:`chunk_spec`).
     crossfade_frames: raised-cosine crossfade between neighbouring chunks.
     batch_size: chunks (per channel) per forward; 0 = auto (1 on CPU, 16 on GPU).
     mix: share of the dry input blended back into the output, 0 (none) … 1 (dry only).
@@ -67,7 +71,6 @@ class DenoiseConfig:
     checkpoint: str | None = None
     runs_dir: str = "runs"
     chunk_frames: int = 500
-    context_frames: int = 48
     crossfade_frames: int = 4
     batch_size: int = 0
     mix: float = 0.0
@@ -81,13 +84,12 @@ class DenoiseConfig:
         """Raise ValueError for settings that cannot work."""
         if not 0.0 <= float(self.mix) <= 1.0:
             raise ValueError(f"denoise.mix must be within 0..1, got {self.mix}")
-        if self.context_frames < 0 or self.crossfade_frames < 0:
-            raise ValueError("denoise.context_frames and crossfade_frames must be ≥ 0")
-        stride = self.chunk_frames - 2 * self.context_frames - self.crossfade_frames
-        if stride <= 0:
-            raise ValueError(
-                f"denoise.chunk_frames ({self.chunk_frames}) must exceed 2 * context_frames + "
-                f"crossfade_frames ({2 * self.context_frames + self.crossfade_frames})")
+        if self.crossfade_frames < 0:
+            raise ValueError("denoise.crossfade_frames must be ≥ 0")
+        if self.chunk_frames <= self.crossfade_frames:
+            raise ValueError(f"denoise.chunk_frames ({self.chunk_frames}) must exceed "
+                             f"crossfade_frames ({self.crossfade_frames}) and the context the "
+                             "receptive field needs at each inner chunk edge")
         if self.batch_size < 0:
             raise ValueError("denoise.batch_size must be ≥ 0 (0 = auto)")
         if self.output_sr is not None and int(self.output_sr) <= 0:
@@ -125,6 +127,12 @@ class Enhancer:
     def bypass(self) -> bool:
         return self.denoiser is None
 
+    @functools.cached_property
+    def chain_field(self) -> ChainField:
+        """Receptive field of this codec + denoiser, computed from the modules (an engine
+        without torch modules sets this attribute itself)."""
+        return codec_chain_field(self.codec, self.denoiser)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         return bf16_autocast(self.codec.device, self.codec.cfg.bf16, allow_cpu=True)
 
@@ -155,6 +163,7 @@ class Enhancer:
             "bypass": self.bypass,
             "codec": self.codec.identity,
             "codec_random_init": self.codec.is_random,
+            "chunk_context_frames": self.chain_field.edge_frames(),
         }
 
 
@@ -282,12 +291,24 @@ def enhance_chunks(enhancer: Enhancer, chunks: list[Chunk], batch_size: int) -> 
     return out
 
 
+def chunk_spec(cfg: DenoiseConfig, enhancer: Enhancer) -> ChunkSpec:
+    """The chunk geometry of ``cfg`` for ``enhancer``: ``cfg.chunk_frames`` and
+    ``cfg.crossfade_frames``, with the context at each inner edge taken from the enhancer's
+    receptive field (``ChainField.edge_frames``), so chunked output equals whole-signal output.
+
+    Raises ValueError when ``cfg.chunk_frames`` is too short for that context.
+    """
+    return ChunkSpec.from_config(cfg, enhancer.chain_field)
+
+
 def enhance_signal(enhancer: Enhancer, wave: np.ndarray, spec: ChunkSpec,
                    batch_size: int = 1) -> np.ndarray:
     """Chunked enhancement of a whole 16 kHz signal held in memory.
 
-    wave: float32 ``[T]`` or ``[C x T]``. Returns the same shape. Used for short signals,
-    tests and benchmarks; files are streamed by ``infer.run`` with the same planner/assembler.
+    wave: float32 ``[T]`` or ``[C x T]``; spec: the geometry (:func:`chunk_spec` derives it
+    from a config and the enhancer's receptive field). Returns the same shape. Used for short
+    signals, tests and benchmarks; files are streamed by ``infer.run`` with the same planner
+    and assembler.
     """
     x = wave[None] if wave.ndim == 1 else wave
     planner = ChunkPlanner(spec, x.shape[0], enhancer.hop)
@@ -325,7 +346,7 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 
 __all__ = [
-    "CheckpointError", "DenoiseConfig", "Enhancer", "check_codec_identity", "enhance_chunks",
-    "enhance_signal", "enhance_whole", "find_default_checkpoint", "identity_sidecars",
-    "load_enhancer", "snr_db", "trained_codec_identity",
+    "CheckpointError", "DenoiseConfig", "Enhancer", "check_codec_identity", "chunk_spec",
+    "enhance_chunks", "enhance_signal", "enhance_whole", "find_default_checkpoint",
+    "identity_sidecars", "load_enhancer", "snr_db", "trained_codec_identity",
 ]

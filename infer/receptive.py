@@ -17,7 +17,10 @@ DAC 16 kHz (and the tiny test codec, which has the same kernels and strides), ho
 encoder reaches 2501 samples (156 ms) before a frame and 2493 samples (156 ms) after it; the
 decoder needs 10 frames before and 10 after the frame holding an output sample; together a
 block needs 5701 samples (356 ms) of past and 5693 samples (356 ms) of future input, plus the
-denoiser's frames on each side.
+denoiser's frames on each side. Rounded up to whole frames that is 18 frames each side for
+the codec alone and 30 frames (600 ms) with the default denoiser (``medium``: depth 4, kernel 7,
+``grn: none``, 12 frames each side); file denoising drops that many frames at each inner chunk
+edge (:meth:`ChainField.edge_frames`).
 """
 from __future__ import annotations
 
@@ -110,6 +113,12 @@ class ChainField:
     def lookahead_frames(self) -> int:
         """:attr:`lookahead` rounded up to whole frames."""
         return -(-self.lookahead // self.hop)
+
+    def edge_frames(self) -> int:
+        """Frames a chunk of a long signal drops at each inner edge (``infer.chunking``): the
+        longer of :meth:`context_frames` and :meth:`lookahead_frames`, since an inner edge is
+        the past of one chunk's kept part and the future of its neighbour's."""
+        return max(self.context_frames(), self.lookahead_frames())
 
     def describe(self) -> str:
         """One line with the figures in samples and milliseconds."""

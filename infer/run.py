@@ -32,7 +32,13 @@ from cleancodec.core.dirlock import DirectoryLock
 from cleancodec.core.oserrors import describe, is_os_failure, named_os_errors
 from cleancodec.core.stopping import GracefulStop
 from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
-from cleancodec.infer.denoise import DenoiseConfig, Enhancer, enhance_chunks, load_enhancer
+from cleancodec.infer.denoise import (
+    DenoiseConfig,
+    Enhancer,
+    chunk_spec,
+    enhance_chunks,
+    load_enhancer,
+)
 from cleancodec.infer.fileio import (
     AudioReader,
     AudioWriter,
@@ -259,7 +265,10 @@ def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enha
     cfg.validate()
     t0 = time.perf_counter()
     tasks = plan_tasks(input_path, output_path)
-    spec = ChunkSpec.from_config(cfg, enhancer.hop)
+    try:
+        spec = chunk_spec(cfg, enhancer)
+    except ValueError as exc:
+        raise RunError(str(exc)) from exc
     summary = RunSummary(random_codec=enhancer.codec.is_random)
     open_jobs: list[FileJob] = []
     files_bar = tqdm(total=len(tasks), unit="file", desc="files", disable=not progress)

@@ -9,17 +9,21 @@ import pytest
 import torch
 
 from cleancodec.core.codec import CodecConfig, load_codec
+from cleancodec.core.config import ConfigError, load_section, to_dict
 from cleancodec.infer.chunking import ChunkAssembler, ChunkPlanner, ChunkSpec
 from cleancodec.infer.denoise import (
     DenoiseConfig,
     Enhancer,
+    chunk_spec,
     enhance_signal,
     enhance_whole,
     find_default_checkpoint,
     load_enhancer,
     snr_db,
 )
+from cleancodec.infer.receptive import ChainField
 from cleancodec.trainer.checkpoint import FORMAT_VERSION, CheckpointError, save_atomic
+from cleancodec.trainer.config import TrainConfig, resolve_preset
 from cleancodec.trainer.models import Denoiser
 
 HOP = 320
@@ -148,6 +152,8 @@ def test_crossfade_weights_sum_to_one_between_different_chunks():
 def test_bad_geometry_is_refused():
     with pytest.raises(ValueError, match="chunk"):
         ChunkSpec.from_frames(10, 5, 1, HOP)
+    with pytest.raises(ValueError, match="crossfade"):
+        DenoiseConfig(chunk_frames=4, crossfade_frames=4).validate()
     with pytest.raises(ValueError, match="mix"):
         DenoiseConfig(mix=1.5).validate()
 
@@ -171,7 +177,7 @@ def test_chunked_matches_whole_signal_on_a_long_input(codec, grn, threshold):
     denoiser = trained_like_denoiser(codec, grn=grn) if grn else None
     enh = Enhancer(codec, denoiser)
     cfg = DenoiseConfig()  # the shipped chunk geometry (conf/denoise.yaml)
-    spec = ChunkSpec.from_config(cfg, codec.hop_length)
+    spec = chunk_spec(cfg, enh)
     assert x.shape[1] > 4 * spec.length
     whole = enhance_whole(enh, x)
     chunked = enhance_signal(enh, x, spec, batch_size=3)
@@ -284,7 +290,8 @@ LOCAL_DENOISER_SNR_DB = 90.0  # goal for a denoiser whose statistics are all loc
 
 @pytest.mark.parametrize("kind, window", [("none", 0), ("window", 9)])
 def test_local_statistics_denoiser_chunked_equals_whole(codec, kind, window):
-    """chunk_frames 150 vs 4000 on a 60 s file (tiny profile geometry): float rounding only."""
+    """chunk_frames 150 vs 4000 on a 60 s file (tiny profile geometry), context derived from
+    the receptive field: float rounding only."""
     torch.manual_seed(1)
     model = Denoiser(codec.latent_dim, width=32, depth=2, grn=kind, grn_window=window)
     with torch.no_grad():
@@ -294,8 +301,103 @@ def test_local_statistics_denoiser_chunked_equals_whole(codec, kind, window):
             p.normal_(0.0, 0.05)
     enh = Enhancer(codec, model.eval())
     x = speechlike(60.0, 6)
-    context = 40  # > tiny codec (±19 frames) + this denoiser's receptive field (6 or 14)
-    assert model.receptive_field() + 19 < context
-    short = enhance_signal(enh, x, ChunkSpec.from_frames(150, context, 4, HOP))
-    long = enhance_signal(enh, x, ChunkSpec.from_frames(4000, context, 4, HOP))
+    short = enhance_signal(enh, x, chunk_spec(DenoiseConfig(chunk_frames=150), enh))
+    long = enhance_signal(enh, x, chunk_spec(DenoiseConfig(chunk_frames=4000), enh))
     assert snr_db(long, short) >= LOCAL_DENOISER_SNR_DB
+
+
+# --- the context comes from the receptive field -----------------------------------------------
+
+# DAC 16 kHz with the default denoiser (preset "medium": depth 4, kernel 7, grn none, ±12
+# frames): the chain reaches 9541 samples before and 9533 after a block, so chunks drop 30
+# frames (600 ms) at each inner edge
+DAC_DEFAULT_EDGE_FRAMES = 30
+TINY_CHUNKED_SNR_DB = 100.0  # tiny codec + local denoiser, derived context (measured ~128 dB)
+
+
+class BoxEngine:
+    """A stand-in enhancer with a receptive field that does not fade: every output sample is
+    the sum of the input samples within ``reach`` on each side (zeros past the edges), so any
+    context shorter than ``reach`` changes the output by whole input samples."""
+
+    sample_rate = SR
+    hop = HOP
+
+    def __init__(self, reach_frames: int):
+        self.reach = reach_frames * HOP
+        self.chain_field = chain_field_stub(reach_frames)
+
+    def __call__(self, waves: np.ndarray) -> np.ndarray:
+        """float32 ``[B x T]`` → ``[B x T]`` box sums of width ``2 * reach + 1``."""
+        padded = np.pad(waves.astype(np.float64), ((0, 0), (self.reach + 1, self.reach)))
+        cums = np.cumsum(padded, axis=1)
+        width = 2 * self.reach + 1
+        return (cums[:, width:] - cums[:, :-width]).astype(np.float32)
+
+
+def chain_field_stub(reach_frames: int):
+    """A receptive field of ``reach_frames`` frames each side, in ``ChainField``'s form."""
+    reach = reach_frames * HOP
+    return ChainField(sample_rate=SR, hop=HOP, encoder_past=0, encoder_future=0,
+                      decoder_past=0, decoder_future=0, denoiser=reach_frames, exact=True,
+                      context=reach, lookahead=reach)
+
+
+def test_derived_context_is_exactly_enough_for_a_field_that_does_not_fade():
+    engine = BoxEngine(reach_frames=7)
+    x = np.random.default_rng(3).standard_normal(30_000).astype(np.float32)
+    whole = enhance_whole(engine, x)
+    cfg = DenoiseConfig(chunk_frames=20, crossfade_frames=2)
+    spec = chunk_spec(cfg, engine)
+    assert spec.context == 7 * HOP
+    np.testing.assert_allclose(enhance_signal(engine, x, spec), whole, atol=1e-3)
+    # one frame less, and the kept samples miss input that changes them
+    short = ChunkSpec.from_frames(cfg.chunk_frames, 6, cfg.crossfade_frames, HOP)
+    assert snr_db(whole, enhance_signal(engine, x, short)) < 40
+
+
+def test_tiny_codec_chunked_with_derived_context_equals_whole(codec):
+    """Short chunks (the smallest the derived context allows, plus a few frames) on the tiny
+    codec with a local-statistics denoiser: chunked = whole to float rounding."""
+    torch.manual_seed(2)
+    model = Denoiser(codec.latent_dim, width=32, depth=2, grn="none")
+    with torch.no_grad():
+        z = codec.encode(speechlike(3.0, 2))
+        model.set_latent_stats(z.mean((0, 2)), z.std((0, 2)))
+        for p in [*model.blocks.parameters(), *model.head.parameters()]:
+            p.normal_(0.0, 0.05)
+    enh = Enhancer(codec, model.eval())
+    field = enh.chain_field
+    edge = field.edge_frames()
+    assert (edge - 1) * HOP < max(field.context, field.lookahead) <= edge * HOP
+    with pytest.raises(ValueError, match=f"at least {2 * edge + 3}"):
+        chunk_spec(DenoiseConfig(chunk_frames=2 * edge + 2, crossfade_frames=2), enh)
+    spec = chunk_spec(DenoiseConfig(chunk_frames=2 * edge + 10, crossfade_frames=2), enh)
+    assert spec.context == edge * HOP
+    x = speechlike(12.0, 6)
+    assert snr_db(enhance_whole(enh, x), enhance_signal(enh, x, spec)) >= TINY_CHUNKED_SNR_DB
+
+
+def test_dac16k_default_denoiser_context_covers_the_computed_field():
+    """DAC-16k architecture at random init and the default denoiser: only the field and the
+    geometry are computed (no forward pass)."""
+    codec = load_codec(CodecConfig(weights="random", random_arch="dac16k", num_threads=1))
+    denoiser = Denoiser(codec.latent_dim, **to_dict(resolve_preset(TrainConfig()).denoiser))
+    enh = Enhancer(codec, denoiser)
+    field = enh.chain_field
+    spec = chunk_spec(DenoiseConfig(), enh)
+    assert field.exact and field.denoiser == denoiser.receptive_field()
+    assert spec.context >= field.context and spec.context >= field.lookahead
+    assert spec.context - HOP < max(field.context, field.lookahead)  # one frame less falls short
+    assert spec.context == DAC_DEFAULT_EDGE_FRAMES * HOP
+    assert spec.stride > 0
+    assert enh.describe()["chunk_context_frames"] == DAC_DEFAULT_EDGE_FRAMES
+
+
+def test_a_profile_setting_the_context_by_hand_is_refused(tmp_path):
+    profile = tmp_path / "old.yaml"
+    profile.write_text("denoise:\n  chunk_frames: 300\n  context_frames: 48\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml.*denoise\.context_frames"):
+        load_section(profile, "denoise", DenoiseConfig)
+    with pytest.raises(ConfigError, match="context_frames"):
+        load_section(None, "denoise", DenoiseConfig, ["denoise.context_frames=48"])

@@ -12,14 +12,13 @@ from click.testing import CliRunner
 
 from cleancodec.cli import main
 from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec
-from cleancodec.infer.chunking import ChunkSpec
-from cleancodec.infer.denoise import DenoiseConfig, Enhancer, enhance_signal
+from cleancodec.infer.denoise import DenoiseConfig, Enhancer, chunk_spec, enhance_signal
 from cleancodec.infer.run import REPORT_NAME, RunError, default_output, denoise_path, plan_tasks
 from cleancodec.trainer.checkpoint import FORMAT_VERSION, save_atomic
 from cleancodec.trainer.models import Denoiser
 
 TINY = CodecConfig(weights="random", random_arch="tiny", random_seed=0, num_threads=1)
-SMALL_CHUNKS = {"chunk_frames": 60, "context_frames": 16, "crossfade_frames": 2}
+SMALL_CHUNKS = {"chunk_frames": 60, "crossfade_frames": 2}  # context: 18 frames (tiny codec)
 
 
 def tone(sr: int, seconds: float, channels: int, seed: int = 0) -> np.ndarray:
@@ -147,7 +146,7 @@ def test_streamed_file_equals_in_memory_chunked_processing(tmp_path, bypass):
     cfg = DenoiseConfig(read_block_seconds=0.37, **SMALL_CHUNKS)
     denoise_path(tmp_path / "a.wav", tmp_path / "o.wav", bypass, cfg, progress=False)
     y, _ = sf.read(tmp_path / "o.wav", dtype="float32")
-    ref = enhance_signal(bypass, x, ChunkSpec.from_config(cfg, 320))
+    ref = enhance_signal(bypass, x, chunk_spec(cfg, bypass))
     np.testing.assert_allclose(y, ref, atol=1e-6)
 
 
@@ -158,7 +157,7 @@ def test_resampled_path_equals_resample_enhance_resample(tmp_path, bypass):
     denoise_path(tmp_path / "a.wav", tmp_path / "o.wav", bypass, cfg, progress=False)
     y, _ = sf.read(tmp_path / "o.wav", dtype="float32")
     x16 = soxr.resample(x, 44100, 16000, quality="HQ")
-    ref = soxr.resample(enhance_signal(bypass, x16, ChunkSpec.from_config(cfg, 320)), 16000,
+    ref = soxr.resample(enhance_signal(bypass, x16, chunk_spec(cfg, bypass)), 16000,
                         44100, quality="HQ")
     assert len(y) == len(x)
     np.testing.assert_allclose(y, ref[:len(y)], atol=1e-5)
