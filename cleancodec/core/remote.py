@@ -12,20 +12,27 @@ A cache location is either a local folder or a URL:
 
 Writing a cache to a URL (``cleancodec cache --out s3://…``) builds it in a local staging
 folder (:func:`staging_dir`: resumable like any local build) and then uploads its files
-(:func:`upload_tree`), the manifest last, so a reader never sees a manifest that names a
+(:func:`upload_tree`; both steps: :func:`build_at`), the manifest last, so a reader never sees a manifest that names a
 missing shard.
 """
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import urlparse
 
 PIPE = "pipe:"
 PIPE_SLOT = "{}"
 READ_ONLY_SCHEMES = ("http", "https")
 WDS_OPENER_SCHEMES = ("http", "https")
+T = TypeVar("T")
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 class RemoteError(OSError):
@@ -167,3 +174,25 @@ def upload_tree(local_dir: Path, url: str, manifest_name: str,
         upload(local_dir / rel, str(join(url, rel)))
     upload(local_dir / manifest_name, str(join(url, manifest_name)))
     return len(files) + 1
+
+
+def build_at(target: str, build: Callable[[str], T], finalised: Callable[[T], bool],
+             manifest_name: str, progress: bool = False,
+             say: Callable[[str], None] = _stderr) -> T:
+    """Run ``build(folder)`` for a cache bound for ``target`` and return its result.
+
+    A local ``target`` is built in place. A URL is checked for writing first, the cache is built
+    in its :func:`staging_dir` (resumable like any local build) and, when ``finalised(result)``
+    says this process wrote the final manifest (rank 0), uploaded with :func:`upload_tree`.
+    ``say`` reports the staging folder and the upload.
+    """
+    if not is_url(target):
+        return build(target)
+    check_writable(target)
+    local = staging_dir(target)
+    say(f"building in {local}, then uploading to {target}")
+    result = build(str(local))
+    if finalised(result):
+        n = upload_tree(local, target, manifest_name, progress=progress)
+        say(f"uploaded {n} files to {target}")
+    return result
