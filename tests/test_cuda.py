@@ -36,11 +36,13 @@ BF16_GRAD_COSINE = 0.98   # direction of the bf16 gradients vs fp32
 
 
 def snr_db(ref: np.ndarray | torch.Tensor, test: np.ndarray | torch.Tensor) -> float:
-    """``10 log10(|ref|² / |ref - test|²)``; infinite when equal."""
-    ref = torch.as_tensor(ref, dtype=torch.float64).cpu()
-    test = torch.as_tensor(test, dtype=torch.float64).cpu()
-    noise = float(((ref - test) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(float((ref ** 2).sum()) / noise)
+    """``infer.denoise.snr_db`` of arrays or tensors on any device."""
+    from cleancodec.infer.denoise import snr_db as snr
+
+    def host(x: np.ndarray | torch.Tensor) -> np.ndarray:
+        return torch.as_tensor(x).detach().to("cpu", torch.float64).numpy()
+
+    return snr(host(ref), host(test))
 
 
 def _models(device: torch.device):
