@@ -39,7 +39,7 @@ from tqdm import tqdm
 from cleancodec.core.atomic import write_bytes_atomic, write_text_atomic
 from cleancodec.core.audio import AudioError, read_audio
 from cleancodec.core.codec import RANDOM_INIT_BANNER
-from cleancodec.core.config import load_section, to_dict
+from cleancodec.core.config import load_section, require, to_dict
 from cleancodec.core.oserrors import named_os_errors
 from cleancodec.infer.metrics import ALL_METRICS, COLUMNS, SAMPLE_RATE, SpeakerEncoder, score
 from cleancodec.infer.run import REPORT_NAME
@@ -78,12 +78,13 @@ class EvaluateConfig:
     hop: int = 128
     db_range: float = 80.0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
-        if unknown:
-            raise ValueError(f"evaluate.metrics: unknown {unknown}; known {list(ALL_METRICS)}")
-        if self.workers < 0 or self.spectrograms < 0:
-            raise ValueError("evaluate.workers and evaluate.spectrograms must be ≥ 0")
+        require(not unknown, "evaluate.metrics", f"holds unknown {unknown}; known "
+                f"{list(ALL_METRICS)}")
+        for name in ("workers", "spectrograms"):
+            require(getattr(self, name) >= 0, f"evaluate.{name}",
+                    f"must be ≥ 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -352,7 +353,6 @@ def evaluate_dirs(enhanced: str | Path, out: str | Path, clean: str | Path | Non
     for a missing folder and ValueError when nothing could be paired.
     """
     cfg = cfg or EvaluateConfig()
-    cfg.validate()
     out = Path(out)
     pairing: Pairing = pair_files(enhanced, clean, noisy)
     if not pairing.pairs:

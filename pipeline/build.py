@@ -258,7 +258,6 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
     """
     from cleancodec.core.codec import load_codec
 
-    cfg.validate()
     if workers < 1:
         raise ValueError("workers must be >= 1")
     started = time.perf_counter()

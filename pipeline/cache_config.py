@@ -3,12 +3,14 @@
 A plain dataclass with defaults, loaded by :func:`cleancodec.core.config.load_section` (an
 OmegaConf structured config), so its fields stay simple types: int / float / str / bool,
 ``X | None``, lists, and the nested :class:`~cleancodec.pipeline.mix.MixConfig` /
-:class:`~cleancodec.datagen.synth.SynthConfig`.
+:class:`~cleancodec.datagen.synth.SynthConfig`. Like every schema it checks its values in
+``__post_init__`` (:func:`cleancodec.core.config.require`), naming the key (``cache.dtype``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cleancodec.core.config import require
 from cleancodec.datagen.synth import SynthConfig
 from cleancodec.pipeline import corpus as corpus_mod
 from cleancodec.pipeline.manifest import STORAGES
@@ -73,29 +75,25 @@ class CacheConfig:
     rank_timeout_minutes: float = 120.0
     mix: MixConfig = field(default_factory=MixConfig)
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
+    def __post_init__(self) -> None:
         checks = [
-            (self.storage in STORAGES, f"storage must be one of {STORAGES}"),
-            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}"),
-            (self.windows_per_shard >= 1, "windows_per_shard must be >= 1"),
-            (self.noisy_per_clean >= 1, "noisy_per_clean must be >= 1"),
-            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
-            (self.corpus in CORPUS_KINDS, f"corpus must be one of {CORPUS_KINDS}"),
-            (self.compressor in COMPRESSORS, f"compressor must be one of {COMPRESSORS}"),
-            (self.max_draws >= 1, "max_draws must be >= 1"),
-            (self.coverage > 0, "coverage must be > 0"),
-            (self.speaker_source in corpus_mod.SPEAKER_SOURCES,
-             f"speaker_source must be one of {corpus_mod.SPEAKER_SOURCES}"),
-            (self.mix.snr_min_db <= self.mix.snr_max_db, "mix.snr_min_db > mix.snr_max_db"),
-            (self.mix.window_seconds > 0, "mix.window_seconds must be > 0"),
+            (self.storage in STORAGES, "storage", f"must be one of {STORAGES}"),
+            (self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}"),
+            (self.windows_per_shard >= 1, "windows_per_shard", "must be >= 1"),
+            (self.noisy_per_clean >= 1, "noisy_per_clean", "must be >= 1"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)"),
+            (self.corpus in CORPUS_KINDS, "corpus", f"must be one of {CORPUS_KINDS}"),
+            (self.compressor in COMPRESSORS, "compressor", f"must be one of {COMPRESSORS}"),
+            (self.max_draws >= 1, "max_draws", "must be >= 1"),
+            (self.coverage > 0, "coverage", "must be > 0"),
+            (self.speaker_source in corpus_mod.SPEAKER_SOURCES, "speaker_source",
+             f"must be one of {corpus_mod.SPEAKER_SOURCES}"),
         ]
         for name in SIZED_FIELDS:
             value = getattr(self, name)
-            checks.append((value is None or value >= 0, f"{name} must be >= 0"))
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"cache config: {message}")
+            checks.append((value is None or value >= 0, name, "must be >= 0"))
+        for ok, name, problem in checks:
+            require(ok, f"cache.{name}", f"{problem}, got {getattr(self, name)!r}")
 
 
 __all__ = ["CORPUS_KINDS", "CacheConfig"]

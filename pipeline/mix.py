@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import fftconvolve
 
+from cleancodec.core.config import require
+
 EPS = 1e-12
 NORMALISE_DBFS = -25.0  # common pre-mix level of clean and noise (DNS synthesiser default)
 RIR_DIRECT_SEARCH_S = 0.05  # the direct path is the RIR's largest tap within its first 50 ms
@@ -40,6 +42,12 @@ class MixConfig:
     silence_threshold_db: float = -45.0
     min_active_fraction: float = 0.5
     frame_ms: float = 20.0
+
+    def __post_init__(self) -> None:
+        require(self.snr_min_db <= self.snr_max_db, "cache.mix.snr_min_db",
+                f"({self.snr_min_db}) must not exceed cache.mix.snr_max_db ({self.snr_max_db})")
+        require(self.window_seconds > 0, "cache.mix.window_seconds",
+                f"must be > 0, got {self.window_seconds}")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from cleancodec.datagen.demo.config import (
     GeneratedNoiseConfig,
     RealNoiseConfig,
     SessionConfig,
-    validate,
+    require_sources,
 )
 from cleancodec.datagen.demo.g722_codec import (
     G722_DELAY_SAMPLES,
@@ -178,31 +178,36 @@ def test_check_disjoint_catches_speaker_and_noise_leaks():
         check_disjoint(ok + [_row("g", "noise", "val", kind="music", origin="t1.g722")])
 
 
-def _cfg(**splits) -> DemoDataConfig:
-    speech = [dict(package=f"p-{s}", speaker=s, language="en", license="CC0-1.0", files="*")
+def _cfg(synthetic: tuple[str, ...] = (), speakers: dict | None = None,
+         **splits) -> DemoDataConfig:
+    speech = [dict(package=f"p-{s}", speaker=s, language="en", license="CC0-1.0", files="*",
+                   synthetic=s in synthetic)
               for ss in splits.values() for s in ss]
-    return DemoDataConfig(speech=speech, splits={"speakers": splits})
+    return DemoDataConfig(speech=speech, splits={"speakers": speakers or splits})
 
 
 def test_config_validation_rejects_broken_splits():
-    validate(_cfg(train=["a"], test=["b"]))
+    _cfg(train=["a"], test=["b"])
     with pytest.raises(ConfigError, match="both"):
-        validate(_cfg(train=["a"], test=["a"]))
+        _cfg(train=["a"], test=["a"])
     with pytest.raises(ConfigError, match="'test' split needs"):
-        validate(_cfg(train=["a"], val=["b"]))
-    cfg = _cfg(train=["a"], test=["b"])
-    cfg.speech[1].synthetic = True
+        _cfg(train=["a"], val=["b"])
     with pytest.raises(ConfigError, match="real"):
-        validate(cfg)
-    cfg = _cfg(train=["a"], test=["b"])
-    cfg.splits.speakers = {"train": ["a"]}
-    with pytest.raises(ConfigError, match=r"\['b'\] have no split"):
-        validate(cfg)
+        _cfg(synthetic=("b",), train=["a"], test=["b"])
+    with pytest.raises(ConfigError, match=r"\['b'\] no split"):
+        _cfg(speakers={"train": ["a"]}, train=["a"], test=["b"])
+    with pytest.raises(ConfigError, match=r"demo_data\.splits\.speakers has unknown split"):
+        load_section(None, "demo_data", DemoDataConfig, ["demo_data.splits.speakers={dev: [a]}"])
+    with pytest.raises(ConfigError, match=r"demo_data\.generated\.kinds.*'hiss'"):
+        load_section(None, "demo_data", DemoDataConfig, ["demo_data.generated.kinds=[hiss]"])
+    # an empty definition is a valid config (it prints); building refuses it
+    with pytest.raises(ConfigError, match=r"demo_data\.speech holds no speech sources"):
+        require_sources(DemoDataConfig())
 
 
 def test_shipped_profile_loads_and_holds_out_a_real_speaker():
     cfg = load_section(REPO / "conf/demo_data.yaml", "demo_data", DemoDataConfig)
-    validate(cfg)
+    require_sources(cfg)
     test_speakers = set(cfg.splits.speakers["test"])
     real = {s.speaker for s in cfg.enabled_speech if not s.synthetic}
     assert test_speakers & real

@@ -26,12 +26,14 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from scipy.signal import lfilter
 
 from cleancodec.core.atomic import write_json_atomic
 from cleancodec.core.audio import read_mono, resample, write_audio_atomic
+from cleancodec.core.config import require, require_positive_ints
 from cleancodec.pipeline.mix import EPS, rms
 
 NOISE_KINDS = ("white", "pink", "hum", "clicks")  # the tiny corpus's noise folders
@@ -116,6 +118,10 @@ class SynthConfig:
     noises_per_kind: int = 1
     noise_seconds: float = 5.0
     sample_rate: int = 16000
+
+    def __post_init__(self) -> None:
+        require_positive_ints(self, "cache.synthetic",
+                              ("speakers", "clips_per_speaker", "noises_per_kind"))
 
 
 @dataclass
@@ -257,6 +263,12 @@ class NoiseSynthConfig:
     babble_rate_min: float = 0.85  # resampling factor range: varies pitch and tempo per talker
     babble_rate_max: float = 1.2
     hum_mains_hz: list[float] = field(default_factory=lambda: list(MAINS_HZ))
+
+    where: ClassVar[str] = "noise synthesiser"  # the key path named by errors
+
+    def __post_init__(self) -> None:
+        require(1 <= self.babble_min_talkers <= self.babble_max_talkers, self.where,
+                "needs 1 <= babble_min_talkers <= babble_max_talkers")
 
 
 @dataclass
@@ -494,9 +506,12 @@ def make_tiny_corpus(out_dir: str | Path, seed: int = 0, speakers: int = 4,
     Returns
     -------
     TinyCorpus with the clean and noise folders and their files.
+
+    Raises
+    ------
+    ConfigError
+        When ``speakers``, ``clips_per_speaker`` or ``noises_per_kind`` is below 1.
     """
-    if speakers < 1 or clips_per_speaker < 1 or noises_per_kind < 1:
-        raise ValueError("speakers, clips_per_speaker and noises_per_kind must be at least 1")
     cfg = SynthConfig(seed=seed, speakers=speakers, clips_per_speaker=clips_per_speaker,
                       clip_seconds=clip_seconds, noises_per_kind=noises_per_kind,
                       noise_seconds=noise_seconds, sample_rate=sample_rate)

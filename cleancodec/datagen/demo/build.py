@@ -41,8 +41,8 @@ from cleancodec.datagen.demo.config import (
     DemoDataConfig,
     NoisePackage,
     SpeechSource,
+    require_sources,
     split_of_speaker,
-    validate,
 )
 from cleancodec.datagen.demo.debs import AptFetcher, PackageError, deb_version, unpack_deb
 from cleancodec.datagen.demo.g722_codec import G722Unavailable
@@ -117,10 +117,10 @@ def build_demo_data(cfg: DemoDataConfig, out_dir: str | Path | None = None,
     out_dir : corpus folder (default ``cfg.out_dir``).
     deb_cache : where downloaded .debs are kept (default ``cfg.deb_cache`` or ``<out>/.debs``).
 
-    Raises ConfigError for an invalid corpus definition and SplitLeak if the result would put
+    Raises ConfigError for a definition without speech sources and SplitLeak if the result would put
     one speaker or noise recording in two splits.
     """
-    validate(cfg)
+    require_sources(cfg)
     t0 = time.perf_counter()
     root = Path(out_dir or cfg.out_dir)
     root.mkdir(parents=True, exist_ok=True)

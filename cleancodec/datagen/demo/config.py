@@ -2,7 +2,11 @@
 
 The corpus definition (which packages, which voice is which speaker, which speaker goes to
 which split, licenses) lives in the YAML file only; the dataclass defaults here are the tuning
-knobs, so a profile that lists no sources is an error rather than a silent empty corpus.
+knobs, so a profile that lists no sources builds nothing: :func:`require_sources` refuses it
+at build time (an empty definition is still a valid config: ``cleancodec config`` prints it).
+Each dataclass checks its values in ``__post_init__`` (:func:`cleancodec.core.config.require`),
+naming the key: splits disjoint, every enabled speaker in one split, a real speaker in train and
+in test (babble is made from training speakers), known noise kinds, ordered ranges.
 """
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from cleancodec.core.config import ConfigError, from_dict
+from cleancodec.core.config import ConfigError, from_dict, require
 from cleancodec.datagen.synth import GENERATED_KINDS, NoiseSynthConfig
 
 SPLITS = ("train", "val", "test")
+APT_UPDATE_MODES = ("auto", "never")
 
 
 @dataclass
@@ -90,6 +95,14 @@ class GeneratedNoiseConfig(NoiseSynthConfig):
     seconds: float = 30.0
     files: dict[str, int] = field(default_factory=lambda: {"train": 4, "val": 1, "test": 1})
 
+    where = "demo_data.generated"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for kind in self.kinds:
+            require(kind in GENERATED_KINDS, f"{self.where}.kinds",
+                    f"holds an unknown kind {kind!r}; known: {list(GENERATED_KINDS)}")
+
 
 @dataclass
 class SplitConfig:
@@ -98,6 +111,17 @@ class SplitConfig:
     speakers: dict[str, list[str]] = field(default_factory=dict)
     noise_test_fraction: float = 0.2
     noise_val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.speakers) - set(SPLITS))
+        require(not unknown, "demo_data.splits.speakers", f"has unknown split(s) {unknown}; "
+                f"use {SPLITS}")
+        owner: dict[str, str] = {}
+        for split, speakers in self.speakers.items():
+            for spk in speakers:
+                require(spk not in owner, "demo_data.splits",
+                        f"puts speaker {spk!r} in both {owner.get(spk)!r} and {split!r}")
+                owner[spk] = split
 
 
 @dataclass
@@ -114,6 +138,10 @@ class TestSetConfig:
     silence_threshold_db: float = -45.0
     noise_floor_dbfs: float = -70.0  # noise windows quieter than this are redrawn
     max_noise_draws: int = 20
+
+    def __post_init__(self) -> None:
+        require(self.snr_min_db <= self.snr_max_db and self.level_min_dbfs <= self.level_max_dbfs,
+                "demo_data.testset", "has min above max in the SNR or level range")
 
 
 @dataclass
@@ -152,9 +180,17 @@ class DemoDataConfig:
                        for i, s in enumerate(self.speech)]
         self.noise_packages = [_as(NoisePackage, s, f"demo_data.noise_packages[{i}]")
                                for i, s in enumerate(self.noise_packages)]
-        if self.apt_update not in ("auto", "never"):
-            raise ConfigError(f"demo_data.apt_update must be 'auto' or 'never', "
-                              f"not {self.apt_update!r}")
+        require(self.apt_update in APT_UPDATE_MODES, "demo_data.apt_update",
+                f"must be 'auto' or 'never', not {self.apt_update!r}")
+        owner = split_of_speaker(self)
+        missing = sorted({s.speaker for s in self.enabled_speech} - set(owner))
+        require(not missing, "demo_data.splits", f"gives speaker(s) {missing} no split")
+        if self.enabled_speech:
+            for split in ("train", "test"):
+                real = [s for s in self.enabled_speech
+                        if owner[s.speaker] == split and not s.synthetic]
+                require(bool(real), "demo_data.splits", f"the {split!r} split needs at least "
+                        "one real (non-synthetic) speaker")
 
     @property
     def enabled_speech(self) -> list[SpeechSource]:
@@ -177,44 +213,16 @@ def _as(cls: type, value: Any, where: str) -> Any:
     return from_dict(cls, value, where)
 
 
-def validate(cfg: DemoDataConfig) -> None:
-    """Check the corpus definition; raise ConfigError naming the first problem.
+def require_sources(cfg: DemoDataConfig) -> None:
+    """Refuse a corpus definition without an enabled speech source (nothing to build).
 
-    Every enabled speaker has exactly one split, splits are disjoint, at least one real
-    (non-synthetic) speaker is held out for test, and train has a real speaker too (babble is
-    made from training speakers).
+    Raises
+    ------
+    ConfigError
+        Naming ``demo_data.speech``.
     """
-    if not cfg.enabled_speech:
-        raise ConfigError("demo_data: no speech sources configured (see conf/demo_data.yaml)")
-    unknown = sorted(set(cfg.splits.speakers) - set(SPLITS))
-    if unknown:
-        raise ConfigError(f"demo_data.splits.speakers: unknown split(s) {unknown}; use {SPLITS}")
-    owner: dict[str, str] = {}
-    for split, speakers in cfg.splits.speakers.items():
-        for spk in speakers:
-            if spk in owner:
-                raise ConfigError(f"demo_data.splits: speaker {spk!r} is in both "
-                                  f"{owner[spk]!r} and {split!r}")
-            owner[spk] = split
-    speakers = {s.speaker for s in cfg.enabled_speech}
-    missing = sorted(speakers - set(owner))
-    if missing:
-        raise ConfigError(f"demo_data.splits: speaker(s) {missing} have no split")
-    for split in ("train", "test"):
-        real = [s for s in cfg.enabled_speech if owner[s.speaker] == split and not s.synthetic]
-        if not real:
-            raise ConfigError(f"demo_data.splits: the {split!r} split needs at least one real "
-                              f"(non-synthetic) speaker")
-    for kind in cfg.generated.kinds:
-        if kind not in GENERATED_KINDS:
-            raise ConfigError(f"demo_data.generated.kinds: unknown kind {kind!r}; "
-                              f"known: {list(GENERATED_KINDS)}")
-    gen = cfg.generated
-    if not 1 <= gen.babble_min_talkers <= gen.babble_max_talkers:
-        raise ConfigError("demo_data.generated: need 1 <= babble_min_talkers <= babble_max_talkers")
-    ts = cfg.testset
-    if ts.snr_min_db > ts.snr_max_db or ts.level_min_dbfs > ts.level_max_dbfs:
-        raise ConfigError("demo_data.testset: min above max in the SNR or level range")
+    require(bool(cfg.enabled_speech), "demo_data.speech",
+            "holds no speech sources (none enabled; see conf/demo_data.yaml)")
 
 
 def split_of_speaker(cfg: DemoDataConfig) -> dict[str, str]:
