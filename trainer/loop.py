@@ -6,16 +6,15 @@ Separate AdamW optimisers, linear learning-rate warm-up, gradient-norm clipping,
 on CUDA, DistributedDataParallel under ``torchrun``.
 
 A run directory holds ``latest.pt`` / ``best.pt`` / ``step_<N>.pt``, ``metrics.jsonl``,
-``tensorboard/``, ``config.json`` and, at the end, ``summary.json``. Calling :func:`fit` again on
-the same run directory resumes from ``latest.pt`` (``restart=True`` moves the old run aside into
+``tensorboard/``, ``config.json`` and, at the end, ``summary.json`` (names and the metrics log:
+:mod:`.rundir`; the weights' average: :mod:`.ema`). Calling :func:`fit` again on the same run
+directory resumes from ``latest.pt`` (``restart=True`` moves the old run aside into
 ``restarted-<time>/`` and starts over). The trainer never imports the codec: dimensions come
 from the cache manifest.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 import math
 import signal
@@ -28,7 +27,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from cleancodec.core import remote
-from cleancodec.core.atomic import write_json_atomic, write_text_atomic
+from cleancodec.core.atomic import write_json_atomic
 from cleancodec.core.config import to_dict
 from cleancodec.core.dirlock import DirectoryLock
 from cleancodec.core.oserrors import named_os_errors
@@ -55,23 +54,21 @@ from cleancodec.trainer.data import (
     open_split,
     val_batches,
 )
+from cleancodec.trainer.ema import ema_copy, update_ema
 from cleancodec.trainer.feed import DevicePrefetcher, training_feed
 from cleancodec.trainer.losses import discriminator_losses, generator_losses
 from cleancodec.trainer.models import Denoiser, Discriminator, count_parameters
+from cleancodec.trainer.rundir import (
+    BEST_INFO_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    RunLogger,
+    move_previous_run,
+)
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-CONFIG_FILE = ckpt_io.RUN_CONFIG
-SUMMARY_FILE = ckpt_io.RUN_SUMMARY
-RESTART_PREFIX = "restarted-"
-# best.pt's step, score and codec identity, readable without torch.load (denoise's discovery)
-BEST_INFO_FILE = ckpt_io.BEST_INFO
-RUN_ARTIFACTS = (ckpt_io.LATEST, ckpt_io.BEST, BEST_INFO_FILE, METRICS_FILE, TENSORBOARD_DIR,
-                 CONFIG_FILE, SUMMARY_FILE)
 MODEL_SECTIONS = ("denoiser", "discriminator")
-EMA_WARMUP = 10  # the EMA decay ramps as (1 + t) / (EMA_WARMUP + t) up to train.ema_decay
 SKIPPED_KEY = "skipped"  # in train_step's output when the step changed no weights
 
 
@@ -80,54 +77,6 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return 1.0
     return min(1.0, (step + 1) / warmup_steps)
-
-
-class RunLogger:
-    """``metrics.jsonl`` plus TensorBoard scalars, on the main rank only.
-
-    On resume from step ``s`` the records after ``s`` (written by a run that was killed before
-    its next checkpoint) are dropped, so the log matches the weights.
-    """
-
-    def __init__(self, run_dir: Path, start_step: int, enabled: bool):
-        self.enabled = enabled
-        self.path = run_dir / METRICS_FILE
-        self._fh = None
-        self._tb = None
-        if not enabled:
-            return
-        self._truncate_after(start_step)
-        self._fh = open(self.path, "a")
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._tb = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
-                                 purge_step=start_step if start_step > 0 else None)
-
-    def _truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:  # a line torn by a kill
-                continue
-        write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
-
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self._fh.write(json.dumps({"step": step, "time": round(time.time(), 3), **scalars}) + "\n")
-        self._fh.flush()
-        for key, value in scalars.items():
-            self._tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self._fh:
-            self._fh.close()
-        if self._tb:
-            self._tb.close()
 
 
 class Trainer:
@@ -179,7 +128,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt_io.remove_stale_temps(self.run_dir)
             if restart:
-                self._move_previous_run()
+                move_previous_run(self.run_dir)
         barrier(self.env)
         latest = self.run_dir / ckpt_io.LATEST
         resumed = None
@@ -203,21 +152,6 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, self.step, self.env.is_main)
         self._batches = training_feed(self.train_src, self.cfg.data, self.cfg.seed, self.env,
                                       self.step)
-
-    def _move_previous_run(self) -> None:
-        old = [p for p in self.run_dir.iterdir()
-               if p.name in RUN_ARTIFACTS or (p.name.startswith("step_") and p.suffix == ".pt")]
-        if not old:
-            return
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        dest, n = self.run_dir / f"{RESTART_PREFIX}{stamp}", 1
-        while dest.exists():
-            n += 1
-            dest = self.run_dir / f"{RESTART_PREFIX}{stamp}-{n}"
-        dest.mkdir()
-        for path in old:
-            path.rename(dest / path.name)
-        log.info("--restart: previous run moved to %s", dest)
 
     def _resume(self, ckpt: dict[str, Any], path: Path) -> None:
         identity = self.manifest["codec"]["identity"]
@@ -254,23 +188,8 @@ class Trainer:
     def _init_ema(self, resumed: dict[str, Any] | None) -> None:
         """The exponential moving average of G's weights (``train.ema_decay``; None: off)."""
         self.ema = None
-        if self.cfg.ema_decay is None:
-            return
-        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
-        if resumed is not None and resumed.get("denoiser_ema") is not None:
-            self.ema.load_state_dict(resumed["denoiser_ema"])
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """``ema ← ema + (1 - d) (w - ema)`` with ``d = min(decay, (1 + t) / (10 + t))``: the
-        usual warm-up of the decay, so that early averages are not dominated by the init."""
-        if self.ema is None:
-            return
-        decay = min(float(self.cfg.ema_decay), (1 + self.step) / (EMA_WARMUP + self.step))
-        ema_p = [p for p in self.ema.parameters()]
-        torch._foreach_lerp_(ema_p, [p.detach() for p in self.denoiser.parameters()], 1 - decay)
-        for ema_b, b in zip(self.ema.buffers(), self.denoiser.buffers()):
-            ema_b.copy_(b)
+        if self.cfg.ema_decay is not None:
+            self.ema = ema_copy(self.denoiser, (resumed or {}).get("denoiser_ema"))
 
     def next_batch(self) -> Batch:
         """The training batch of the current step (``{"noisy", "clean"}`` ``Tensor[B x D x F]``).
@@ -338,7 +257,8 @@ class Trainer:
         g_ok = d_ok and bool(torch.isfinite(g_norm))
         if g_ok:
             self.opt_g.step()
-            self._update_ema()
+            if self.ema is not None:
+                update_ema(self.ema, self.denoiser, self.cfg.ema_decay, self.step)
         out = {k: v.detach() for k, v in {**d_losses, **g_losses}.items()}
         out["d/grad_norm"], out["g/grad_norm"] = d_norm.detach(), g_norm.detach()
         if not g_ok:

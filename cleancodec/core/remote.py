@@ -12,8 +12,8 @@ A cache location is either a local folder or a URL:
 
 Writing a cache to a URL (``cleancodec cache --out s3://…``) builds it in a local staging
 folder (:func:`staging_dir`: resumable like any local build) and then uploads its files
-(:func:`upload_tree`; both steps: :func:`build_at`), the manifest last, so a reader never sees a manifest that names a
-missing shard.
+(:func:`upload_tree`; both steps: :func:`build_at`), the manifest last, so a reader never sees
+a manifest that names a missing shard.
 """
 from __future__ import annotations
 
