@@ -33,6 +33,7 @@ from cleancodec.core.codec import (
     identities_match,
     load_codec,
 )
+from cleancodec.core.config import require
 from cleancodec.core.topology import bf16_autocast
 from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
 from cleancodec.infer.receptive import ChainField, codec_chain_field
@@ -80,22 +81,20 @@ class DenoiseConfig:
     allow_codec_mismatch: bool = False
     read_block_seconds: float = 5.0
 
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        if not 0.0 <= float(self.mix) <= 1.0:
-            raise ValueError(f"denoise.mix must be within 0..1, got {self.mix}")
-        if self.crossfade_frames < 0:
-            raise ValueError("denoise.crossfade_frames must be ≥ 0")
-        if self.chunk_frames <= self.crossfade_frames:
-            raise ValueError(f"denoise.chunk_frames ({self.chunk_frames}) must exceed "
-                             f"crossfade_frames ({self.crossfade_frames}) and the context the "
-                             "receptive field needs at each inner chunk edge")
-        if self.batch_size < 0:
-            raise ValueError("denoise.batch_size must be ≥ 0 (0 = auto)")
-        if self.output_sr is not None and int(self.output_sr) <= 0:
-            raise ValueError(f"denoise.output_sr must be positive, got {self.output_sr}")
-        if self.read_block_seconds <= 0:
-            raise ValueError("denoise.read_block_seconds must be positive")
+    def __post_init__(self) -> None:
+        require(0.0 <= float(self.mix) <= 1.0, "denoise.mix",
+                f"must be within 0..1, got {self.mix}")
+        require(self.crossfade_frames >= 0, "denoise.crossfade_frames",
+                f"must be ≥ 0, got {self.crossfade_frames}")
+        require(self.chunk_frames > self.crossfade_frames, "denoise.chunk_frames",
+                f"({self.chunk_frames}) must exceed crossfade_frames ({self.crossfade_frames}) "
+                "and the context the receptive field needs at each inner chunk edge")
+        require(self.batch_size >= 0, "denoise.batch_size",
+                f"must be ≥ 0 (0 = auto), got {self.batch_size}")
+        require(self.output_sr is None or int(self.output_sr) > 0, "denoise.output_sr",
+                f"must be positive, got {self.output_sr}")
+        require(self.read_block_seconds > 0, "denoise.read_block_seconds",
+                f"must be positive, got {self.read_block_seconds}")
 
 
 # --- the model path ---------------------------------------------------------------------------

@@ -27,7 +27,6 @@ def load_engine(engine: str, onnx: str | None, cfg: DenoiseConfig,
         return load_onnx_engine(onnx, codec_cfg)
     if engine != ENGINE_TORCH:
         raise ValueError(f"unknown engine {engine!r} ({' | '.join(ENGINES)})")
-    cfg.validate()
     return load_enhancer(cfg, codec_cfg)
 
 

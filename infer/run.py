@@ -262,7 +262,6 @@ def denoise_path(input_path: str | Path, output_path: str | Path, enhancer: Enha
     When ``stop`` is requested (a signal), the files in flight are finished and no new one is
     started; ``summary.stopped_by`` names the signal.
     """
-    cfg.validate()
     t0 = time.perf_counter()
     tasks = plan_tasks(input_path, output_path)
     try:
@@ -385,7 +384,6 @@ def run_denoise(input_path: str | Path, output_path: str | Path | None,
     """
     codec_cfg = load_section(conf, "codec", CodecConfig, overrides)
     cfg = load_section(conf, "denoise", DenoiseConfig, overrides)
-    cfg.validate()
     output = Path(output_path) if output_path else default_output(input_path)
     plan_tasks(input_path, output)  # refuse a bad INPUT / OUTPUT before loading any model
     folder = output if Path(input_path).is_dir() else output.parent

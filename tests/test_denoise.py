@@ -153,9 +153,9 @@ def test_bad_geometry_is_refused():
     with pytest.raises(ValueError, match="chunk"):
         ChunkSpec.from_frames(10, 5, 1, HOP)
     with pytest.raises(ValueError, match="crossfade"):
-        DenoiseConfig(chunk_frames=4, crossfade_frames=4).validate()
+        DenoiseConfig(chunk_frames=4, crossfade_frames=4)
     with pytest.raises(ValueError, match="mix"):
-        DenoiseConfig(mix=1.5).validate()
+        DenoiseConfig(mix=1.5)
 
 
 # --- the model path ---------------------------------------------------------------------------
