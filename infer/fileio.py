@@ -1,6 +1,6 @@
 """Streaming file I/O of ``denoise``: which files go where, reading blocks, writing outputs.
 
-- :func:`plan_tasks` maps every audio file under INPUT (``pipeline.audio.is_audio_path``) to
+- :func:`plan_tasks` maps every audio file under INPUT (``core.audio.list_audio_files``) to
   its output path, mirroring the folder tree, and refuses outputs that would overwrite inputs.
 - :class:`AudioReader` reads a file block by block (``pipeline.audio``: one reader, one set
   of error messages).
@@ -28,7 +28,7 @@ from cleancodec.core.audio import (
     AudioError,
     audio_extensions,
     audio_info,
-    is_audio_path,
+    list_audio_files,
     open_audio,
     read_block,
 )
@@ -81,7 +81,7 @@ def plan_tasks(input_path: str | Path, output_path: str | Path) -> list[FileTask
     if dst == src or _is_within(dst, src):
         raise RunError(f"{output_path}: output folder must not be the input folder or lie "
                        f"inside it ({input_path})")
-    files = sorted(p for p in src.rglob("*") if p.is_file() and is_audio_path(p))
+    files = list_audio_files(src)
     if not files:
         raise RunError(f"{input_path}: no audio files found (extensions: "
                        f"{', '.join(sorted(audio_extensions()))})")

@@ -51,6 +51,7 @@ from typing import Any
 
 from cleancodec.core.config import to_dict
 from cleancodec.core.dirlock import DirectoryLock
+from cleancodec.core.hashing import fingerprint
 from cleancodec.core.oserrors import named_os_errors
 from cleancodec.core.stopping import GracefulStop
 from cleancodec.core.topology import GLOO, Topology, barrier, broadcast_object, process_group
@@ -58,7 +59,7 @@ from cleancodec.pipeline import shards
 from cleancodec.pipeline.build_errors import BuildError, CacheMismatchError, NoUsableInputError
 from cleancodec.pipeline.cache_config import CacheConfig
 from cleancodec.pipeline.cachedir import check_out_dir, clear_scratch, verify_done
-from cleancodec.pipeline.corpus import fingerprint
+from cleancodec.pipeline.corpus import listing
 from cleancodec.pipeline.inputs import (
     REJECTED_FILE,
     Inputs,
@@ -167,7 +168,7 @@ def _prepare(cfg: CacheConfig, codec: Any, inputs: Inputs, out_dir: Path, overwr
     previous = None
     if existing is not None:
         wanted = {"codec": constants, "codec_settings": codec_settings, "config": to_dict(cfg),
-                  "inputs": inputs.as_dict(), "corpus_fingerprint": fingerprint(files)}
+                  "inputs": inputs.as_dict(), "corpus_fingerprint": fingerprint(listing(files))}
         diffs = compare_build(existing, wanted)
         if diffs:
             raise CacheMismatchError(

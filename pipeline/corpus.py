@@ -1,14 +1,16 @@
 """Corpus input: find clean / noise / RIR files, check them, split clean speech by speaker.
 
-Folders are read recursively (symlinks followed, hidden entries skipped) and files are taken by
-extension (every format libsndfile reads); anything else is ignored. DNS Challenge layouts work
+Folders are read with the project's one walker, ``core.audio.list_audio_files`` (recursive,
+symlinked folders followed, hidden entries skipped) and files are taken by extension (every
+format libsndfile reads); anything else is ignored. DNS Challenge layouts work
 as they come: their clean file names carry the reader id (``..._reader_06709_...``).
 
 Speaker ids, in the order ``speaker_source: auto`` tries them:
 
-1. an ``index.csv`` in the folder or its parent (the demo corpus): columns ``path`` (relative
-   to the csv's folder, or absolute), ``speaker`` and ``split`` (``train`` / ``val`` / ``test``;
-   ``test`` rows are held out of the cache entirely);
+1. an ``index.csv`` in the folder or its parent (the demo corpus; format in
+   ``core.corpus_index``): columns ``path`` (relative to the csv's folder, or absolute),
+   ``speaker`` and ``split`` (``train`` / ``val`` / ``test``; ``test`` rows are held out of the
+   cache entirely);
 2. the first of ``speaker_patterns`` (regular expressions, group 1 = id) matching the file name:
    DNS ``reader_NNNN``, LibriSpeech ``SPK-CHAPTER-UTT``, VCTK ``pNNN_``;
 3. none: the file is its own group.
@@ -22,7 +24,6 @@ truncated, empty, NaN/inf, all-silent, non-audio and unreadable files with a rea
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
@@ -32,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cleancodec.core.audio import SILENCE_PEAK, is_audio_path
+from cleancodec.core.audio import SILENCE_PEAK, list_audio_files
+from cleancodec.core.corpus_index import INDEX_NAME, IndexFileError, IndexRow, read_index
 
 DEFAULT_SPEAKER_PATTERNS = (r"reader_(\d+)", r"^(\d+)-\d+-\d+", r"^(p\d{3})_")
 SPEAKER_SOURCES = ("auto", "index", "pattern", "dir", "none")
-INDEX_NAME = "index.csv"
 SPLITS = ("train", "val")
 HELD_OUT_SPLIT = "test"
 SCAN_BLOCK = 1 << 16
@@ -93,7 +94,8 @@ class SplitFiles:
 
 
 def find_audio_files(root: str | Path, role: str) -> list[AudioFile]:
-    """All audio files under ``root``, recursively, sorted by relative path.
+    """All audio files under ``root`` (``core.audio.list_audio_files``), sorted by relative
+    path. A dangling symlink is kept (size and mtime -1) so that the scan reports it.
 
     Raises CorpusError when ``root`` is not a folder.
     """
@@ -101,44 +103,25 @@ def find_audio_files(root: str | Path, role: str) -> list[AudioFile]:
     if not root.is_dir():
         raise CorpusError(f"{root}: {role} folder not found")
     found: list[AudioFile] = []
-    seen_dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:  # symlink loop
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith(".") or not is_audio_path(name):
-                continue
-            path = Path(dirpath) / name
-            try:
-                st = path.stat()
-            except OSError:  # dangling symlink: keep it so the scan reports it
-                st = None
-            found.append(AudioFile(role=role, path=path.absolute(),
-                                   rel=path.relative_to(root).as_posix(),
-                                   size=st.st_size if st else -1,
-                                   mtime_ns=st.st_mtime_ns if st else -1))
-    return sorted(found, key=lambda f: f.rel)
+    for path in list_audio_files(root):
+        try:
+            st = path.stat()
+        except OSError:  # dangling symlink: keep it so the scan reports it
+            st = None
+        found.append(AudioFile(role=role, path=path.absolute(),
+                               rel=path.relative_to(root).as_posix(),
+                               size=st.st_size if st else -1,
+                               mtime_ns=st.st_mtime_ns if st else -1))
+    return found
 
 
-def fingerprint(files: list[AudioFile]) -> str:
-    """sha256 over (role, relative path, size, mtime) of ``files``: changes when the corpus does."""
-    digest = hashlib.sha256()
-    for f in sorted(files, key=lambda f: (f.role, f.rel)):
-        digest.update(f"{f.role}\t{f.rel}\t{f.size}\t{f.mtime_ns}\n".encode())
-    return digest.hexdigest()
+def listing(files: list[AudioFile]) -> list[tuple[str, str, int, int]]:
+    """``(role, relative path, size, mtime)`` of each file, sorted: what the corpus fingerprint
+    (``core.hashing.fingerprint(listing(files))``) hashes, so it changes when the corpus does."""
+    return sorted((f.role, f.rel, f.size, f.mtime_ns) for f in files)
 
 
 # --- speakers and splits ---------------------------------------------------------------------
-
-
-@dataclass
-class IndexRow:
-    speaker: str | None
-    split: str | None
 
 
 def find_index(root: str | Path, name: str = INDEX_NAME) -> Path | None:
@@ -150,29 +133,16 @@ def find_index(root: str | Path, name: str = INDEX_NAME) -> Path | None:
     return None
 
 
-def read_index(path: str | Path) -> dict[str, IndexRow]:
-    """``index.csv`` → ``{resolved absolute path: IndexRow}``.
+def read_speakers(path: str | Path) -> dict[str, IndexRow]:
+    """``index.csv`` → ``{resolved absolute path of the file: its row}``.
 
-    Needs a ``path`` column; ``speaker`` and ``split`` are optional. Raises CorpusError when the
-    file is unreadable or has no ``path`` column.
+    Raises CorpusError when the index cannot be read (see ``core.corpus_index.read_index``).
     """
-    path = Path(path)
     try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-            if "path" not in fields:
-                raise CorpusError(f"{path}: index has no 'path' column (columns: {fields})")
-            rows = {}
-            for raw in reader:
-                row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
-                file = Path(row["path"])
-                file = file if file.is_absolute() else path.parent / file
-                rows[os.path.realpath(file)] = IndexRow(
-                    speaker=row.get("speaker") or None, split=(row.get("split") or None))
-            return rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise CorpusError(f"{path}: cannot read index ({exc})") from exc
+        rows = read_index(path)
+    except IndexFileError as exc:
+        raise CorpusError(str(exc)) from exc
+    return {os.path.realpath(row.file(path)): row for row in rows}
 
 
 def speaker_from_name(rel: str, patterns: tuple[str, ...] | list[str]) -> str | None:
@@ -194,11 +164,11 @@ def annotate_speakers(files: list[AudioFile], root: str | Path, source: str = "a
     index_path = find_index(root, index_name) if source in ("auto", "index") else None
     if source == "index" and index_path is None:
         raise CorpusError(f"{root}: speaker_source is 'index' but no {index_name} was found")
-    index = read_index(index_path) if index_path else {}
+    index = read_speakers(index_path) if index_path else {}
     for f in files:
         row = index.get(os.path.realpath(f.path))
         if row is not None:
-            f.speaker, f.split = row.speaker, row.split
+            f.speaker, f.split = row.speaker or None, row.split or None
         if f.speaker is None and source in ("auto", "pattern"):
             f.speaker = speaker_from_name(f.rel, patterns)
         if source == "dir" and "/" in f.rel:

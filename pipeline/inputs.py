@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cleancodec.core.atomic import atomic_path, write_json_atomic
+from cleancodec.core.hashing import fingerprint
 from cleancodec.datagen.synth import make_tiny_corpus_from
 from cleancodec.pipeline import corpus as corpus_mod
 from cleancodec.pipeline.cache_config import CacheConfig
@@ -152,7 +153,7 @@ def scan_corpus(files: list[corpus_mod.AudioFile], cfg: CacheConfig, sample_rate
     ``{rel, length, reason, speaker, split}`` where ``split`` is ``train`` / ``val`` / ``test``
     (held out) / ``shared`` (RIRs; noise when it cannot be split).
     """
-    fp = corpus_mod.fingerprint(files)
+    fp = fingerprint(corpus_mod.listing(files))
     if (previous and previous.get("fingerprint") == fp
             and previous.get("sample_rate") == sample_rate):
         return previous

@@ -1,10 +1,12 @@
-"""pipeline.audio: any format / rate / channels in, clear errors for bad files, atomic writes."""
+"""core.audio: any format / rate / channels in, clear errors for bad files, atomic writes, the
+one folder walk."""
 import numpy as np
 import pytest
 import soundfile as sf
 
 from cleancodec.core.audio import (
     AudioError,
+    list_audio_files,
     read_audio,
     read_audio_channels,
     resample,
@@ -101,3 +103,35 @@ def test_one_definition_of_an_audio_file_and_streamed_reads(tmp_path):
     assert [b.shape for b in blocks] == [(2, 7000), (2, 7000), (2, 2000)]
     with pytest.raises(AudioError, match="notes.txt: cannot decode as audio"):
         open_audio(tmp_path / "notes.txt")
+
+
+# --- the one folder walk -------------------------------------------------------------------------
+
+
+def _touch_wav(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.zeros(160, np.float32), 16000)
+
+
+def test_walk_skips_hidden_files_and_folders(tmp_path):
+    _touch_wav(tmp_path / "b.wav")
+    _touch_wav(tmp_path / "A" / "c.flac")
+    _touch_wav(tmp_path / "._b.wav")  # macOS resource fork
+    _touch_wav(tmp_path / ".state" / "d.wav")
+    _touch_wav(tmp_path / "A" / ".cache" / "deep" / "e.wav")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_audio_files(tmp_path)] == [
+        "A/c.flac", "b.wav"]
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        list_audio_files(tmp_path / "b.wav")
+
+
+def test_walk_follows_a_symlinked_folder_once_and_ends_a_cycle(tmp_path):
+    outside = tmp_path / "outside"
+    _touch_wav(outside / "x.wav")
+    root = tmp_path / "root"
+    _touch_wav(root / "own" / "y.wav")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "own" / "loop").symlink_to(root, target_is_directory=True)  # a cycle
+    (root / "gone.wav").symlink_to(tmp_path / "missing.wav")  # dangling: listed, reading fails
+    listed = [p.relative_to(root).as_posix() for p in list_audio_files(root)]
+    assert listed == ["gone.wav", "linked/x.wav", "own/y.wav"]

@@ -8,13 +8,21 @@ import pytest
 import soundfile as sf
 
 from cleancodec.core.audio import read_audio, read_segment
+from cleancodec.core.corpus_index import (
+    INDEX_NAME,
+    IndexFileError,
+    IndexRow,
+    read_index,
+    write_index,
+)
+from cleancodec.core.hashing import fingerprint
 from cleancodec.pipeline.corpus import (
     DEFAULT_SPEAKER_PATTERNS,
     CorpusError,
     annotate_speakers,
     choose_val_groups,
     find_audio_files,
-    fingerprint,
+    listing,
     scan_audio,
     speaker_from_name,
     split_files,
@@ -108,10 +116,67 @@ def test_index_csv_gives_speakers_splits_and_holds_out_test(tmp_path):
 
 def test_fingerprint_changes_with_the_files(tmp_path):
     path = _write(tmp_path / "a.wav", _tone(0.1))
-    before = fingerprint(find_audio_files(tmp_path, "clean"))
-    assert fingerprint(find_audio_files(tmp_path, "clean")) == before
+    before = fingerprint(listing(find_audio_files(tmp_path, "clean")))
+    assert fingerprint(listing(find_audio_files(tmp_path, "clean"))) == before
     _write(path, _tone(0.2))
-    assert fingerprint(find_audio_files(tmp_path, "clean")) != before
+    assert fingerprint(listing(find_audio_files(tmp_path, "clean"))) != before
+    assert fingerprint(listing(find_audio_files(tmp_path, "noise"))) != before  # the role counts
+
+
+def test_fingerprint_is_canonical_json():
+    assert fingerprint({"a": 1, "b": [1, 2]}, "x") == fingerprint({"b": [1, 2], "a": 1}, "x")
+    assert fingerprint(("r", "a.wav", 3, 4)) == fingerprint(["r", "a.wav", 3, 4])
+    assert fingerprint(1, 2) != fingerprint(2, 1)
+    assert len(fingerprint()) == 64
+
+
+def test_the_index_the_demo_writes_is_the_index_the_cache_reads(tmp_path):
+    """One IndexRow, one reader: rows written by the demo corpus builder come back equal, and
+    give the cache stage its speakers and splits."""
+    rows = [IndexRow(path="clean/ann/a.wav", role="clean", split="train", kind="speech",
+                     speaker="ann", language="en", duration_s=1.25, synthetic=True,
+                     source_sample_rate=8000, origin="pkg/a.g722"),
+            IndexRow(path="noise/fan.wav", role="noise", split="val", kind="machine")]
+    for row in rows:
+        _write(tmp_path / row.path, _tone(0.05))
+    write_index(tmp_path, rows)
+    back = read_index(tmp_path / INDEX_NAME)
+    assert sorted(back, key=lambda r: r.path) == sorted(rows, key=lambda r: r.path)
+    files = find_audio_files(tmp_path / "clean", "clean")
+    annotate_speakers(files, tmp_path / "clean", source="index")
+    assert [(f.speaker, f.split) for f in files] == [("ann", "train")]
+    noise = find_audio_files(tmp_path / "noise", "noise")
+    annotate_speakers(noise, tmp_path / "noise", source="index")
+    assert [(f.speaker, f.split) for f in noise] == [(None, "val")]  # empty speaker: unknown
+
+
+def test_a_hand_written_index_needs_only_a_path_column(tmp_path):
+    _write(tmp_path / "x" / "a.wav", _tone(0.05))
+    absolute = _write(tmp_path / "elsewhere" / "b.wav", _tone(0.05))
+    (tmp_path / "x" / INDEX_NAME).write_text(
+        f" Path ,Speaker,notes\na.wav,s1,whatever\n{absolute},,\n")
+    rows = read_index(tmp_path / "x" / INDEX_NAME)
+    assert [(r.path, r.speaker, r.split, r.duration_s) for r in rows] == [
+        ("a.wav", "s1", "", 0.0), (str(absolute), "", "", 0.0)]
+    assert rows[1].file(tmp_path / "x" / INDEX_NAME) == absolute
+    files = find_audio_files(tmp_path / "x", "clean")
+    annotate_speakers(files, tmp_path / "x", source="index")
+    assert [(f.rel, f.speaker, f.split) for f in files] == [("a.wav", "s1", None)]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("speaker,split\nann,train\n", "no 'path' column"),
+    ("path,duration_s\na.wav,long\n", "line 2: could not convert"),
+    ("path,synthetic\na.wav,maybe\n", "line 2: synthetic must be yes or no"),
+    ("path,speaker\n,ann\n", "line 2: empty path"),
+])
+def test_a_bad_index_is_refused_naming_the_file_and_line(tmp_path, text, match):
+    (tmp_path / INDEX_NAME).write_text(text)
+    with pytest.raises(IndexFileError, match=match):
+        read_index(tmp_path / INDEX_NAME)
+    files = find_audio_files(tmp_path, "clean")
+    with pytest.raises(CorpusError, match=f"{INDEX_NAME}.*{match}"):
+        annotate_speakers(files, tmp_path, source="index")
 
 
 def test_scan_rejects_each_kind_of_bad_file_with_its_reason(tmp_path):

@@ -2,7 +2,8 @@
 
 *An audio file* is a file whose extension names a container libsndfile reads here
 (:func:`audio_extensions`, from ``soundfile.available_formats()``); every stage that walks a
-folder (the denoiser, the evaluation, the demo) takes files by :func:`is_audio_path`.
+folder (the cache stage, the denoiser, the evaluation, the demo) lists its files with
+:func:`list_audio_files` (hidden entries skipped, symlinked folders followed once).
 
 Reading always goes through this module: whole files (:func:`read_audio_channels`,
 :func:`read_audio`), a span of one (:func:`read_mono`, :func:`read_segment`), or a stream
@@ -12,6 +13,7 @@ the file, and go on.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,15 +71,36 @@ def is_audio_path(path: str | Path) -> bool:
     return Path(path).suffix.lower().lstrip(".") in audio_extensions()
 
 
+def is_hidden(name: str) -> bool:
+    """True for a file or folder name that starts with a dot (``.state``, ``._x.wav``)."""
+    return name.startswith(".")
+
+
 def list_audio_files(root: str | Path) -> list[Path]:
-    """Every audio file under the folder ``root``, recursively, sorted.
+    """Every audio file under the folder ``root``: the one folder walk of the project.
+
+    Recursive; hidden files and folders (:func:`is_hidden`) are skipped; symlinked folders are
+    followed, each real folder is read once (a symlink cycle ends there); a symlink named like
+    an audio file is listed even when it dangles, so that reading it reports the problem.
+    Returns ``root / relative path`` for each file, sorted by the relative POSIX path.
 
     Raises FileNotFoundError when ``root`` is not a folder.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_audio_path(p))
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # reached again through a symlink (a cycle, or two links to it)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))  # a repeatable walk
+        found.extend(Path(dirpath) / name for name in filenames
+                     if not is_hidden(name) and is_audio_path(name))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -249,6 +272,7 @@ def _format_for(path: Path) -> str:
 __all__ = [
     "ALL_SILENT", "EMPTY", "NON_FINITE", "NO_CHANNELS", "SILENCE_PEAK", "TOO_SHORT", "AudioError",
     "AudioInfo", "audio_extensions", "audio_info", "check_finite", "decode_error",
-    "is_audio_path", "list_audio_files", "open_audio", "read_audio", "read_audio_channels",
-    "read_block", "read_mono", "read_segment", "resample", "write_audio_atomic",
+    "is_audio_path", "is_hidden", "list_audio_files", "open_audio", "read_audio",
+    "read_audio_channels", "read_block", "read_mono", "read_segment", "resample",
+    "write_audio_atomic",
 ]

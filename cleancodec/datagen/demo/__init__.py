@@ -7,7 +7,7 @@
 - ``speech``     prompts of one voice → trimmed utterances → clean session files
 - ``noise_real`` noise from packages (music, ambience, machine loops, event sequences)
 - ``splits``     speaker-disjoint splits and held-out noise files
-- ``index``      ``index.csv`` rows, per-unit build state
+- ``index``      per-unit build state, ``skipped.csv`` (``index.csv``: ``core.corpus_index``)
 - ``summary``    the summary tables printed after a build
 - ``testset``    the DNS-style synthetic test set (names: ``pipeline.dns``)
 - ``preflight``  ``make demo``'s first step: can the DAC weights be had?

@@ -36,6 +36,8 @@ from tqdm import tqdm
 
 from cleancodec.core.atomic import atomic_path, write_json_atomic
 from cleancodec.core.audio import write_audio_atomic
+from cleancodec.core.corpus_index import IndexRow, write_index
+from cleancodec.core.hashing import fingerprint
 from cleancodec.datagen.demo.config import (
     SPLITS,
     DemoDataConfig,
@@ -47,13 +49,11 @@ from cleancodec.datagen.demo.config import (
 from cleancodec.datagen.demo.debs import AptFetcher, PackageError, deb_version, unpack_deb
 from cleancodec.datagen.demo.g722_codec import G722Unavailable
 from cleancodec.datagen.demo.index import (
-    IndexRow,
+    STATE_VERSION,
     Skipped,
     UnitState,
-    fingerprint,
     load_unit,
     save_unit,
-    write_index,
     write_skipped,
 )
 from cleancodec.datagen.demo.noise_real import (
@@ -131,9 +131,9 @@ def build_demo_data(cfg: DemoDataConfig, out_dir: str | Path | None = None,
         _run_unit(ctx, f"speech/{src.package}", _speech_fp(ctx, src),
                   lambda u, s=src: _speech(ctx, u, s))
     for pkg in cfg.enabled_noise_packages:
-        fp = fingerprint(dataclasses.asdict(pkg), dataclasses.asdict(cfg.real_noise),
-                         cfg.splits.noise_test_fraction, cfg.splits.noise_val_fraction,
-                         cfg.seed, cfg.sample_rate)
+        fp = fingerprint(STATE_VERSION, dataclasses.asdict(pkg),
+                         dataclasses.asdict(cfg.real_noise), cfg.splits.noise_test_fraction,
+                         cfg.splits.noise_val_fraction, cfg.seed, cfg.sample_rate)
         _run_unit(ctx, f"noise/{pkg.package}", fp, lambda u, p=pkg: _noise_package(ctx, u, p))
     for kind in cfg.generated.kinds:
         fp = _generated_fp(ctx, kind)
@@ -171,8 +171,9 @@ def _run_unit(ctx: _Ctx, unit: str, fp: str | None,
 
 def _speech_fp(ctx: _Ctx, src: SpeechSource) -> str:
     split = split_of_speaker(ctx.cfg)[src.speaker]
-    return fingerprint(dataclasses.asdict(src), dataclasses.asdict(ctx.cfg.sessions), split,
-                       ctx.cfg.seed, ctx.cfg.sample_rate)
+    return fingerprint(STATE_VERSION, dataclasses.asdict(src),
+                       dataclasses.asdict(ctx.cfg.sessions), split, ctx.cfg.seed,
+                       ctx.cfg.sample_rate)
 
 
 class _Unpacked:
@@ -252,7 +253,7 @@ def _generated_fp(ctx: _Ctx, kind: str) -> str | None:
         if not any(deps):
             return None
     settings = {k: v for k, v in dataclasses.asdict(ctx.cfg.generated).items() if k != "kinds"}
-    return fingerprint(kind, settings, ctx.cfg.seed, ctx.cfg.sample_rate, deps)
+    return fingerprint(STATE_VERSION, kind, settings, ctx.cfg.seed, ctx.cfg.sample_rate, deps)
 
 
 def _generated(ctx: _Ctx, unit: str, kind: str) -> tuple[list[IndexRow], list[Skipped]]:
@@ -298,8 +299,8 @@ def _testset_fp(ctx: _Ctx) -> str | None:
     if not all(deps):
         return None
     noise = sorted(fp for u, fp in ctx.fingerprints.items() if not u.startswith("speech/"))
-    return fingerprint(dataclasses.asdict(ctx.cfg.testset), ctx.cfg.seed, ctx.cfg.sample_rate,
-                       deps, noise)
+    return fingerprint(STATE_VERSION, dataclasses.asdict(ctx.cfg.testset), ctx.cfg.seed,
+                       ctx.cfg.sample_rate, deps, noise)
 
 
 def _testset(ctx: _Ctx, unit: str) -> tuple[list[IndexRow], list[Skipped]]:

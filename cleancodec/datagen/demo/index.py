@@ -1,4 +1,5 @@
-"""The corpus index (``index.csv``) and the per-unit build state that makes a build resumable.
+"""The per-unit build state that makes a demo corpus build resumable, and its ``skipped.csv``
+(the ``index.csv`` format itself is :mod:`cleancodec.core.corpus_index`).
 
 A *unit* is a piece of the corpus built in one go (one speech source, one noise package, one
 generated noise kind, the test set). When a unit finishes, its rows and skipped files are saved
@@ -8,41 +9,19 @@ union of all units' rows, rewritten atomically at the end of every build.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from cleancodec.core import hashing
-from cleancodec.core.atomic import write_json_atomic, write_text_atomic
+from cleancodec.core.atomic import write_json_atomic
+from cleancodec.core.corpus_index import INDEX_NAME, IndexRow, read_index, write_csv_atomic
 
-INDEX_NAME = "index.csv"
 SKIPPED_NAME = "skipped.csv"
 STATE_DIR = ".state"
-STATE_VERSION = 2  # bump when the content a unit produces changes for the same config
-FINGERPRINT_CHARS = 16
-
-
-@dataclass
-class IndexRow:
-    """One audio file of the corpus; ``path`` is relative to the corpus root."""
-
-    path: str
-    role: str  # clean | noise | testset-clean | testset-noisy
-    split: str  # train | val | test
-    kind: str  # "speech" for clean speech, the noise kind for noise and test-set mixtures
-    speaker: str = ""  # empty for noise
-    language: str = ""
-    duration_s: float = 0.0
-    source_package: str = ""
-    source_version: str = ""
-    license: str = ""
-    synthetic: bool = False  # text-to-speech voice (only meaningful for speech)
-    source_sample_rate: int = 0  # rate of the material it was made from (8000 = narrowband)
-    origin: str = ""  # files inside the package (or the generator and seed) it was made from
+# bump when the content a unit produces changes for the same config; every unit's fingerprint
+# (``core.hashing.fingerprint(STATE_VERSION, ...)``) starts from it
+STATE_VERSION = 2
 
 
 @dataclass
@@ -63,14 +42,7 @@ class UnitState:
 
 
 ROLES = ("clean", "noise", "testset-clean", "testset-noisy")
-INDEX_FIELDS = [f.name for f in dataclasses.fields(IndexRow)]
 SKIPPED_FIELDS = [f.name for f in dataclasses.fields(Skipped)]
-
-
-def fingerprint(*parts: Any) -> str:
-    """A unit's fingerprint: :func:`pipeline.hashing.fingerprint` of ``STATE_VERSION`` and the
-    JSON-able ``parts`` (config dicts, seeds, other fingerprints), cut to ``FINGERPRINT_CHARS``."""
-    return hashing.fingerprint(STATE_VERSION, *parts)[:FINGERPRINT_CHARS]
 
 
 def _state_path(root: Path, unit: str) -> Path:
@@ -125,46 +97,10 @@ def remove_stale(root: Path, old: list[IndexRow], new: list[IndexRow]) -> int:
     return removed
 
 
-def write_csv_atomic(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    """Write a CSV through a temp file in the same folder and rename it over ``path``."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
-
-
-def write_index(root: Path, rows: list[IndexRow]) -> Path:
-    path = Path(root) / INDEX_NAME
-    ordered = sorted(rows, key=lambda r: (r.role, r.split, r.kind, r.speaker, r.path))
-    write_csv_atomic(path, INDEX_FIELDS, [_row_dict(r) for r in ordered])
-    return path
-
-
 def write_skipped(root: Path, skipped: list[Skipped]) -> Path:
     path = Path(root) / SKIPPED_NAME
     write_csv_atomic(path, SKIPPED_FIELDS, [dataclasses.asdict(s) for s in skipped])
     return path
-
-
-def _row_dict(row: IndexRow) -> dict[str, Any]:
-    out = dataclasses.asdict(row)
-    out["duration_s"] = f"{row.duration_s:.3f}"
-    out["synthetic"] = "yes" if row.synthetic else "no"
-    return out
-
-
-def read_index(root: str | Path) -> list[IndexRow]:
-    """Read ``<root>/index.csv`` back into rows."""
-    path = Path(root) / INDEX_NAME
-    with open(path, newline="") as fh:
-        rows = []
-        for raw in csv.DictReader(fh):
-            raw["duration_s"] = float(raw["duration_s"])
-            raw["synthetic"] = raw["synthetic"] == "yes"
-            raw["source_sample_rate"] = int(raw["source_sample_rate"] or 0)
-            rows.append(IndexRow(**raw))
-    return rows
 
 
 def split_paths(root: str | Path, split: str, role: str) -> list[Path]:
@@ -174,5 +110,6 @@ def split_paths(root: str | Path, split: str, role: str) -> list[Path]:
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
-    return sorted(Path(root) / r.path for r in read_index(root)
+    index = Path(root) / INDEX_NAME
+    return sorted(r.file(index) for r in read_index(index)
                   if r.split == split and r.role == role)

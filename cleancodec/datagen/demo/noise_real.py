@@ -19,9 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from cleancodec.core.audio import AudioError, write_audio_atomic
+from cleancodec.core.corpus_index import IndexRow
 from cleancodec.datagen.demo.config import NoisePackage, RealNoiseConfig
 from cleancodec.datagen.demo.g722_codec import read_prompt
-from cleancodec.datagen.demo.index import IndexRow, Skipped
+from cleancodec.datagen.demo.index import Skipped
 from cleancodec.datagen.demo.splits import hold_out
 from cleancodec.pipeline.mix import window_rng
 

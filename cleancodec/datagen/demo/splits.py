@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from cleancodec.core.corpus_index import IndexRow
 from cleancodec.core.hashing import sha256_text
-from cleancodec.datagen.demo.index import IndexRow
 
 MIN_FILES_FOR_TEST = 2  # a kind with fewer source files keeps them all for training
 MIN_FILES_FOR_VAL = 3

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from cleancodec.core.corpus_index import IndexRow
 from cleancodec.datagen.demo.config import SPLITS
-from cleancodec.datagen.demo.index import IndexRow, Skipped
+from cleancodec.datagen.demo.index import Skipped
 
 SECONDS_PER_MINUTE = 60.0
 

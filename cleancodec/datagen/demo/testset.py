@@ -17,9 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cleancodec.core.audio import read_mono, write_audio_atomic
+from cleancodec.core.corpus_index import IndexRow
 from cleancodec.core.dns import clean_name, noisy_name
 from cleancodec.datagen.demo.config import TestSetConfig
-from cleancodec.datagen.demo.index import IndexRow
 from cleancodec.pipeline.mix import MixConfig, active_fraction, fit_noise, mix, rms_dbfs, window_rng
 
 TESTSET_DIR = "testset"
