@@ -7,6 +7,10 @@ change only some keys; mappings merge recursively, everything else is replaced. 
 its own sections into its own dataclass schema, whose field defaults are the only place a default
 is written. Values are type-checked as they are merged (``train.optim.lr_g: fast`` is an error),
 unknown keys are errors, and every error names the key path and where the value came from.
+Values a type cannot refuse (ranges, choices, relations between keys) are checked in one way
+only: the schema dataclass's ``__post_init__`` calls :func:`require` with the key's full path,
+so a bad value is refused wherever the dataclass is built. A profile holds only the keys whose
+value differs from the schema's default (``tests/test_profiles.py`` checks ``conf/``).
 
 Any key can be changed on the command line as ``section.key=value`` (OmegaConf dot-list syntax:
 ``train.steps=500``, ``train.optim.betas=[0.5,0.9]``, ``codec.weights=null``), after the profile.
