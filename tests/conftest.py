@@ -49,3 +49,26 @@ def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
         return built[key]
 
     return get
+
+
+# --- pipeline.build: a small synthetic corpus and its reference cache ------------------------
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The seeded synthetic corpus of the build tests (test_build*.py): 4 speakers x 2 clips
+    of 3 s, 2 s of each noise (``datagen.synth.make_tiny_corpus``)."""
+    from cleancodec.datagen.synth import make_tiny_corpus
+
+    return make_tiny_corpus(tmp_path_factory.mktemp("corpus"), seed=0, speakers=4,
+                            clips_per_speaker=2, clip_seconds=3.0, noise_seconds=2.0)
+
+
+@pytest.fixture(scope="session")
+def zarr_cache(corpus, tmp_path_factory):
+    """``(cache dir, BuildSummary)``: ``corpus`` built once with
+    ``tests.helpers.small_cache_cfg()`` (zarr), the reference other builds are compared with."""
+    from tests.helpers import build_small_cache
+
+    out = tmp_path_factory.mktemp("zarr") / "cache"
+    return out, build_small_cache(corpus, out)

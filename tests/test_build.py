@@ -8,13 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +18,9 @@ import torch
 import zarr
 from click.testing import CliRunner
 
-from cleancodec.core.codec import CodecConfig, load_codec
-from cleancodec.core.config import to_dict
-from cleancodec.datagen.synth import make_tiny_corpus
+from cleancodec.core.codec import load_codec
 from cleancodec.pipeline.build import (
     BuildError,
-    CacheConfig,
     CacheMismatchError,
     NoUsableInputError,
     build_cache,
@@ -42,11 +33,10 @@ from cleancodec.pipeline.plan import make_plan
 from cleancodec.pipeline.shards import META_FIELDS, sha256_file
 from cleancodec.pipeline.windows import make_window
 from cleancodec.trainer.data import open_split, read_split, read_window
-
-REPO = Path(__file__).resolve().parents[1]
-CODEC = CodecConfig(weights="random", random_seed=0, random_arch="tiny", device="cpu",
-                    batch_size=4, num_threads=1)
-SR = 16000
+from tests.helpers import BUILD_CODEC as CODEC
+from tests.helpers import REPO, SR
+from tests.helpers import build_small_cache as build
+from tests.helpers import small_cache_cfg as small_cfg
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,32 +44,6 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-def small_cfg(**overrides) -> CacheConfig:
-    base = CacheConfig(train_windows=6, val_windows=2, windows_per_shard=2, seed=5,
-                       noisy_per_clean=1,
-                       val_fraction=0.25, mix=MixConfig(window_seconds=1.0))
-    return dataclasses.replace(base, **overrides)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_tiny_corpus(tmp_path_factory.mktemp("corpus"), seed=0, speakers=4,
-                            clips_per_speaker=2, clip_seconds=3.0, noise_seconds=2.0)
-
-
-@pytest.fixture(scope="module")
-def zarr_cache(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("zarr") / "cache"
-    summary = build_cache(small_cfg(), CODEC, corpus.clean_dir, corpus.noise_dir, out_dir=out,
-                          progress=False)
-    return out, summary
-
-
-def _build(corpus, out, cfg=None, codec=CODEC, **kw):
-    return build_cache(cfg or small_cfg(), codec, corpus.clean_dir, corpus.noise_dir,
-                       out_dir=out, progress=False, **kw)
 
 
 def _arrays(cache: Path, split: str = "train"):
@@ -161,19 +125,19 @@ def test_splits_are_speaker_disjoint(zarr_cache):
 
 def test_same_seed_is_bit_identical_and_another_seed_is_not(zarr_cache, corpus, tmp_path):
     out, _ = zarr_cache
-    _build(corpus, tmp_path / "again")
+    build(corpus, tmp_path / "again")
     ref, again = load_manifest(out), load_manifest(tmp_path / "again")
     for split in ("train", "val"):
         assert ([s["sha256"] for s in ref["splits"][split]["shards"]]
                 == [s["sha256"] for s in again["splits"][split]["shards"]])
         np.testing.assert_array_equal(_arrays(out, split)[1], _arrays(tmp_path / "again", split)[1])
-    _build(corpus, tmp_path / "other", small_cfg(seed=6))
+    build(corpus, tmp_path / "other", small_cfg(seed=6))
     assert not np.array_equal(_arrays(out)[1], _arrays(tmp_path / "other")[1])
 
 
 def test_webdataset_storage_holds_the_same_windows(zarr_cache, corpus, tmp_path):
     out, _ = zarr_cache
-    summary = _build(corpus, tmp_path / "wds", small_cfg(storage="webdataset"))
+    summary = build(corpus, tmp_path / "wds", small_cfg(storage="webdataset"))
     m = load_manifest(tmp_path / "wds", require_complete=True)
     assert m["splits"]["train"]["pattern"] == "train-%06d.tar"
     assert sorted(p.name for p in (tmp_path / "wds").glob("*.tar")) == [
@@ -197,18 +161,18 @@ def test_rerun_reuses_done_shards_and_rebuilds_damaged_ones(zarr_cache, corpus, 
     out = tmp_path / "copy"
     shutil.copytree(src, out)
     reference = _arrays(src)
-    again = _build(corpus, out)
+    again = build(corpus, out)
     assert again.shards_built == 0 and again.shards_reused == 4 and again.complete
     (out / "train.zarr" / "noisy" / "c" / "1" / "0" / "0").unlink()
-    repaired = _build(corpus, out)
+    repaired = build(corpus, out)
     assert repaired.shards_built == 1
     np.testing.assert_array_equal(_arrays(out)[1], reference[1])
     target = out / "train.zarr" / "clean" / "c" / "2" / "0" / "0"
     blob = bytearray(target.read_bytes())
     blob[-1] ^= 0xFF
     target.write_bytes(bytes(blob))  # same size: only --verify notices
-    assert _build(corpus, out).shards_built == 0
-    assert _build(corpus, out, verify=True).shards_built == 1
+    assert build(corpus, out).shards_built == 0
+    assert build(corpus, out, verify=True).shards_built == 1
     np.testing.assert_array_equal(_arrays(out)[0], reference[0])
 
 
@@ -218,17 +182,17 @@ def test_cache_of_another_codec_or_config_is_refused_unless_overwrite(zarr_cache
     out = tmp_path / "copy"
     shutil.copytree(src, out)
     with pytest.raises(CacheMismatchError, match="config seed: cache 5, this run 6"):
-        _build(corpus, out, small_cfg(seed=6))
+        build(corpus, out, small_cfg(seed=6))
     with pytest.raises(CacheMismatchError, match="codec: cache has random-init DAC"):
-        _build(corpus, out, codec=dataclasses.replace(CODEC, random_seed=1))
+        build(corpus, out, codec=dataclasses.replace(CODEC, random_seed=1))
     assert load_manifest(out)["seed"] == 5  # nothing was touched
-    summary = _build(corpus, out, small_cfg(seed=6), overwrite=True)
+    summary = build(corpus, out, small_cfg(seed=6), overwrite=True)
     assert summary.complete and summary.shards_built == 4 and load_manifest(out)["seed"] == 6
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.pdf").write_bytes(b"%PDF")
     with pytest.raises(BuildError, match="thesis.pdf"):
-        _build(corpus, foreign)
+        build(corpus, foreign)
     assert (foreign / "thesis.pdf").read_bytes() == b"%PDF"
 
 
@@ -342,169 +306,3 @@ def test_cli_builds_the_tiny_profile_offline(tmp_path, monkeypatch):
     missing = CliRunner().invoke(main, ["cache", "--conf", str(REPO / "conf" / "cache.yaml"),
                                         "--codec", "random", "--out", "c2", "--quiet"])
     assert missing.exit_code != 0 and "make demo-data" in missing.output
-
-
-# --- interruption and parallel builds (subprocesses) -----------------------------------------
-
-_BUILD_SCRIPT = """
-import json, sys
-from cleancodec.pipeline.build import CacheConfig, build_cache
-from cleancodec.core.codec import CodecConfig
-from cleancodec.core.config import from_dict
-a = json.loads(sys.argv[1])
-build_cache(from_dict(CacheConfig, a["cfg"]), CodecConfig(**a["codec"]), a["clean"], a["noise"],
-            None, a["out"], workers=a.get("workers", 1), progress=False)
-"""
-
-
-def _build_args(corpus, cfg: CacheConfig, out: Path, **extra) -> list[str]:
-    args = {"cfg": to_dict(cfg), "codec": to_dict(CODEC), "clean": str(corpus.clean_dir),
-            "noise": str(corpus.noise_dir), "out": str(out), **extra}
-    return [sys.executable, "-c", _BUILD_SCRIPT, json.dumps(args)]
-
-
-def _done_shards(out: Path) -> int:
-    try:
-        m = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return sum(s["status"] == "done" for sp in m["splits"].values() for s in sp["shards"])
-
-
-@pytest.mark.slow
-def test_sigkill_at_a_random_moment_then_rerun_equals_uninterrupted(corpus, tmp_path):
-    cfg = small_cfg(train_windows=80, val_windows=4, windows_per_shard=2)
-    reference = tmp_path / "reference"
-    build_cache(cfg, CODEC, corpus.clean_dir, corpus.noise_dir, out_dir=reference,
-                progress=False)
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(_build_args(corpus, cfg, out), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while _done_shards(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        delay = random.uniform(0.0, 0.2)
-        print(f"SIGKILL {delay:.3f} s after the first finished shard")
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
-    killed_at = _done_shards(out)
-    assert 1 <= killed_at < 42 and not load_manifest(out)["complete"]
-    summary = build_cache(cfg, CODEC, corpus.clean_dir, corpus.noise_dir, out_dir=out,
-                          progress=False)
-    assert summary.complete and summary.shards_built == 42 - killed_at
-    assert not list(out.glob(".*.partial")) and not list((out / ".tmp").glob("*"))
-    for split in ("train", "val"):
-        ref, got = _arrays(reference, split), _arrays(out, split)
-        np.testing.assert_array_equal(got[0], ref[0])
-        np.testing.assert_array_equal(got[1], ref[1])
-        assert got[2] == ref[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_torchrun_world_two_splits_shards_and_rank_zero_finalises(zarr_cache, corpus, tmp_path):
-    reference, _ = zarr_cache
-    out = tmp_path / "ranks"
-    port = str(_free_port())
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen(_build_args(corpus, small_cfg(), out), cwd=REPO, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    outputs = [p.communicate(timeout=300)[0].decode(errors="replace") for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    m = load_manifest(out, require_complete=True)
-    order = [(split, s) for split in ("train", "val") for s in m["splits"][split]["shards"]]
-    assert [s["rank"] for _, s in order] == [pos % 2 for pos in range(len(order))]
-    assert not list((out / ".markers").glob("*.json"))
-    for split in ("train", "val"):
-        np.testing.assert_array_equal(_arrays(out, split)[1], _arrays(reference, split)[1])
-
-
-@pytest.mark.slow
-def test_worker_processes_build_the_same_cache(zarr_cache, corpus, tmp_path):
-    reference, _ = zarr_cache
-    out = tmp_path / "workers"
-    summary = build_cache(small_cfg(), CODEC, corpus.clean_dir, corpus.noise_dir, out_dir=out,
-                          workers=2, progress=False)
-    assert summary.complete and summary.shards_built == 4
-    for split in ("train", "val"):
-        np.testing.assert_array_equal(_arrays(out, split)[0], _arrays(reference, split)[0])
-
-
-_CLI_BUILD_SCRIPT = """
-import sys
-from cleancodec.cli import main
-sys.argv = ["cleancodec", *sys.argv[1:]]
-main()
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_stop_signal_finishes_the_shard_in_flight_and_the_rerun_completes(corpus, tmp_path,
-                                                                            sig, code):
-    cfg = small_cfg(train_windows=80, val_windows=4, windows_per_shard=2)
-    reference = tmp_path / "reference"
-    build_cache(cfg, CODEC, corpus.clean_dir, corpus.noise_dir, out_dir=reference,
-                progress=False)
-    out = tmp_path / "stopped"
-    proc = subprocess.Popen(_build_args(corpus, cfg, out), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while _done_shards(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "StopRequested" in err, err[-2000:]  # raised to the script
-    stopped_at = _done_shards(out)
-    assert 1 <= stopped_at < 42 and not list((out / ".tmp").glob("*"))
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and p.name != ".tmp"]
-    summary = build_cache(cfg, CODEC, corpus.clean_dir, corpus.noise_dir, out_dir=out,
-                          progress=False)
-    assert summary.complete and summary.shards_built == 42 - stopped_at
-    for split in ("train", "val"):
-        ref, got = _arrays(reference, split), _arrays(out, split)
-        np.testing.assert_array_equal(got[1], ref[1])
-    # through the command line, the conventional exit code
-    again = tmp_path / "cli"
-    profile = tmp_path / "p.yaml"
-    profile.write_text(
-        "codec: {weights: random, random_arch: tiny}\n"
-        "cache: {train_windows: 80, val_windows: 4, windows_per_shard: 2, seed: 0}\n")
-    proc = subprocess.Popen([sys.executable, "-c", _CLI_BUILD_SCRIPT, "cache", "--conf",
-                             str(profile), "--clean", str(corpus.clean_dir), "--noise",
-                             str(corpus.noise_dir), "--out", str(again), "--quiet"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while _done_shards(again) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code and "rerun the same command" in err, err[-2000:]
-
-
-def test_a_second_build_into_a_held_cache_folder_is_refused(corpus, tmp_path):
-    import os
-    import socket
-
-    from cleancodec.core.dirlock import DirectoryLock, DirectoryLockedError
-
-    out = tmp_path / "cache"
-    with DirectoryLock(out, "cache"):
-        with pytest.raises(DirectoryLockedError, match=f"pid {os.getpid()}") as err:
-            _build(corpus, out)
-        assert socket.gethostname() in str(err.value)
-    summary = _build(corpus, out)  # released: the build runs, and the lock file is no stranger
-    assert summary.complete and (out / ".cleancodec.lock").exists()

@@ -1,7 +1,7 @@
-"""Demo corpus builder: G.722 path, prompt handling, splits, generated noise, test-set naming,
-and a whole offline build from tiny .deb packages made here with dpkg-deb (no apt needed).
+"""Demo corpus builds: a whole offline build from tiny .deb packages made here with dpkg-deb
+(no apt needed), rebuilds, apt failures, leftovers, the CLI, and `make demo`'s steps.
 
-The slow test at the end builds the real corpus from Debian's packages through apt.
+The slow test builds the real corpus from Debian's packages through apt.
 """
 from __future__ import annotations
 
@@ -16,330 +16,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cleancodec.core.audio import AudioError
-from cleancodec.core.config import ConfigError, load_section
-from cleancodec.core.corpus_index import INDEX_NAME, IndexRow, read_index
-from cleancodec.core.dns import noisy_name, pair_by_fileid, parse_noisy_name
+from cleancodec.core.config import load_section
+from cleancodec.core.corpus_index import INDEX_NAME, read_index
+from cleancodec.core.dns import pair_by_fileid, parse_noisy_name
 from cleancodec.datagen.demo import debs
 from cleancodec.datagen.demo.build import build_demo_data, sweep_leftovers
 from cleancodec.datagen.demo.config import (
     DemoDataConfig,
-    GeneratedNoiseConfig,
-    RealNoiseConfig,
-    SessionConfig,
-    require_sources,
 )
 from cleancodec.datagen.demo.g722_codec import (
-    G722_DELAY_SAMPLES,
-    decode_g722_bytes,
     encode_g722_bytes,
-    read_g722,
-    read_prompt,
 )
 from cleancodec.datagen.demo.index import split_paths
-from cleancodec.datagen.demo.noise_real import copyright_licenses, event_sequence, kind_of, segment
-from cleancodec.datagen.demo.speech import load_prompts, plan_sessions, trim_silence
-from cleancodec.datagen.demo.splits import SplitLeak, check_disjoint, hold_out
-from cleancodec.datagen.synth import BabbleSource, generate
-from cleancodec.pipeline.mix import rms_dbfs, snr_db, window_rng
-
-SR = 16000
-REPO = Path(__file__).resolve().parents[1]
-
-
-def speechlike(seconds: float, f0: float = 140.0, seed: int = 0, level: float = 0.3) -> np.ndarray:
-    """Harmonic tone with a 4 Hz syllable envelope: float32 ``[T]``."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    tone = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6)) / k for k in range(1, 12))
-    env = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 6))
-    x = tone * env
-    return (level * x / np.max(np.abs(x))).astype(np.float32)
-
-
-def write_wav(path: Path, audio: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, audio, SR)
-
-
-def padded(x: np.ndarray, pad_s: float = 0.3) -> np.ndarray:
-    pad = np.zeros(int(pad_s * SR), dtype=np.float32)
-    return np.concatenate([pad, x, pad])
-
-
-# --- G.722 ------------------------------------------------------------------------------------
-
-
-def test_g722_file_written_by_the_codec_decodes_back(tmp_path):
-    x = speechlike(1.0)
-    data = encode_g722_bytes(x)
-    assert len(data) == len(x) // 2  # 64 kbit/s: one byte per two 16 kHz samples
-    path = tmp_path / "hello.g722"
-    path.write_bytes(data)
-    y = read_g722(path)
-    assert y.dtype == np.float32 and len(y) == len(x)
-    d = G722_DELAY_SAMPLES
-    corr = np.corrcoef(x[: len(x) - d], y[d:])[0, 1]
-    assert corr > 0.99
-    assert abs(rms_dbfs(y) - rms_dbfs(x)) < 0.5
-
-
-def test_read_prompt_resamples_8khz_wav_and_reports_its_rate(tmp_path):
-    path = tmp_path / "narrow.wav"
-    sf.write(path, speechlike(0.5)[::2], 8000)
-    audio, src_sr = read_prompt(path, SR)
-    assert src_sr == 8000 and abs(len(audio) - 8000) <= 2
-
-
-def test_zero_length_g722_is_an_error_naming_the_file(tmp_path):
-    path = tmp_path / "is.g722"
-    path.write_bytes(b"")
-    with pytest.raises(AudioError, match="is.g722: empty"):
-        read_g722(path)
-
-
-def test_decode_bytes_is_deterministic_for_arbitrary_input():
-    junk = bytes(range(256)) * 4
-    a, b = decode_g722_bytes(junk), decode_g722_bytes(junk)
-    assert np.array_equal(a, b) and len(a) == 2 * len(junk)
-
-
-# --- prompts → sessions -----------------------------------------------------------------------
-
-
-def test_trim_silence_keeps_speech_and_the_pad():
-    cfg = SessionConfig(trim_pad_ms=50.0)
-    speech = speechlike(0.8)
-    trimmed = trim_silence(padded(speech, 0.5), SR, cfg)
-    pad = int(0.05 * SR)
-    assert abs(len(trimmed) - (len(speech) + 2 * pad)) <= int(0.02 * SR)
-    assert trim_silence(np.zeros(SR, dtype=np.float32), SR, cfg).size == 0
-
-
-def test_bad_prompts_are_skipped_and_listed(tmp_path):
-    good = tmp_path / "good.g722"
-    good.write_bytes(encode_g722_bytes(padded(speechlike(0.6))))
-    (tmp_path / "empty.g722").write_bytes(b"")
-    (tmp_path / "silent.g722").write_bytes(encode_g722_bytes(np.zeros(SR, dtype=np.float32)))
-    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00not really audio")
-    files = sorted(tmp_path.iterdir())
-    prompts, skipped = load_prompts(files, tmp_path, "speech/x", SR, SessionConfig())
-    assert [p.name for p in prompts] == ["good.g722"]
-    reasons = {s.file: s.reason for s in skipped}
-    assert set(reasons) == {"empty.g722", "silent.g722", "broken.wav"}
-    assert "empty" in reasons["empty.g722"] and "silent" in reasons["silent.g722"]
-    assert "cannot decode" in reasons["broken.wav"]
-
-
-def test_sessions_use_every_prompt_once_and_respect_the_cap():
-    cfg = SessionConfig(seconds=3.0, gap_min_seconds=0.2, gap_max_seconds=0.4)
-    lengths = [int(s * SR) for s in (0.5, 1.0, 0.7, 1.2, 0.4, 0.9, 1.1, 0.6)]
-    sessions = plan_sessions(lengths, SR, cfg, window_rng(1, "s", 0), None)
-    flat = [i for s in sessions for i in s]
-    assert sorted(flat) == list(range(len(lengths)))
-    mean_gap = 0.3 * SR
-    for s in sessions:
-        assert len(s) == 1 or sum(lengths[i] for i in s) + mean_gap * (len(s) - 1) <= 3.0 * SR
-    again = plan_sessions(lengths, SR, cfg, window_rng(1, "s", 0), None)
-    assert again == sessions
-    capped = plan_sessions(lengths, SR, cfg, window_rng(1, "s", 0), int(2.0 * SR))
-    used = [lengths[i] for s in capped for i in s]
-    assert sum(used) >= 2.0 * SR and sum(used[:-1]) < 2.0 * SR
-
-
-# --- splits -----------------------------------------------------------------------------------
-
-
-def test_hold_out_is_seeded_order_free_and_keeps_train():
-    names = [f"n{i}" for i in range(10)]
-    a = hold_out(names, 7, "k", 0.2, 0.1)
-    assert a == hold_out(list(reversed(names)), 7, "k", 0.2, 0.1)
-    counts = {s: sum(v == s for v in a.values()) for s in ("train", "val", "test")}
-    assert counts == {"train": 7, "val": 1, "test": 2}
-    assert a != hold_out(names, 8, "k", 0.2, 0.1)
-    assert set(hold_out(["only"], 7, "k", 0.5, 0.5).values()) == {"train"}
-    two = hold_out(["a", "b"], 7, "k", 0.2, 0.1)
-    assert sorted(two.values()) == ["test", "train"]
-
-
-def _row(path, role, split, speaker="", kind="speech", origin="", pkg="p"):
-    return IndexRow(path=path, role=role, split=split, kind=kind, speaker=speaker,
-                    source_package=pkg, origin=origin)
-
-
-def test_check_disjoint_catches_speaker_and_noise_leaks():
-    ok = [_row("a", "clean", "train", "s1"), _row("b", "clean", "test", "s2"),
-          _row("c", "noise", "train", kind="music", origin="t1.g722"),
-          _row("d", "noise", "test", kind="music", origin="t2.g722"),
-          _row("e", "testset-clean", "test", "s2")]
-    check_disjoint(ok)
-    with pytest.raises(SplitLeak, match="speaker 's1'"):
-        check_disjoint(ok + [_row("f", "testset-clean", "test", "s1")])
-    with pytest.raises(SplitLeak, match="t1.g722"):
-        check_disjoint(ok + [_row("g", "noise", "val", kind="music", origin="t1.g722")])
-
-
-def _cfg(synthetic: tuple[str, ...] = (), speakers: dict | None = None,
-         **splits) -> DemoDataConfig:
-    speech = [dict(package=f"p-{s}", speaker=s, language="en", license="CC0-1.0", files="*",
-                   synthetic=s in synthetic)
-              for ss in splits.values() for s in ss]
-    return DemoDataConfig(speech=speech, splits={"speakers": speakers or splits})
-
-
-def test_config_validation_rejects_broken_splits():
-    _cfg(train=["a"], test=["b"])
-    with pytest.raises(ConfigError, match="both"):
-        _cfg(train=["a"], test=["a"])
-    with pytest.raises(ConfigError, match="'test' split needs"):
-        _cfg(train=["a"], val=["b"])
-    with pytest.raises(ConfigError, match="real"):
-        _cfg(synthetic=("b",), train=["a"], test=["b"])
-    with pytest.raises(ConfigError, match=r"\['b'\] no split"):
-        _cfg(speakers={"train": ["a"]}, train=["a"], test=["b"])
-    with pytest.raises(ConfigError, match=r"demo_data\.splits\.speakers has unknown split"):
-        load_section(None, "demo_data", DemoDataConfig, ["demo_data.splits.speakers={dev: [a]}"])
-    with pytest.raises(ConfigError, match=r"demo_data\.generated\.kinds.*'hiss'"):
-        load_section(None, "demo_data", DemoDataConfig, ["demo_data.generated.kinds=[hiss]"])
-    # an empty definition is a valid config (it prints); building refuses it
-    with pytest.raises(ConfigError, match=r"demo_data\.speech holds no speech sources"):
-        require_sources(DemoDataConfig())
-
-
-def test_shipped_profile_loads_and_holds_out_a_real_speaker():
-    cfg = load_section(REPO / "conf/demo_data.yaml", "demo_data", DemoDataConfig)
-    require_sources(cfg)
-    test_speakers = set(cfg.splits.speakers["test"])
-    real = {s.speaker for s in cfg.enabled_speech if not s.synthetic}
-    assert test_speakers & real
-    en_es = {s.speaker for s in cfg.enabled_speech if s.package.endswith(("en-g722", "es-g722"))}
-    assert en_es == {"allison"}  # one voice in two languages is one speaker
-
-
-# --- noise ------------------------------------------------------------------------------------
-
-
-DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
-
-Files: *
-Copyright: 2016 Someone
-License: MIT
-
-Files: etc/samples/ambi_drone.flac
-Copyright: 2013 A
-License: CC0
-
-Files:
- etc/samples/loop_a.flac
- etc/samples/loop_b.flac
-License: CC-BY-4.0
-"""
-
-
-def test_copyright_file_gives_per_file_licenses():
-    lic = copyright_licenses(DEP5)
-    assert lic == {"ambi_drone.flac": "CC0", "loop_a.flac": "CC-BY-4.0",
-                   "loop_b.flac": "CC-BY-4.0"}
-
-
-def test_kind_is_the_first_matching_pattern():
-    kinds = {"machine": ["loop_industrial"], "musicloop": ["loop_*"], "ambience": ["ambi_*"]}
-    assert kind_of("loop_industrial", kinds) == "machine"
-    assert kind_of("loop_amen", kinds) == "musicloop"
-    assert kind_of("bd_808", kinds) is None
-
-
-def test_segments_cover_the_recording():
-    x = np.arange(1000, dtype=np.float32)
-    parts = segment(x, 300)
-    assert len(parts) == 4 and all(len(p) <= 300 for p in parts)
-    assert np.array_equal(np.concatenate(parts), x)
-
-
-def test_event_sequences_have_no_long_gaps():
-    cfg = RealNoiseConfig(event_rate_min_hz=1.0, event_rate_max_hz=1.0)
-    hit = np.hanning(400).astype(np.float32)
-    out, used = event_sequence([hit, -hit], 10 * SR, SR, cfg, window_rng(0, "ev", 0))
-    onsets = np.flatnonzero(np.diff((np.abs(out) > 1e-4).astype(int)) == 1)
-    assert len(used) >= 6 and np.max(np.diff(onsets)) <= 1.5 * SR + 400
-    assert np.max(np.abs(out)) <= 0.99
-
-
-@pytest.mark.parametrize("kind", ["white", "pink", "brown", "hum", "crackle", "nonstationary"])
-def test_generated_noise_is_seeded_and_at_the_level(kind):
-    cfg = GeneratedNoiseConfig(level_dbfs=-25.0)
-    a, _ = generate(kind, window_rng(3, kind, 0), 2 * SR, SR, cfg)
-    b, _ = generate(kind, window_rng(3, kind, 0), 2 * SR, SR, cfg)
-    c, _ = generate(kind, window_rng(3, kind, 1), 2 * SR, SR, cfg)
-    assert a.dtype == np.float32 and len(a) == 2 * SR
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
-    assert np.max(np.abs(a)) <= 0.99
-    assert rms_dbfs(a) == pytest.approx(-25.0, abs=0.5) or np.max(np.abs(a)) > 0.98
-
-
-def _band_db(x: np.ndarray, lo: float, hi: float) -> float:
-    spec = np.abs(np.fft.rfft(x)) ** 2
-    f = np.fft.rfftfreq(len(x), 1 / SR)
-    return 10 * np.log10(np.mean(spec[(f >= lo) & (f < hi)]))
-
-
-def test_pink_and_brown_fall_off_with_frequency():
-    cfg = GeneratedNoiseConfig()
-    slopes = {}
-    for kind in ("white", "pink", "brown"):
-        x, _ = generate(kind, window_rng(0, kind, 0), 4 * SR, SR, cfg)
-        # four octaves: 250-500 Hz vs 4-8 kHz
-        slopes[kind] = (_band_db(x, 4000, 8000) - _band_db(x, 250, 500)) / 4
-    assert abs(slopes["white"]) < 1.0
-    assert -4.5 < slopes["pink"] < -1.5
-    assert -7.5 < slopes["brown"] < -4.5
-
-
-def test_hum_sits_on_the_mains_frequency():
-    cfg = GeneratedNoiseConfig(hum_mains_hz=[60.0])
-    x, _ = generate("hum", window_rng(0, "hum", 0), 2 * SR, SR, cfg)
-    spec = np.abs(np.fft.rfft(x))
-    f = np.fft.rfftfreq(len(x), 1 / SR)
-    assert abs(f[np.argmax(spec)] - 60.0) < 1.0 or abs(f[np.argmax(spec)] - 180.0) < 2.0
-
-
-def test_babble_mixes_several_talkers_from_the_given_files(tmp_path):
-    sources = []
-    for i, f0 in enumerate((110.0, 180.0, 230.0)):
-        path = tmp_path / f"spk{i}.wav"
-        sf.write(path, speechlike(4.0, f0=f0, seed=i), SR)
-        sources.append(BabbleSource(path, 4 * SR))
-    cfg = GeneratedNoiseConfig(babble_min_talkers=4, babble_max_talkers=4)
-    x, used = generate("babble", window_rng(0, "b", 0), 3 * SR, SR, cfg, sources)
-    y, _ = generate("babble", window_rng(0, "b", 0), 3 * SR, SR, cfg, sources)
-    assert np.array_equal(x, y) and used <= {str(s.path) for s in sources} and len(used) >= 2
-    with pytest.raises(ValueError, match="training speakers"):
-        generate("babble", window_rng(0, "b", 0), SR, SR, cfg, [])
-
-
-# --- DNS-style test-set names -----------------------------------------------------------------
-
-
-def test_noisy_names_parse_like_the_dns_test_set(tmp_path):
-    name = noisy_name(12, "music_cold-day-001", 5, -30)
-    assert name == "clnsp12_music_cold-day-001_snr5_tl-30_fileid_12.wav"
-    info = parse_noisy_name(name)
-    assert (info.fileid, info.snr_db, info.level_dbfs) == (12, 5, -30)
-    real = parse_noisy_name("clnsp102_traffic_248091_3_snr0_tl-21_fileid_268.wav")
-    assert (real.fileid, real.snr_db, real.level_dbfs) == (268, 0, -21)
-    for bad in ("a_snr5", "x_tl-3", "fileid_2", "sp ace"):
-        with pytest.raises(ValueError):
-            noisy_name(1, bad, 5, -30)
-    (tmp_path / "clean").mkdir()
-    (tmp_path / "noisy").mkdir()
-    for k in (1, 2, 10):
-        (tmp_path / "clean" / f"clean_fileid_{k}.wav").touch()
-    for k in (2, 10, 11):
-        (tmp_path / "noisy" / noisy_name(k, "white_w", 3, -25)).touch()
-    pairs = pair_by_fileid(tmp_path / "clean", tmp_path / "noisy")
-    assert [(c.name, parse_noisy_name(n.name).fileid) for c, n in pairs] == [
-        ("clean_fileid_2.wav", 2), ("clean_fileid_10.wav", 10)]
-
+from cleancodec.datagen.demo.splits import check_disjoint
+from cleancodec.pipeline.mix import rms_dbfs, snr_db
+from tests.helpers import REPO, SR, padded, voiced_tone, write_wav
 
 # --- a whole build from tiny local packages ---------------------------------------------------
 
@@ -363,7 +54,7 @@ def _make_deb(cache: Path, package: str, files: dict[str, bytes], copyright_text
 def _voice_files(voice: str, f0: float, n: int, extra: dict[str, bytes] | None = None):
     files = {}
     for i in range(n):
-        audio = padded(speechlike(0.8 + 0.15 * (i % 4), f0=f0, seed=i), 0.2)
+        audio = padded(voiced_tone(0.8 + 0.15 * (i % 4), f0=f0, seed=i), 0.2)
         files[f"usr/share/sounds/{voice}/p{i:02d}.g722"] = encode_g722_bytes(audio)
     files.update(extra or {})
     return files

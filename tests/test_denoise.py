@@ -22,13 +22,14 @@ from cleancodec.infer.denoise import (
     snr_db,
 )
 from cleancodec.infer.receptive import ChainField
-from cleancodec.trainer.checkpoint import FORMAT_VERSION, CheckpointError, save_atomic
+from cleancodec.trainer.checkpoint import CheckpointError
 from cleancodec.trainer.config import TrainConfig, resolve_preset
 from cleancodec.trainer.models import Denoiser
+from tests.helpers import TINY_CODEC as TINY
+from tests.helpers import save_checkpoint, speechlike
 
 HOP = 320
 SR = 16000
-TINY = CodecConfig(weights="random", random_arch="tiny", random_seed=0, num_threads=1)
 # Measured with these settings on the 45 s two-channel signal below (tiny codec, shipped chunk
 # geometry): the codec alone agrees to 130.6 dB (float rounding), so 80 dB leaves margin for
 # other BLAS builds; the denoiser with trained-like GRN gains agrees to 25.2 / 29.1 dB: GRN
@@ -36,19 +37,6 @@ TINY = CodecConfig(weights="random", random_arch="tiny", random_seed=0, num_thre
 # whole file (BENCHMARKS.md has the DAC-16k figures).
 BYPASS_SNR_DB = 80.0
 GRN_DENOISER_SNR_DB = 20.0
-
-
-def speechlike(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:
-    """Harmonic bursts with pauses plus a little noise: float32 ``[T]``, peak < 1."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
-    f0 = 110 + 40 * np.sin(2 * np.pi * 0.3 * t + rng.uniform(0, 6))
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
-    gate = (np.sin(2 * np.pi * 1.7 * t + rng.uniform(0, 6)) > -0.2).astype(float)
-    x = 0.2 * voiced * gate + 0.01 * rng.standard_normal(n)
-    return (0.8 * x / np.max(np.abs(x))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +58,6 @@ def trained_like_denoiser(codec, seed: int = 0, grn: bool = True) -> Denoiser:
                 block.grn.gamma.normal_(0.0, 0.5)
                 block.grn.beta.normal_(0.0, 0.1)
     return model.eval()
-
-
-def save_checkpoint(path, model: Denoiser, identity: dict, step: int = 7):
-    """A checkpoint in the trainer's format (the fields ``load_denoiser`` reads)."""
-    save_atomic({"format_version": FORMAT_VERSION, "model_args": dict(model.model_args),
-                 "denoiser": model.state_dict(), "step": step, "config": {},
-                 "codec_identity": identity, "val": {}}, path)
-    return path
 
 
 # --- geometry ---------------------------------------------------------------------------------

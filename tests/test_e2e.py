@@ -17,31 +17,12 @@ from click.testing import CliRunner
 
 from cleancodec.cli import main
 from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, identities_match, load_codec
-from cleancodec.datagen.synth import synth_noise, synth_utterance
 from cleancodec.infer.denoise import snr_db
 from cleancodec.trainer.checkpoint import load_denoiser
 from cleancodec.trainer.config import load_train_config
 from cleancodec.trainer.loop import fit
-
-TINY = "conf/tiny.yaml"
-SR = 16000
-CLIPS = 2
-CLIP_SECONDS = 5.0
-SNR_DB = 5.0
-TEST_SPEAKER = 11  # not among the synthetic corpus's training speakers
-
-
-def write_testset(root):
-    """DNS-named clean / noisy pairs of unseen synthetic speech mixed at ``SNR_DB``."""
-    for sub in ("clean", "noisy"):
-        (root / sub).mkdir(parents=True)
-    for i in range(CLIPS):
-        clean = synth_utterance(7, TEST_SPEAKER, i, CLIP_SECONDS)
-        noise = synth_noise(("pink", "white")[i % 2], 7, i, CLIP_SECONDS)
-        gain = np.sqrt(np.mean(clean ** 2) / np.mean(noise ** 2) / 10 ** (SNR_DB / 10))
-        sf.write(root / "clean" / f"clean_fileid_{i}.wav", clean, SR)
-        sf.write(root / "noisy" / f"synth_snr{SNR_DB:g}_tl-25_fileid_{i}.wav",
-                 np.clip(clean + gain * noise, -1, 1), SR)
+from tests.helpers import CLIPS, write_testset
+from tests.helpers import TINY_PROFILE as TINY
 
 
 @pytest.mark.slow

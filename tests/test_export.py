@@ -26,8 +26,8 @@ from cleancodec.infer.onnx_engine import OnnxEnhancer
 from cleancodec.infer.run import run_denoise
 from cleancodec.infer.stream import StreamDenoiser, stream_signal
 from cleancodec.trainer.models import Denoiser
-from tests.test_denoise import save_checkpoint, speechlike
-from tests.test_stream import TINY, local_denoiser
+from tests.helpers import TINY_CODEC as TINY
+from tests.helpers import local_denoiser, save_checkpoint, speechlike
 
 SR = 16000
 ONNX_VS_TORCH_SNR_DB = 60.0  # measured ≈ 126 dB on the tiny codec (float rounding)
@@ -181,7 +181,7 @@ def test_stream_benchmark_smoke():
     import subprocess
     import sys
 
-    from tests.test_stream import REPO
+    from tests.helpers import REPO
 
     proc = subprocess.run([sys.executable, "bench/stream.py", "--smoke", "--no-append"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -28,7 +28,7 @@ from cleancodec.trainer.data import (
     train_sampler,
 )
 from cleancodec.trainer.feed import ResidentSplit, choose_resident, resident_batches
-from tests.test_trainer import tiny_cfg
+from tests.helpers import tiny_cfg
 
 K = 2
 SMALL = (32, 8)  # train / val clean windows of the K-variant caches

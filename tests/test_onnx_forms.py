@@ -21,7 +21,8 @@ from cleancodec.infer.onnx_forms import (
     onnx_friendly,
     residual_halo,
 )
-from tests.test_stream import TINY, local_denoiser
+from tests.helpers import TINY_CODEC as TINY
+from tests.helpers import local_denoiser
 
 TOL = 1e-5  # float32 rounding of sums taken in another order
 

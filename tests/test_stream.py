@@ -7,7 +7,6 @@ import os
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,14 +26,13 @@ from cleancodec.infer.stream import (
 )
 from cleancodec.infer.streamio import StreamOptions, stream_file
 from cleancodec.trainer.models import Denoiser
-from tests.test_denoise import save_checkpoint, speechlike
+from tests.helpers import REPO, local_denoiser, save_checkpoint, speechlike
+from tests.helpers import TINY_CODEC as TINY
 
 HOP = 320
 SR = 16000
-TINY = CodecConfig(weights="random", random_arch="tiny", random_seed=0, num_threads=1)
 API_SNR_DB = 100.0  # streamed vs whole signal through the Python API (float rounding: ~128 dB)
 CLI_SNR_DB = 60.0  # the same through the CLI, with 16-bit samples in between
-REPO = Path(__file__).resolve().parents[1]
 # DAC 16 kHz (and the tiny codec: same kernels, strides and dilations), hop 320, in samples
 DAC_ENCODER_PAST, DAC_ENCODER_FUTURE = 2501, 2493
 DAC_DECODER_FRAMES = 10
@@ -44,19 +42,6 @@ DAC_CHAIN_PAST, DAC_CHAIN_FUTURE = 5701, 5693
 @pytest.fixture(scope="module")
 def codec():
     return load_codec(TINY)
-
-
-def local_denoiser(codec, kind: str = "none", window: int = 0, seed: int = 1) -> Denoiser:
-    """A small denoiser whose zero-initialised head and blocks are randomised (a fresh one is
-    the identity)."""
-    torch.manual_seed(seed)
-    model = Denoiser(codec.latent_dim, width=16, depth=2, grn=kind, grn_window=window)
-    with torch.no_grad():
-        z = codec.encode(speechlike(2.0, seed))
-        model.set_latent_stats(z.mean((0, 2)), z.std((0, 2)))
-        for p in [*model.blocks.parameters(), *model.head.parameters()]:
-            p.normal_(0.0, 0.05)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,9 @@ from cleancodec.core.config import to_dict
 from cleancodec.core.topology import Topology
 from cleancodec.pipeline.manifest import latent_shape, load_manifest, save_manifest
 from cleancodec.trainer.checkpoint import CheckpointError, load_checkpoint, load_denoiser
-from cleancodec.trainer.config import TrainConfig, load_train_config
+from cleancodec.trainer.config import TrainConfig
 from cleancodec.trainer.loop import Trainer, fit
+from tests.helpers import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "conf" / "tiny.yaml"
@@ -67,13 +68,6 @@ with process_group("cpu") as env:
                 "first_batch": first["noisy"].float().sum().item(), "summary": summary,
                 "world": env.world_size}, f"{out}/rank{env.rank}.pt")
 """
-
-
-def tiny_cfg(**changes) -> TrainConfig:
-    """The shipped tiny profile, single-threaded and quiet, with ``changes``."""
-    cfg = load_train_config(TINY)
-    data = dataclasses.replace(cfg.data, num_workers=changes.pop("num_workers", 0))
-    return dataclasses.replace(cfg, data=data, num_threads=1, progress=False, **changes)
 
 
 def run_subprocess(cfg: TrainConfig, cache: Path, run: Path) -> subprocess.Popen:

@@ -11,7 +11,8 @@ from cleancodec.cli import main
 from cleancodec.infer.watch import pending, watch_run
 from cleancodec.trainer.config import load_train_config
 from cleancodec.trainer.loop import fit
-from tests.test_e2e import TINY, write_testset
+from tests.helpers import TINY_PROFILE as TINY
+from tests.helpers import write_testset
 
 FAST_METRICS = ["evaluate.metrics=[pesq,stoi,si_sdr]", "evaluate.workers=1",
                 "evaluate.spectrograms=1"]
