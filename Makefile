@@ -26,6 +26,7 @@ ENHANCED ?=
 NOISY ?=
 EVAL_OUT ?=
 CHECKPOINT ?=
+CKPT ?=
 PYTEST_ARGS ?=
 ARGS ?=
 BENCH ?= cache train denoise
@@ -34,7 +35,7 @@ DEMO ?= data/demo
 codec_opt = $(if $(CODEC),--codec $(CODEC))
 conf_or = $(if $(CONF),$(CONF),$(1))
 
-.PHONY: install demo-data cache train denoise evaluate demo test test-fast lint bench clean help
+.PHONY: install demo-data cache train import-seed denoise evaluate demo test test-fast lint bench clean help
 
 help:
 	@echo "make install | demo-data | cache | train | denoise INPUT=dir | evaluate | demo | test | lint | bench | clean"
@@ -62,7 +63,7 @@ cache:
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(OVERWRITE),--overwrite) $(ARGS)
 
 # train: CACHE (default data/cache), RUN (default runs/<name>), CONF (default conf/train.yaml),
-# optional PRESET=medium|large, STEPS=N, RESTART=1, WATCH=testset-dir (scores every best /
+# optional PRESET=medium|large|seed-medium|seed-large, STEPS=N, RESTART=1, WATCH=testset-dir (scores every best /
 # milestone checkpoint with audio metrics in a separate process; CODEC= is the watcher's codec).
 # Rerunning resumes from $(RUN)/latest.pt.
 train:
@@ -70,6 +71,12 @@ train:
 		$(if $(RUN),--run $(RUN)) $(if $(PRESET),--preset $(PRESET)) \
 		$(if $(STEPS),--steps $(STEPS)) $(if $(RESTART),--restart) \
 		$(if $(WATCH),--watch $(WATCH) $(if $(CODEC),--watch-codec $(CODEC))) $(ARGS)
+
+# import-seed: CKPT=seed checkpoint (.tar of the seed research code), RUN (default runs/seed),
+# CODEC (default: DAC's pretrained weights, which the seed trained on). Prints the fine-tune command.
+import-seed:
+	@test -n "$(CKPT)" || { echo "usage: make import-seed CKPT=file.tar [RUN=runs/seed]" >&2; exit 2; }
+	$(CLI) import-seed "$(CKPT)" $(or $(RUN),runs/seed) $(codec_opt)
 
 # denoise: INPUT=file|dir (required), OUTPUT (default <INPUT>_denoised beside it), CHECKPOINT
 # (default: the newest best.pt under runs/ for that codec), CONF (default conf/denoise.yaml),

@@ -126,7 +126,8 @@ def config_command(conf, args):
 @click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder (checkpoints, metrics.jsonl, tensorboard/). Default: runs/<name>. "
                    "Under torchrun spell it --run-dir (torchrun reads --run as its --run-path).")
-@click.option("--preset", default=None, help="Model preset (medium | large); = train.preset.")
+@click.option("--preset", default=None,
+              help="Preset (medium | large | seed-medium | seed-large); = train.preset.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="= train.steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Windows per step per process; = train.data.batch_size.")
@@ -175,6 +176,38 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
         f"(noisy {result['val/noisy_l1']:.6g}), gain {result['val/gain']:.4f} "
         f"(1.0 = no change), best L1 {result['best/latent_l1']:.6g}\nrun: {result['run_dir']}"
     )
+
+
+@main.command("import-seed")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False))
+@click.option("--conf", type=click.Path(dir_okay=False), default="conf/train.yaml",
+              show_default=True, help="Profile whose `train` section a fine-tune will use "
+                                      "(and `codec` section, for the codec's identity).")
+@codec_options
+@click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
+@fails_cleanly(*STAGE_ERRORS)
+def import_seed_command(checkpoint, run_dir, conf, codec, codec_weights, overwrite):
+    """Turn a checkpoint of the seed research code (.tar with denoiser_state_dict, …) into a
+    cleancodec run folder (best.pt, latest.pt) that denoise, export, evaluate and watch take
+    and that `cleancodec train --run RUN_DIR` fine-tunes, continuing its step count.
+
+    The file is read without unpickling code (weights_only); width, depth and layer scale come
+    from its tensor shapes. The codec (default: DAC 16 kHz pretrained weights, as the seed
+    used) is loaded once to record which latents the run is for.
+    """
+    from cleancodec.trainer.seed_import import run_import_seed
+
+    report = run_import_seed(checkpoint, run_dir, conf, resolve_codec_choice(codec, codec_weights),
+                             overwrite)
+    args = report.model_args
+    click.echo(f"imported {checkpoint}: seed denoiser width {args['width']}, depth "
+               f"{args['depth']}{', layer scale' if args['layer_scale'] else ''} "
+               f"({report.parameters / 1e6:.2f} M parameters), step {report.step}, "
+               f"discriminator {'yes' if report.disc_args else 'no'}, optimiser states "
+               f"{'yes' if report.optimisers else 'no'}\nrun: {report.run_dir}\n"
+               f"fine-tune: cleancodec train --conf {conf} --cache CACHE --run {report.run_dir} "
+               f"{' '.join(report.train_args)}")
 
 
 # --- the demo (cleancodec/datagen/demo/) ---------------------------------------------------

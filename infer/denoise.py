@@ -215,8 +215,16 @@ def find_default_checkpoint(runs_dir: str | Path,
 
 def check_codec_identity(info: dict[str, Any], codec: Codec, checkpoint: str | Path,
                          allow_mismatch: bool) -> None:
-    """Refuse a checkpoint trained on another codec's latents unless ``allow_mismatch``."""
+    """Refuse a checkpoint trained on another codec's latents unless ``allow_mismatch``.
+
+    A seed checkpoint taken directly (``info["origin"]``, no identity recorded) is accepted with
+    a warning: it names no codec (the seed trained on DAC 16 kHz's pretrained weights)."""
     trained = info.get("codec_identity") or {}
+    if not trained and info.get("origin"):
+        log.warning("%s: a seed checkpoint records no codec; assuming it was trained on "
+                    "latents of %s (cleancodec import-seed records one)", checkpoint,
+                    describe_identity(codec.identity))
+        return
     if identities_match(trained, codec.identity):
         return
     message = (f"{checkpoint}: trained on latents of {describe_identity(trained)}, but the "

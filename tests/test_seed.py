@@ -194,3 +194,58 @@ def test_bad_seed_files_are_refused_with_the_reason(tmp_path, case, match):
     with pytest.raises(SeedCheckpointError, match=match) as err:
         seed_checkpoint(path, latent, None)
     assert str(path) in str(err.value)
+
+
+def test_import_then_fine_tune_continues_the_step_count(tiny_latent_cache, tmp_path):
+    from cleancodec.trainer.config import load_train_config
+    from cleancodec.trainer.loop import fit
+    from cleancodec.trainer.seed_import import run_import_seed
+    from tests.helpers import REPO, TINY_PROFILE
+
+    cache, run = tiny_latent_cache("zarr"), tmp_path / "run"
+    path = tmp_path / "seed.tar"
+    write_seed_file(path, iteration=40)
+    report = run_import_seed(path, run, REPO / TINY_PROFILE, None)  # the profile's tiny codec
+    assert report.train_args[0] == "train.preset=seed-medium"
+    imported = ckpt_io.load_checkpoint(run / ckpt_io.LATEST)
+    quick = ["train.steps=42", "train.data.batch_size=8", "train.data.num_workers=0",
+             "train.progress=false", "train.val_every=2", "train.log_every=1"]
+    cfg = load_train_config(REPO / TINY_PROFILE, None, [*report.train_args, *quick])
+    assert cfg.denoiser.arch == "seed" and cfg.loss.feature_matching_reduce == "sum"
+    out = fit(cfg, cache, run)
+    assert out["step"] == 42
+    tuned = ckpt_io.load_checkpoint(run / ckpt_io.LATEST)
+    assert tuned["opt_g"]["state"][0]["step"] == imported["opt_g"]["state"][0]["step"] + 2
+    moved = [(tuned["denoiser"][k] - v).abs().max() for k, v in imported["denoiser"].items()]
+    assert max(moved) > 0
+    with pytest.raises(ckpt_io.CheckpointError, match="imported: train it with"):
+        fit(load_train_config(REPO / TINY_PROFILE, None, quick), cache, run)
+
+
+@pytest.mark.parametrize("preset, millions", [("seed-medium", 9.5), ("seed-large", 39.4)])
+def test_seed_presets_build_the_seed_models_and_recipe(preset, millions):
+    from cleancodec.core.config import to_dict
+    from cleancodec.trainer.config import load_train_config
+
+    cfg = load_train_config(None, preset)
+    g = build_denoiser({"latent_dim": 1024, **to_dict(cfg.denoiser)})
+    d = build_discriminator({"latent_dim": 1024, **to_dict(cfg.discriminator)})
+    assert isinstance(g, SeedDenoiser) and isinstance(d, SeedDiscriminator)
+    assert math.isclose(count_parameters(g), millions * 1e6, rel_tol=0.01)
+    assert d.model_args["dilations"] == [1, 2, 4, 8, 16] and d.model_args["groups"] == 16
+    assert (cfg.loss.feature_matching, cfg.loss.feature_matching_reduce) == (1.0, "sum")
+    assert cfg.ema_decay is None and cfg.optim.warmup_steps == 0
+    assert (cfg.data.batch_size, cfg.steps) == (256, 40000)
+    # a key written on the command line wins over the preset's
+    mine = load_train_config(None, preset, ["train.loss.feature_matching=2", "train.steps=5"])
+    assert (mine.loss.feature_matching, mine.loss.feature_matching_reduce) == (2.0, "sum")
+    assert mine.steps == 5
+
+
+def test_feature_matching_sum_is_the_seeds_sum_over_layers():
+    from cleancodec.trainer.losses import feature_matching
+
+    fake = [torch.ones(2, 3, 4), torch.zeros(2, 3, 5)]
+    real = [torch.zeros(2, 3, 4), torch.full((2, 3, 5), 3.0)]
+    assert feature_matching(fake, real, "sum").item() == pytest.approx(4.0)
+    assert feature_matching(fake, real).item() == pytest.approx(2.0)

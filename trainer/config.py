@@ -3,8 +3,9 @@
 Every number the trainer uses has its default here, written once: model sizes, loss weights,
 optimiser settings, intervals, seeds. Profiles (``conf/*.yaml``) and ``train.key=value``
 command-line overrides change them (see :mod:`cleancodec.core.config`). Model presets
-(``medium``, ``large``) are named sets of :class:`DenoiserConfig` values; :func:`load_train_config`
-applies the chosen one under the keys the user wrote, and the resolved config is what checkpoints
+(``medium``, ``large``, ``seed-medium``, ``seed-large``) are named sets of train values (the
+denoiser's, and for the seed presets every section's); :func:`load_train_config` applies the
+chosen one under the keys the user wrote, and the resolved config is what checkpoints
 record and what ``cleancodec config`` prints. Each dataclass checks its own values in
 ``__post_init__`` (:func:`cleancodec.core.config.require`), naming the key.
 """
@@ -26,11 +27,17 @@ from cleancodec.core.config import (
     written_section,
 )
 
+ARCHS = ("cleancodec", "seed")   # model architectures (trainer/models.py, trainer/seed.py)
+FM_REDUCTIONS = ("mean", "sum")
+
 
 @dataclass
 class DenoiserConfig:
     """ConvNeXt-1D denoiser size (the latent dim comes from the cache manifest)."""
 
+    # cleancodec | seed. "seed" is the seed research code's generator (raw latents, global GRN,
+    # no LayerNorm before the head): it uses width, depth and the layer-scale keys only.
+    arch: str = "cleancodec"
     width: int = 512
     depth: int = 4
     kernel_size: int = 7
@@ -43,8 +50,12 @@ class DenoiserConfig:
     # seeds: global 0.9135, window-9 0.9137, window-25 0.9137, none 0.9136.
     grn: str = "none"
     grn_window: int = 0      # frames of the "window" GRN (odd)
+    layer_scale: bool = False     # seed arch: a learnt per-channel scale on each block's output
+    layer_scale_init: float = 1e-6  # its initial value
 
     def __post_init__(self) -> None:
+        require(self.arch in ARCHS, "train.denoiser.arch",
+                f"must be one of {'|'.join(ARCHS)}, got {self.arch!r}")
         require_positive_ints(self, "train.denoiser", ("width", "depth"))
         require(self.kernel_size % 2 == 1, "train.denoiser.kernel_size",
                 f"must be odd, got {self.kernel_size}")
@@ -54,6 +65,7 @@ class DenoiserConfig:
 class DiscriminatorConfig:
     """Latent-sequence discriminator: 1x1 mixing, dilated grouped temporal convs, 1-ch head."""
 
+    arch: str = "cleancodec"  # cleancodec | seed (the seed's discriminator: trainer/seed.py)
     channels: int = 256
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     kernel_size: int = 3
@@ -61,6 +73,8 @@ class DiscriminatorConfig:
     negative_slope: float = 0.2
 
     def __post_init__(self) -> None:
+        require(self.arch in ARCHS, "train.discriminator.arch",
+                f"must be one of {'|'.join(ARCHS)}, got {self.arch!r}")
         require_positive_ints(self, "train.discriminator", ("channels",))
         require(self.kernel_size % 2 == 1, "train.discriminator.kernel_size",
                 f"must be odd, got {self.kernel_size}")
@@ -75,8 +89,13 @@ class LossConfig:
 
     adversarial: float = 1.0       # G: -D(fake)
     feature_matching: float = 2.0  # G: L1 between D features of fake and real
-    latent_l1: float = 10.0        # G: L1(denoised, clean), on normalised latents
+    feature_matching_reduce: str = "mean"  # over D's layers: mean | sum (the seed's)
+    latent_l1: float = 10.0        # G: L1(denoised, clean), on the latents D sees
     r1_gamma: float = 20.0         # D: (gamma / 2) * E ||grad_x D(real)||^2
+
+    def __post_init__(self) -> None:
+        require(self.feature_matching_reduce in FM_REDUCTIONS, "train.loss.feature_matching_reduce",
+                f"must be one of {'|'.join(FM_REDUCTIONS)}, got {self.feature_matching_reduce!r}")
 
 
 @dataclass
@@ -96,6 +115,21 @@ class OptimConfig:
 
 
 RESIDENT_MODES = ("auto", "off", "ram", "gpu")
+
+
+def seed_recipe(width: int, depth: int) -> dict[str, Any]:
+    """The seed's generator of ``width`` x ``depth`` with its discriminator and training recipe:
+    D 512 channels, kernel 5, groups 16, dilations 1-16; feature matching summed over D's
+    layers with weight 1; no warm-up, no EMA, fp32; batch 256, 40,000 steps."""
+    return {
+        "denoiser": {"arch": "seed", "width": width, "depth": depth},
+        "discriminator": {"arch": "seed", "channels": 512, "dilations": [1, 2, 4, 8, 16],
+                          "kernel_size": 5, "groups": 16},
+        "loss": {"feature_matching": 1.0, "feature_matching_reduce": "sum"},
+        "optim": {"warmup_steps": 0},
+        "data": {"batch_size": 256},
+        "steps": 40000, "milestones": [10000, 25000, 40000], "ema_decay": None, "bf16": False,
+    }
 
 
 @dataclass
@@ -141,10 +175,16 @@ class TrainConfig:
     """The ``train`` section of a profile."""
 
     name: str | None = None           # run name; default run dir is runs/<name>
-    preset: str | None = "medium"     # key of ``presets`` applied to ``denoiser`` (None: as is)
+    preset: str | None = "medium"     # key of ``presets`` applied under written keys (None: off)
+    # A preset maps denoiser keys (the short form) and/or train keys: sections as mappings
+    # ("discriminator": {...}) and plain keys ("steps": 40000).
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "medium": {"width": 512, "depth": 4},   # ~9.5 M parameters at latent dim 1024
         "large": {"width": 768, "depth": 8},    # ~39.5 M parameters
+        # The seed research code's recipe ("Clean Before You Code"): its models, losses and
+        # optimiser settings on a cleancodec cache (docs/seed.md lists every difference).
+        "seed-medium": seed_recipe(512, 4),     # 9.49 M parameters
+        "seed-large": seed_recipe(768, 8),      # 39.46 M parameters
     })
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -179,35 +219,59 @@ class TrainConfig:
         return self.name or self.preset or "run"
 
 
+PRESET_SECTIONS = ("denoiser", "discriminator", "loss", "optim", "data")
+NOT_IN_PRESETS = ("name", "preset", "presets")
+
+
+def preset_values(cfg: TrainConfig, name: str) -> dict[str, Any]:
+    """Preset ``name`` as a mapping of train keys (``{"denoiser": {...}, "steps": ...}``): its
+    short-form denoiser keys (``width``, ``depth``, …) moved under ``denoiser``."""
+    where = f"train.presets.{name}"
+    values = dict(cfg.presets[name] or {})
+    denoiser_keys = {f.name for f in dataclasses.fields(DenoiserConfig)}
+    out: dict[str, Any] = {"denoiser": {k: values.pop(k) for k in list(values)
+                                        if k in denoiser_keys}}
+    for key, value in values.items():
+        if key in PRESET_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key} must be a mapping of train.{key} keys")
+            out[key] = {**out.get(key, {}), **value}
+        elif key in NOT_IN_PRESETS or key not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            raise ConfigError(f"{where}: {key!r} is not a train key a preset can set")
+        else:
+            out[key] = value
+    return out
+
+
 def resolve_preset(cfg: TrainConfig, preset: str | None = None,
-                   written: Collection[str] = ()) -> TrainConfig:
-    """Fill ``cfg.denoiser`` from a model preset, leaving the keys the user wrote alone.
+                   written: dict[str, Any] | Collection[str] = ()) -> TrainConfig:
+    """Apply a preset to ``cfg``, leaving the keys the user wrote alone.
 
     Precedence, lowest first: the schema's default, the preset, the profile, the command line.
-    A preset sets only the denoiser keys absent from ``written``; a key the user wrote keeps its
-    value even when it equals the schema default (``train.denoiser.width=512`` with
+    A preset sets only the keys absent from ``written``; a key the user wrote keeps its value
+    even when it equals the schema default (``train.denoiser.width=512`` with
     ``train.preset=large`` gives width 512, depth 8).
 
     Parameters
     ----------
     cfg : TrainConfig
-        As loaded from the profile and the overrides (denoiser keys not written hold defaults).
+        As loaded from the profile and the overrides (keys not written hold defaults).
     preset : str or None
         Overrides ``cfg.preset`` when given.
-    written : collection of str
-        The ``train.denoiser`` keys the user wrote (see :func:`load_train_config`).
+    written : mapping or collection of str
+        The ``train`` keys the user wrote, as :func:`cleancodec.core.config.written_section`
+        returns them; a plain collection of names means ``train.denoiser`` keys.
 
     Returns
     -------
     TrainConfig
-        A copy whose ``denoiser`` carries the preset's values under the written ones and whose
-        ``preset`` names it.
+        A copy carrying the preset's values under the written ones, whose ``preset`` names it.
 
     Raises
     ------
     ConfigError
-        When the preset is not defined in ``cfg.presets`` or holds a key or value the denoiser
-        does not accept.
+        When the preset is not defined in ``cfg.presets`` or holds a key or value the train
+        schema does not accept.
     """
     name = preset or cfg.preset
     if not name:
@@ -216,17 +280,48 @@ def resolve_preset(cfg: TrainConfig, preset: str | None = None,
         raise ConfigError(
             f"train.preset {name!r} is not defined; known presets: {sorted(cfg.presets) or 'none'}"
         )
+    if not isinstance(written, dict):
+        written = {"denoiser": {key: True for key in written}}
     where = f"train.presets.{name}"
-    values = dict(cfg.presets[name] or {})
-    from_dict(DenoiserConfig, values, where)  # its keys and types, even where overruled
-    unset = {key: value for key, value in values.items() if key not in written}
-    denoiser = from_dict(DenoiserConfig, {**to_dict(cfg.denoiser), **unset}, where)
-    return dataclasses.replace(cfg, preset=name, denoiser=denoiser)
+    values = preset_values(cfg, name)
+    changes: dict[str, Any] = {"preset": name}
+    for key, value in values.items():
+        if key in PRESET_SECTIONS:
+            section_cls = type(getattr(cfg, key))
+            from_dict(section_cls, value, f"{where}.{key}")  # keys and types, even where overruled
+            mine = written.get(key)
+            mine = mine if isinstance(mine, dict) else {}
+            unset = {k: v for k, v in value.items() if k not in mine}
+            changes[key] = from_dict(section_cls, {**to_dict(getattr(cfg, key)), **unset},
+                                     f"{where}.{key}")
+        elif key not in written:
+            changes[key] = value
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 # Keys added after runs had started, with the value that keeps such a run's behaviour: a run
 # resumed from a checkpoint whose saved config lacks one of them gets that value.
-ADDED_KEYS: dict[tuple[str, str], Any] = {("data", "group_variants"): False}
+ADDED_KEYS: dict[tuple[str, str], Any] = {
+    ("data", "group_variants"): False,
+    ("denoiser", "arch"): "cleancodec", ("denoiser", "layer_scale"): False,
+    ("denoiser", "layer_scale_init"): 1e-6, ("discriminator", "arch"): "cleancodec",
+    ("loss", "feature_matching_reduce"): "mean",
+}
+
+
+def with_added_keys(section: str, saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run's saved ``section`` with the :data:`ADDED_KEYS` it lacks filled with their old
+    values (so a run started before them compares equal to the same config today)."""
+    if not isinstance(saved, dict):
+        return saved
+    filled = dict(saved)
+    for (sec, key), old in ADDED_KEYS.items():
+        if sec == section:
+            filled.setdefault(key, old)
+    return filled
 
 
 def config_for_resume(cfg: TrainConfig, saved: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
@@ -247,9 +342,9 @@ def load_train_config(path: str | Path | None, preset: str | None = None,
     """The train config a run uses: profile, command line and preset, resolved and checked.
 
     The one resolving function of the ``train`` section: ``cleancodec train`` runs with its
-    result and ``cleancodec config`` prints it. A ``train.denoiser`` key written in the profile
-    (its ``base:`` chain included) or in an override is *explicit* and wins over the preset;
-    the preset fills the denoiser keys nobody wrote (see :func:`resolve_preset`).
+    result and ``cleancodec config`` prints it. A ``train`` key written in the profile (its
+    ``base:`` chain included) or in an override is *explicit* and wins over the preset; the
+    preset fills the keys nobody wrote (see :func:`resolve_preset`).
 
     Parameters
     ----------
@@ -261,5 +356,4 @@ def load_train_config(path: str | Path | None, preset: str | None = None,
         ``train.key=value`` items, applied after the profile.
     """
     cfg = load_section(path, "train", TrainConfig, overrides)
-    denoiser = written_section(path, "train", overrides).get("denoiser")
-    return resolve_preset(cfg, preset, set(denoiser) if isinstance(denoiser, dict) else set())
+    return resolve_preset(cfg, preset, written_section(path, "train", overrides))

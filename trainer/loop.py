@@ -42,7 +42,7 @@ from cleancodec.core.topology import (
 )
 from cleancodec.pipeline.manifest import latent_shape, load_manifest
 from cleancodec.trainer import checkpoint as ckpt_io
-from cleancodec.trainer.config import TrainConfig, config_for_resume
+from cleancodec.trainer.config import TrainConfig, config_for_resume, with_added_keys
 from cleancodec.trainer.data import (
     CORRUPT_KEY,
     TRAIN,
@@ -57,7 +57,7 @@ from cleancodec.trainer.data import (
 from cleancodec.trainer.ema import ema_copy, update_ema
 from cleancodec.trainer.feed import DevicePrefetcher, training_feed
 from cleancodec.trainer.losses import discriminator_losses, generator_losses
-from cleancodec.trainer.models import Denoiser, Discriminator, count_parameters
+from cleancodec.trainer.models import build_denoiser, build_discriminator, count_parameters
 from cleancodec.trainer.rundir import (
     BEST_INFO_FILE,
     CONFIG_FILE,
@@ -98,9 +98,11 @@ class Trainer:
         self.val_src: SplitSource = open_split(self.cache_dir, self.manifest, VAL)
         latent_dim, _ = latent_shape(self.manifest)
         torch.manual_seed(cfg.seed)
-        self.denoiser = Denoiser(latent_dim, **to_dict(cfg.denoiser)).to(env.device)
+        self.denoiser = build_denoiser({"latent_dim": latent_dim, **to_dict(cfg.denoiser)})
+        self.denoiser.to(env.device)
         self.denoiser.activation_checkpointing = cfg.activation_checkpointing
-        self.discriminator = Discriminator(latent_dim, **to_dict(cfg.discriminator)).to(env.device)
+        self.discriminator = build_discriminator(
+            {"latent_dim": latent_dim, **to_dict(cfg.discriminator)}).to(env.device)
         betas = (float(cfg.optim.betas[0]), float(cfg.optim.betas[1]))
         self.opt_g = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.optim.lr_g, betas=betas,
                                        weight_decay=cfg.optim.weight_decay)
@@ -109,6 +111,7 @@ class Trainer:
         self.g: torch.nn.Module = self.denoiser
         self.d: torch.nn.Module = self.discriminator
         self.step = 0
+        self.origin: dict[str, Any] = {}
         self.val: dict[str, float] = {}
         self.best_val = math.inf
         self.digest = ckpt_io.manifest_digest(self.manifest)
@@ -161,24 +164,34 @@ class Trainer:
                 f"this cache ({identity}); use --restart or another run directory"
             )
         saved = ckpt.get("config", {})
+        origin = self.origin = ckpt.get("origin") or {}
         for section in MODEL_SECTIONS:
-            if saved.get(section) != to_dict(getattr(self.cfg, section)):
+            if with_added_keys(section, saved.get(section)) != to_dict(getattr(self.cfg, section)):
+                hint = (f"; this run was imported: train it with {' '.join(origin['train_args'])}"
+                        if origin.get("train_args") else "")
                 raise ckpt_io.CheckpointError(
                     f"{path}: the run's {section} ({saved.get(section)}) differs from the config "
                     f"({to_dict(getattr(self.cfg, section))}); use --restart or another run "
-                    f"directory"
+                    f"directory{hint}"
                 )
         self.cfg, kept = config_for_resume(self.cfg, saved)
         if kept:
             log.info("%s: started before %s existed; resuming as it ran (%s)", path,
                      ", ".join(k.split("=")[0] for k in kept), ", ".join(kept))
-        if ckpt.get("cache_manifest_digest") != self.digest:
+        if origin and ckpt.get("cache_manifest_digest") is None:
+            log.info("%s: imported from %s (step %s); fine-tuning on %s", path,
+                     origin.get("file"), ckpt.get("step"), self.cache_dir)
+        elif ckpt.get("cache_manifest_digest") != self.digest:
             log.warning("%s: the cache manifest changed since this run started; resuming anyway",
                         self.cache_dir)
         self.denoiser.load_state_dict(ckpt["denoiser"])
-        self.discriminator.load_state_dict(ckpt["discriminator"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
+        # an imported run may lack D and the optimiser states: those start fresh
+        for name, target in (("discriminator", self.discriminator), ("opt_g", self.opt_g),
+                             ("opt_d", self.opt_d)):
+            if ckpt.get(name) is not None:
+                target.load_state_dict(ckpt[name])
+            else:
+                log.info("%s: no %s state in the checkpoint; it starts fresh", path, name)
         self.step = int(ckpt["step"])
         self.val = dict(ckpt.get("val") or {})
         self.best_val = float(ckpt.get("best_val", math.inf))
@@ -333,6 +346,7 @@ class Trainer:
             "cache_manifest_digest": self.digest,
             "val": dict(self.val),
             "best_val": self.best_val,
+            "origin": self.origin,          # where an imported run came from ({} otherwise)
             "data": {"storage": self.train_src.storage, "world_size": self.env.world_size,
                      "num_workers": self.cfg.data.num_workers},
         }

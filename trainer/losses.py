@@ -46,11 +46,13 @@ def adversarial_g(fake_scores: Tensor) -> Tensor:
     return -fake_scores.mean()
 
 
-def feature_matching(fake_features: list[Tensor], real_features: list[Tensor]) -> Tensor:
-    """Mean over D's layers of the L1 distance between fake and (detached) real features."""
-    terms = [(f.float() - r.detach().float()).abs().mean()
-             for f, r in zip(fake_features, real_features)]
-    return torch.stack(terms).mean()
+def feature_matching(fake_features: list[Tensor], real_features: list[Tensor],
+                     reduce: str = "mean") -> Tensor:
+    """Mean (or, ``reduce="sum"``, the seed's sum) over D's layers of the mean L1 distance
+    between fake and (detached) real features."""
+    terms = torch.stack([(f.float() - r.detach().float()).abs().mean()
+                         for f, r in zip(fake_features, real_features)])
+    return terms.sum() if reduce == "sum" else terms.mean()
 
 
 def latent_l1(pred: Tensor, target: Tensor) -> Tensor:
@@ -115,7 +117,8 @@ def generator_losses(disc: DiscriminatorFn, real: Tensor, fake: Tensor,
     fake_scores, fake_feats = disc(fake)
     out = {
         "g/adversarial": adversarial_g(fake_scores.float()),
-        "g/feature_matching": feature_matching(fake_feats, real_feats),
+        "g/feature_matching": feature_matching(fake_feats, real_feats,
+                                               weights.feature_matching_reduce),
         "g/latent_l1": latent_l1(fake, real),
     }
     out["g/loss"] = (weights.adversarial * out["g/adversarial"]

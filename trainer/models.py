@@ -281,8 +281,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-CONVNEXT_ARCH = "convnext"  # model_args without an "arch" key (every checkpoint before the seed's)
-ARCHS = (CONVNEXT_ARCH, "seed")
+CLEANCODEC_ARCH = "cleancodec"  # model_args without "arch": every checkpoint before the seed
 
 
 def build_denoiser(model_args: dict[str, Any]) -> nn.Module:
@@ -292,13 +291,13 @@ def build_denoiser(model_args: dict[str, Any]) -> nn.Module:
     from cleancodec.trainer.seed import SEED_ARCH, SeedDenoiser
 
     args = dict(model_args)
-    arch = args.pop("arch", CONVNEXT_ARCH)
+    arch = args.pop("arch", CLEANCODEC_ARCH)
     if arch == SEED_ARCH:
         return SeedDenoiser(args["latent_dim"], args["width"], args["depth"],
                             bool(args.get("layer_scale", False)),
                             float(args.get("layer_scale_init", 1e-6)))
-    if arch != CONVNEXT_ARCH:
-        raise ValueError(f"unknown denoiser arch {arch!r} (known: {', '.join(ARCHS)})")
+    if arch != CLEANCODEC_ARCH:
+        raise ValueError(f"unknown denoiser arch {arch!r} (known: {CLEANCODEC_ARCH}, {SEED_ARCH})")
     for key in ("layer_scale", "layer_scale_init"):
         args.pop(key, None)
     return Denoiser(**args)
@@ -309,9 +308,10 @@ def build_discriminator(disc_args: dict[str, Any]) -> nn.Module:
     from cleancodec.trainer.seed import SEED_ARCH, SeedDiscriminator
 
     args = dict(disc_args)
-    arch = args.pop("arch", CONVNEXT_ARCH)
+    arch = args.pop("arch", CLEANCODEC_ARCH)
     if arch == SEED_ARCH:
         return SeedDiscriminator(**args)
-    if arch != CONVNEXT_ARCH:
-        raise ValueError(f"unknown discriminator arch {arch!r} (known: {', '.join(ARCHS)})")
+    if arch != CLEANCODEC_ARCH:
+        raise ValueError(
+            f"unknown discriminator arch {arch!r} (known: {CLEANCODEC_ARCH}, {SEED_ARCH})")
     return Discriminator(**args)

@@ -46,6 +46,7 @@ class SeedImport:
     step: int
     optimisers: bool
     parameters: int
+    train_args: list[str]
 
 
 def is_seed_checkpoint(obj: Any) -> bool:
@@ -219,7 +220,7 @@ def seed_checkpoint(path: str | Path, latent_dim: int, codec_identity: dict[str,
 
 def import_seed(path: str | Path, run_dir: str | Path, latent_dim: int,
                 codec_identity: dict[str, Any] | None, config: dict[str, Any],
-                overwrite: bool = False) -> SeedImport:
+                overwrite: bool = False, train_args: list[str] | None = None) -> SeedImport:
     """Write a cleancodec run folder from the seed checkpoint ``path``.
 
     ``latest.pt`` (full: weights, discriminator and optimisers when the file has them, step =
@@ -229,7 +230,7 @@ def import_seed(path: str | Path, run_dir: str | Path, latent_dim: int,
     path, run_dir = Path(path), Path(run_dir)
     obj = read_seed_file(path)
     ckpt = seed_checkpoint(path, latent_dim, codec_identity, config, obj)
-    ckpt["origin"]["sha256"] = sha256_file(path)
+    ckpt["origin"].update(sha256=sha256_file(path), train_args=list(train_args or []))
     latest, best = run_dir / ckpt_io.LATEST, run_dir / ckpt_io.BEST
     if not overwrite and (latest.exists() or best.exists()):
         raise SeedCheckpointError(
@@ -245,7 +246,7 @@ def import_seed(path: str | Path, run_dir: str | Path, latent_dim: int,
         "best_val": None, "origin": ckpt["origin"]})
     params = sum(t.numel() for t in SeedDenoiser(**ckpt["model_args"]).parameters())
     return SeedImport(run_dir, ckpt["model_args"], ckpt["disc_args"], int(ckpt["step"]),
-                      ckpt["opt_g"] is not None, params)
+                      ckpt["opt_g"] is not None, params, list(train_args or []))
 
 
 def stem_latent_dim(obj: dict[str, Any], path: str | Path) -> int:
@@ -256,3 +257,65 @@ def stem_latent_dim(obj: dict[str, Any], path: str | Path) -> int:
     if len(stem) != 3:
         raise SeedCheckpointError(f"{path}: stem.weight has shape {list(stem)}, not [W, D, 1]")
     return int(stem[1])
+
+
+SEED_PRESETS = {(512, 4): "seed-medium", (768, 8): "seed-large"}
+
+
+def train_args_for(model_args: dict[str, Any], disc_args: dict[str, Any] | None,
+                   written: dict[str, Any] | None = None) -> list[str]:
+    """The ``train.*`` overrides under which ``cleancodec train`` builds exactly these models:
+    the seed preset of that size (``seed-medium`` when the size is neither), plus every model
+    key that differs from the preset or that the profile wrote (``written``, which would win
+    over the preset)."""
+    from cleancodec.trainer.config import TrainConfig, preset_values
+
+    written = written or {}
+    size = (model_args["width"], model_args["depth"])
+    preset = SEED_PRESETS.get(size, "seed-medium")
+    defaults = TrainConfig()
+    values = preset_values(defaults, preset)
+    args = [f"train.preset={preset}"]
+    sections = [("denoiser", model_args, ("arch", "width", "depth", "layer_scale"))]
+    if disc_args is not None:
+        sections.append(("discriminator", disc_args,
+                         ("arch", "channels", "dilations", "kernel_size", "groups")))
+    for section, found, keys in sections:
+        mine = written.get(section) if isinstance(written.get(section), dict) else {}
+        for key in keys:
+            value = found[key]
+            preset_value = values[section].get(key, getattr(getattr(defaults, section), key))
+            if key in mine or value != preset_value:
+                text = ("[" + ",".join(map(str, value)) + "]" if isinstance(value, list)
+                        else str(value).lower() if isinstance(value, bool) else value)
+                args.append(f"train.{section}.{key}={text}")
+    return args
+
+
+def run_import_seed(checkpoint: str | Path, run_dir: str | Path, conf: str | Path | None,
+                    codec_choice: str | None, overwrite: bool = False) -> SeedImport:
+    """``cleancodec import-seed``: load the codec once to record which latents the run is for
+    (its identity and latent size: the seed trained on DAC 16 kHz's pretrained weights), pick
+    the seed preset that builds the file's models, and write the run folder.
+
+    The train config recorded is the profile ``conf`` under those overrides, so that
+    ``cleancodec train --conf CONF --run RUN_DIR <train_args>`` fine-tunes it as a resume.
+    """
+    from cleancodec.core.codec import CodecConfig, load_codec
+    from cleancodec.core.config import load_section, to_dict, written_section
+    from cleancodec.trainer.config import load_train_config
+
+    codec_overrides = [f"codec.weights='{codec_choice}'"] if codec_choice else []
+    codec = load_codec(load_section(conf, "codec", CodecConfig, codec_overrides))
+    path = Path(checkpoint)
+    obj = read_seed_file(path)
+    g_state = _strip_ddp(obj[G_KEY], path, G_KEY)
+    model_args = denoiser_args(g_state, path, codec.latent_dim)
+    disc_args = None
+    if obj.get(D_KEY) is not None:
+        disc_args = discriminator_args(_strip_ddp(obj[D_KEY], path, D_KEY), path,
+                                       codec.latent_dim)
+    args = train_args_for(model_args, disc_args, written_section(conf, "train"))
+    cfg = load_train_config(conf, None, args)
+    return import_seed(path, run_dir, codec.latent_dim, codec.identity, to_dict(cfg), overwrite,
+                       train_args=args)
