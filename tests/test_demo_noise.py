@@ -12,7 +12,7 @@ from cleancodec.datagen.demo.config import (
     RealNoiseConfig,
 )
 from cleancodec.datagen.demo.noise_real import copyright_licenses, event_sequence, kind_of, segment
-from cleancodec.datagen.synth import BabbleSource, generate
+from cleancodec.datagen.noise_synth import BabbleSource, generate
 from cleancodec.pipeline.mix import rms_dbfs, window_rng
 from tests.helpers import SR, voiced_tone
 

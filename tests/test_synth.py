@@ -1,4 +1,4 @@
-"""pipeline.synth: the seeded, self-generated tiny corpus."""
+"""datagen.synth and datagen.noise_synth: the seeded, self-generated tiny corpus."""
 from __future__ import annotations
 
 import numpy as np

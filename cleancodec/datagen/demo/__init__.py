@@ -13,5 +13,6 @@
 - ``preflight``  ``make demo``'s first step: can the DAC weights be had?
 - ``excerpt``    ``make demo``'s test-set excerpt (the first clips of the test set)
 
-Generated noise comes from the project's one noise synthesiser, ``pipeline.synth.generate``.
+Generated noise comes from the project's one noise synthesiser,
+``cleancodec.datagen.noise_synth.generate``.
 """

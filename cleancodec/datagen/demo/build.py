@@ -64,7 +64,7 @@ from cleancodec.datagen.demo.noise_real import (
 from cleancodec.datagen.demo.speech import common_base, list_files, load_prompts, write_sessions
 from cleancodec.datagen.demo.splits import check_disjoint, hold_out
 from cleancodec.datagen.demo.testset import TESTSET_DIR, build_testset
-from cleancodec.datagen.synth import BabbleSource, generate
+from cleancodec.datagen.noise_synth import BabbleSource, generate
 from cleancodec.pipeline.mix import window_rng
 
 SPLITS_NAME = "splits.json"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cleancodec.core.config import ConfigError, from_dict, require
-from cleancodec.datagen.synth import GENERATED_KINDS, NoiseSynthConfig
+from cleancodec.datagen.noise_synth import GENERATED_KINDS, NoiseSynthConfig
 
 SPLITS = ("train", "val", "test")
 APT_UPDATE_MODES = ("auto", "never")
