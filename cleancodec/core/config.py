@@ -144,10 +144,28 @@ def _section_overrides(overrides: Sequence[str], section: str) -> list[str]:
     return [item[len(prefix):] for item in overrides if item.startswith(prefix)]
 
 
+# Keys that existed once and were removed: a profile or override still setting one is refused
+# with what replaced it, rather than with a "did you mean" guess.
+REMOVED_KEYS: dict[str, str] = {
+    "denoise.context_frames": "the chunk context is now derived from the receptive field of "
+                              "codec + denoiser (docs/inference.md); delete the key",
+}
+
+
+def _refuse_removed(where: str, section: str, layer: Any) -> None:
+    keys = ([item.split("=", 1)[0] for item in layer] if isinstance(layer, list)
+            else list(layer) if isinstance(layer, dict) else [])
+    for key in keys:
+        removed = REMOVED_KEYS.get(f"{section}.{key}")
+        if removed:
+            raise ConfigError(f"{where}: {section}.{key} was removed: {removed}")
+
+
 def _build(cls: type[T], layers: list[tuple[str, Any]], section: str) -> T:
     """Merge ``layers`` (where, mapping-or-dotlist) onto the schema of ``cls``; type-check."""
     node = OmegaConf.structured(cls)
     for where, layer in layers:
+        _refuse_removed(where, section, layer)
         try:
             if isinstance(layer, list):
                 layer = OmegaConf.from_dotlist(layer)
