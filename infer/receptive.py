@@ -75,8 +75,7 @@ def denoiser_frames(denoiser: nn.Module | None) -> tuple[int, bool]:
     frames = denoiser.receptive_field()
     if frames is not None:
         return int(frames), True
-    args = denoiser.model_args
-    return int(args["depth"]) * (int(args["kernel_size"]) // 2), False
+    return int(denoiser.conv_reach()), False
 
 
 @dataclass(frozen=True)

@@ -249,3 +249,47 @@ def test_feature_matching_sum_is_the_seeds_sum_over_layers():
     real = [torch.zeros(2, 3, 4), torch.full((2, 3, 5), 3.0)]
     assert feature_matching(fake, real, "sum").item() == pytest.approx(4.0)
     assert feature_matching(fake, real).item() == pytest.approx(2.0)
+
+
+def test_denoise_takes_the_seed_file_and_its_imported_run_alike(tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from cleancodec.cli import main
+    from tests.helpers import REPO, TINY_PROFILE
+
+    seed_file = tmp_path / "seed.tar"
+    write_seed_file(seed_file)
+    wave = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.05
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", wave, 16000)
+    conf = str(REPO / TINY_PROFILE)
+    runner = CliRunner()
+    result = runner.invoke(main, ["import-seed", str(seed_file), str(tmp_path / "run"),
+                                  "--conf", conf])
+    assert result.exit_code == 0, result.output
+    assert "fine-tune: cleancodec train" in result.output
+    outs = []
+    for name, ckpt in (("direct", seed_file), ("imported", tmp_path / "run" / "best.pt")):
+        result = runner.invoke(main, ["denoise", str(tmp_path / "in"), str(tmp_path / name),
+                                      "--conf", conf, "--checkpoint", str(ckpt)])
+        assert result.exit_code == 0, result.output
+        outs.append(sf.read(tmp_path / name / "a.wav")[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert np.abs(outs[0]).max() > 0
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"\x00" * 64)
+    result = runner.invoke(main, ["import-seed", str(bad), str(tmp_path / "run2"), "--conf", conf])
+    assert result.exit_code == 1 and "bad.tar: not a readable checkpoint" in result.output
+
+
+@pytest.mark.slow
+def test_export_takes_an_imported_seed_run(tmp_path):
+    from cleancodec.infer.export import export_denoiser
+
+    seed_file = tmp_path / "seed.tar"
+    write_seed_file(seed_file)
+    model, info = ckpt_io.load_denoiser(seed_file)
+    report = export_denoiser(model, tmp_path / "seed.onnx", info, seed_file)
+    assert report.max_abs_diff <= 1e-4

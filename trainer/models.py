@@ -183,6 +183,11 @@ class Denoiser(nn.Module):
         h = self.norm(h.transpose(1, 2)).transpose(1, 2)
         return z + self.head(h) * self.stats.std[:, None]
 
+    def conv_reach(self) -> int:
+        """Frames each side that the depthwise convolutions alone reach (the receptive field
+        when no global statistic is involved)."""
+        return self.model_args["depth"] * (self.model_args["kernel_size"] // 2)
+
     def receptive_field(self) -> int | None:
         """Frames on each side of an output frame that can change it (``None`` when a global
         statistic makes every frame depend on the whole sequence)."""

@@ -120,6 +120,10 @@ class SeedDenoiser(nn.Module):
             h = self.blocks(h)
         return z + self.final(h)
 
+    def conv_reach(self) -> int:
+        """Frames each side that the depthwise convolutions alone reach."""
+        return self.model_args["depth"] * (SEED_KERNEL // 2)
+
     def receptive_field(self) -> int | None:
         """``None``: the global GRN makes every output frame depend on the whole sequence."""
         return None
