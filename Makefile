@@ -56,10 +56,12 @@ demo-data:
 
 # cache: CLEAN, NOISE, RIR (default: the profile's folders, data/demo), OUT (default data/cache),
 # optional WORKERS=N, OVERWRITE=1. Rerunning resumes an interrupted build.
+# Premixed pairs: CLEAN=dir NOISY=dir instead of NOISE (NOISY is the noisy side of clean/noisy
+# pairs, as for `make evaluate`; paired by relative path, file name or DNS fileid_N).
 cache:
 	$(CLI) cache --conf $(call conf_or,conf/cache.yaml) $(codec_opt) \
 		$(if $(CLEAN),--clean $(CLEAN)) $(if $(NOISE),--noise $(NOISE)) \
-		$(if $(RIR),--rir $(RIR)) --out $(OUT) \
+		$(if $(NOISY),--noisy $(NOISY)) $(if $(RIR),--rir $(RIR)) --out $(OUT) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(OVERWRITE),--overwrite) $(ARGS)
 
 # train: CACHE (default data/cache), RUN (default runs/<name>), CONF (default conf/train.yaml),

@@ -7,7 +7,7 @@ options (see ``cleancodec.core.config``); an option such as ``--steps`` is a sho
 one of them.
 
 The shared parts (error handling, codec options, overrides) are in ``cleancodec.cli_common``;
-the inference commands (denoise, export, evaluate) in ``cleancodec.cli_infer``."""
+the inference commands (denoise, export, evaluate, serve) in ``cleancodec.cli_infer``."""
 from __future__ import annotations
 
 import click
@@ -22,7 +22,12 @@ from cleancodec.cli_common import (
     option_overrides,
     resolve_codec_choice,
 )
-from cleancodec.cli_infer import denoise_command, evaluate_command, export_command
+from cleancodec.cli_infer import (
+    denoise_command,
+    evaluate_command,
+    export_command,
+    serve_command,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +47,9 @@ def main() -> None:
               help="Clean speech folder (recursive). Default: cache.clean of the profile.")
 @click.option("--noise", type=click.Path(file_okay=False), default=None,
               help="Noise folder (recursive). Default: cache.noise of the profile.")
+@click.option("--noisy", type=click.Path(file_okay=False), default=None,
+              help="Premixed noisy files paired with --clean's by relative path, file name or "
+                   "DNS fileid_N (instead of --noise: nothing is mixed). Default: cache.noisy.")
 @click.option("--rir", type=click.Path(file_okay=False), default=None,
               help="Room impulse responses (optional; used with cache.mix.reverb_prob).")
 @click.option("--out", "out_dir", default="data/cache", show_default=True,
@@ -58,9 +66,13 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.argument("overrides", nargs=-1, metavar="[codec|cache.KEY=VALUE]...")
 @fails_cleanly(*STAGE_ERRORS, stop_message_on_every_rank=True)
-def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storage, workers,
-                  overwrite, verify, quiet, overrides):
+def cache_command(conf, codec, codec_weights, clean, noise, noisy, rir, out_dir, storage,
+                  workers, overwrite, verify, quiet, overrides):
     """Mix clean speech with noise, encode both with DAC, and write the sharded latent cache.
+
+    With --noisy instead of --noise the clean/noisy pairs exist already (the seed's clean/ and
+    noisy/, VoiceBank+DEMAND, DNS synthesizer output): each window is cut at the same offset
+    from both sides and levelled with one gain, so the pair's SNR is kept.
 
     Resumable: rerun the same command after an interruption and only unfinished shards are
     built. Under torchrun each rank builds its share of the shards. Bad input files are
@@ -71,12 +83,16 @@ def cache_command(conf, codec, codec_weights, clean, noise, rir, out_dir, storag
     from cleancodec.pipeline.build import run_cache
     from cleancodec.pipeline.manifest import MANIFEST_NAME
 
+    if noise and noisy:
+        raise click.UsageError(
+            "--noise and --noisy exclude each other: --noise mixes --clean with noise here, "
+            "--noisy takes premixed noisy files paired with --clean's; give one")
     check_overrides(overrides, ("codec", "cache"), "cache")
     codec_choice = resolve_codec_choice(codec, codec_weights)
     summary = remote.build_at(
         out_dir, lambda folder: run_cache(conf, codec_choice, clean, noise, rir, folder, storage,
                                           workers, overwrite, verify, progress=not quiet,
-                                          overrides=overrides),
+                                          overrides=overrides, noisy_dir=noisy),
         finalised=lambda done: done.rank == 0, manifest_name=MANIFEST_NAME,
         progress=not quiet, say=echo_err)
     if summary.rank == 0:
@@ -325,7 +341,7 @@ def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, time
     click.echo("\n".join(summary_lines(result)))
 
 
-for _command in (denoise_command, export_command, evaluate_command):
+for _command in (denoise_command, export_command, evaluate_command, serve_command):
     main.add_command(_command)
 
 

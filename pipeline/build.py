@@ -7,6 +7,8 @@ orchestrates. Each concern has its own module:
 ``cache_config``              :class:`CacheConfig`, the ``cache`` section and its checks
 ``inputs``                    input folders, file discovery and checks, ``corpus.json``,
                               ``rejected.tsv``
+``pairing``                   premixed corpora: clean / noisy pairs by path, name or DNS
+                              fileid, their checks, K and speakers
 ``plan``                      the :class:`~cleancodec.pipeline.plan.Plan`: sources, window
                               counts and shard tasks per split
 ``windows``                   one window / one shard mixed, a shard encoded
@@ -22,8 +24,9 @@ orchestrates. Each concern has its own module:
 How a build runs
 ----------------
 1. *Prepare* (rank 0 only): resolve the input folders (generating the synthetic corpus when the
-   profile asks for it), load the codec, find and check every clean / noise / RIR file (results
-   cached in ``corpus.json``; bad files go to ``rejected.tsv``), split clean speech by speaker,
+   profile asks for it), load the codec, find and check every clean / noise / RIR file — or pair
+   and check premixed clean / noisy files (``pairing``) — (results cached in ``corpus.json``;
+   bad files go to ``rejected.tsv``), split clean speech by speaker,
    size each split, create the storage and write ``manifest.json`` with every shard ``pending``.
    An existing cache is resumed only when it was made with the same codec, config, input
    folders and corpus files; otherwise it is refused (``--overwrite`` deletes and rebuilds it).
@@ -69,6 +72,7 @@ from cleancodec.pipeline.inputs import (
     rejections,
     resolve_inputs,
     scan_corpus,
+    scan_premixed,
     write_corpus_record,
     write_rejected,
 )
@@ -114,6 +118,7 @@ class BuildSummary:
     rank: int = 0
     world: int = 1
     shard_seconds: float = 0.0  # wall time of the mix → encode → write phase alone
+    pairing: dict[str, Any] | None = None  # premixed: the manifest's ``premixed`` record
 
     def text(self) -> str:
         """Human-readable multi-line summary."""
@@ -126,9 +131,14 @@ class BuildSummary:
             + (f" by rank {self.rank} of {self.world}" if self.world > 1 else "")
             + f", reused {self.shards_reused} · "
             f"{self.elapsed_s:.1f} s · silent draws skipped {self.silent_draws_skipped}",
-            f"  rejected inputs: {len(self.rejected)}"
-            + (f" (see {self.out_dir / REJECTED_FILE})" if self.rejected else ""),
         ]
+        if self.pairing:
+            p = self.pairing
+            lines.append(f"  premixed pairs {p['pairs']} (paired by {p['rule']}, "
+                         f"K = {p['noisy_per_clean']} noisy per clean) · unpaired clean "
+                         f"{p['unpaired']['clean']}, noisy {p['unpaired']['noisy']}")
+        lines.append(f"  rejected inputs: {len(self.rejected)}"
+                     + (f" (see {self.out_dir / REJECTED_FILE})" if self.rejected else ""))
         lines += [f"    {r.role}: {r.path}: {r.reason}"
                   for r in self.rejected[:MAX_LISTED_REJECTIONS]]
         if len(self.rejected) > MAX_LISTED_REJECTIONS:
@@ -179,7 +189,11 @@ def _prepare(cfg: CacheConfig, codec: Any, inputs: Inputs, out_dir: Path, overwr
             previous = read_corpus_record(out_dir)
         except (OSError, ValueError):
             previous = None
-    record = scan_corpus(files, cfg, constants["sample_rate"], workers, previous, progress)
+    if inputs.premixed:
+        record = scan_premixed(files, cfg, constants["sample_rate"], constants["hop_length"],
+                               workers, previous, progress)
+    else:
+        record = scan_corpus(files, cfg, constants["sample_rate"], workers, previous, progress)
     rejected = rejections(record, inputs)
     write_corpus_record(out_dir, record)
     write_rejected(out_dir, rejected)  # before planning, so "no usable input" still lists why
@@ -233,7 +247,8 @@ def _finalise(out_dir: Path, plan: Plan, ledger: Ledger) -> dict[str, Any]:
 def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None = None,
                 noise_dir: str | Path | None = None, rir_dir: str | Path | None = None,
                 out_dir: str | Path = "data/cache", overwrite: bool = False, workers: int = 1,
-                verify: bool = False, progress: bool = True) -> BuildSummary:
+                verify: bool = False, progress: bool = True,
+                noisy_dir: str | Path | None = None) -> BuildSummary:
     """Build (or resume) the latent cache in ``out_dir``.
 
     Parameters
@@ -242,6 +257,9 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
     codec_cfg : ``pipeline.codec.CodecConfig`` of the frozen DAC encoder.
     clean_dir, noise_dir, rir_dir : input folders; default ``cfg.clean`` / ``cfg.noise`` /
         ``cfg.rir`` or, with ``cfg.corpus == "synthetic"``, the generated corpus.
+    noisy_dir : premixed noisy files paired with ``clean_dir``'s (default ``cfg.noisy``),
+        instead of ``noise_dir`` (giving both raises CorpusError); see
+        :mod:`cleancodec.pipeline.pairing`.
     out_dir : the cache folder (``manifest.json``, ``<split>.zarr`` or ``<split>-%06d.tar``,
         ``corpus.json``, ``rejected.tsv``).
     overwrite : delete an existing cache made with another codec/config instead of refusing.
@@ -271,7 +289,8 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
         error, prepared, inputs = None, None, None
         if topology.is_main:
             try:
-                inputs = resolve_inputs(cfg, clean_dir, noise_dir, rir_dir)
+                inputs = resolve_inputs(cfg, clean_dir, noise_dir, rir_dir,
+                                        noisy_dir=noisy_dir)
                 codec = load_codec(worker_codec_config(codec_cfg, topology, workers))
                 prepared = _prepare(cfg, codec, inputs, out_dir, overwrite, workers, verify,
                                     progress)
@@ -281,7 +300,8 @@ def build_cache(cfg: CacheConfig, codec_cfg: Any, clean_dir: str | Path | None =
                 raise
         _share_error(topology, error)
         if not topology.is_main:
-            inputs = resolve_inputs(cfg, clean_dir, noise_dir, rir_dir, generate=False)
+            inputs = resolve_inputs(cfg, clean_dir, noise_dir, rir_dir, generate=False,
+                                    noisy_dir=noisy_dir)
             codec = load_codec(worker_codec_config(codec_cfg, topology, workers))
             manifest = load_manifest(out_dir)
             record = read_corpus_record(out_dir)
@@ -353,7 +373,8 @@ def _summary(out_dir: Path, plan: Plan, manifest: dict[str, Any], rejected: list
         bytes=size, bytes_per_audio_hour=size / hours if hours else 0.0, rejected=rejected,
         silent_draws_skipped=counts.get("silent_draws_skipped", 0), shards_built=built,
         shards_reused=reused, elapsed_s=elapsed, complete=bool(manifest.get("complete")),
-        random_init=bool(manifest.get("random_init")), rank=rank)
+        random_init=bool(manifest.get("random_init")), rank=rank,
+        pairing=manifest.get("premixed"))
 
 
 def load_cache_config(conf: str | Path | None, section: str = "cache",
@@ -370,10 +391,10 @@ def run_cache(conf: str | Path | None, codec_choice: str | None = None,
               rir_dir: str | Path | None = None, out_dir: str | Path = "data/cache",
               storage: str | None = None, workers: int = 1, overwrite: bool = False,
               verify: bool = False, progress: bool = True,
-              overrides: Sequence[str] = ()) -> BuildSummary:
+              overrides: Sequence[str] = (), noisy_dir: str | Path | None = None) -> BuildSummary:
     """``cleancodec cache``: load the profile's ``codec`` and ``cache`` sections with the
     ``section.key=value`` ``overrides``, apply the command-line options (``codec_choice``:
-    ``"random"`` or a weights path; ``storage``), build."""
+    ``"random"`` or a weights path; ``storage``; ``noisy_dir``: premixed pairs), build."""
     from cleancodec.core.codec import CodecConfig
     from cleancodec.core.config import load_section
 
@@ -384,7 +405,8 @@ def run_cache(conf: str | Path | None, codec_choice: str | None = None,
     if storage:
         cfg = dataclasses.replace(cfg, storage=storage)
     return build_cache(cfg, codec_cfg, clean_dir, noise_dir, rir_dir, out_dir,
-                       overwrite=overwrite, workers=workers, verify=verify, progress=progress)
+                       overwrite=overwrite, workers=workers, verify=verify, progress=progress,
+                       noisy_dir=noisy_dir)
 
 
 __all__ = [

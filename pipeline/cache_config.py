@@ -28,8 +28,10 @@ class CacheConfig:
     Window counts per split: ``train_windows`` / ``val_windows`` when set, else
     ``train_hours`` / ``val_hours``, else ``coverage`` × the split's clean audio (1.0: about
     every second of speech once). Input folders given on the command line override
-    ``clean`` / ``noise`` / ``rir``; ``corpus: synthetic`` generates a corpus under
-    ``synthetic_dir`` when no folders are given.
+    ``clean`` / ``noise`` / ``noisy`` / ``rir``; ``corpus: synthetic`` generates a corpus under
+    ``synthetic_dir`` when no folders are given. ``noisy`` (premixed clean / noisy pairs,
+    :mod:`cleancodec.pipeline.pairing`) replaces ``noise``: the pairs are cut, levelled and
+    encoded as they are, and K comes from the pairs, not from ``noisy_per_clean``.
     """
 
     storage: str = "zarr"
@@ -44,6 +46,7 @@ class CacheConfig:
     val_fraction: float = 0.05
     clean: str | None = None
     noise: str | None = None
+    noisy: str | None = None
     rir: str | None = None
     corpus: str = "dirs"
     synthetic_dir: str = "data/tiny_corpus"

@@ -68,10 +68,12 @@ class AudioFile:
 
 @dataclass
 class ScanResult:
-    """Outcome of checking one file: ``length`` in samples at the target rate, or a reason."""
+    """Outcome of checking one file: ``length`` in samples at the target rate and its
+    ``channels``, or a reason."""
 
     length: int = 0
     reason: str | None = None
+    channels: int = 0
 
     @property
     def ok(self) -> bool:
@@ -255,7 +257,7 @@ def scan_audio(path: str | Path, sample_rate: int) -> ScanResult:
     length = resampled_length(frames, info.samplerate, sample_rate)
     if length == 0:
         return ScanResult(reason="too short to resample")
-    return ScanResult(length=length)
+    return ScanResult(length=length, channels=int(info.channels))
 
 
 def _declared_vs_actual_bytes(extra_info: str) -> tuple[int, int] | None:

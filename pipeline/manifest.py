@@ -9,6 +9,10 @@ Layout (format version 2)::
     {
       "format": "cleancodec-latent-cache", "format_version": 2,
       "noisy_per_clean": K,           (absent in version 1: K = 1)
+      "premixed": {"rule": "path" | "name" | "fileid", "candidates": {rule: pairs},
+                   "noisy_per_clean": K, "pairs": P, "unpaired": {"clean": n, "noisy": n},
+                   "rejected": n},   (premixed clean / noisy pairs only; then
+                                      sources.noise lists the noisy files)
       "storage": "zarr" | "webdataset",
       "codec": {"identity": {...}, "sample_rate": 16000, "hop_length": 320,
                 "latent_dim": 1024, "n_codebooks": 12, "frame_rate": 50.0},
@@ -196,6 +200,7 @@ def new_manifest(cfg: CacheConfig, plan: Plan, constants: dict[str, Any], inputs
         "inputs": inputs.as_dict(), "corpus_fingerprint": corpus_record["fingerprint"],
         "sources": {role: [s.rel for s in getattr(plan, role)] for role in ROLES},
         "noise_shared_between_splits": plan.noise_shared,
+        **({"premixed": corpus_record["pairing"]} if plan.premixed else {}),
         "splits": splits,
         "counts": {"windows": {n: sp.windows for n, sp in plan.splits.items()},
                    "rejected": n_rejected},

@@ -8,6 +8,10 @@ and if the mixture's peak exceeds ``clip_peak`` all three are rescaled together 
 unchanged). With reverb, the clean speech is convolved with a room impulse response before
 mixing; the training target stays the dry clean unless ``reverb_target`` is set.
 
+Premixed pairs (clean / noisy files that exist already) are not mixed but levelled by the same
+rule (:func:`level_premixed`): one gain for the clean window and its noisy ones, so the pair's
+SNR is kept.
+
 All signals are mono float32 ``[T]`` arrays at one sample rate. Every random choice for window
 ``k`` of split ``s`` comes from :func:`window_rng` ``(seed, s, k)``, so a window is reproducible
 on its own, in any order, on any worker.
@@ -259,3 +263,56 @@ def mix_variants(clean: np.ndarray, noises: list[np.ndarray], snrs_db: list[floa
                       noise=(n * gain).astype(np.float32), snr_db=float(snr), level_dbfs=level,
                       reverb=rir is not None, clipped=bool(clipped), gain=float(gain))
             for (_, n, noisy), snr, level, rir in zip(mixes, snrs_db, levels, rirs)]
+
+
+def level_premixed(clean: np.ndarray, noisies: list[np.ndarray], level_dbfs: float,
+                   rirs: list[np.ndarray | None], cfg: MixConfig | None = None,
+                   sample_rate: int = 16000) -> list[MixResult]:
+    """Level one window of a premixed pair: **one** gain for the clean window and its ``K``
+    noisy variants, so each pair's SNR is kept.
+
+    The level rule of :func:`mix_variants`, applied to mixtures that already exist: the gain
+    brings variant 0's noisy window (after its reverb) to ``level_dbfs`` RMS, and when any
+    output (a noisy variant or the target) would peak above ``cfg.clip_peak`` the common gain
+    is lowered until none does (``clipped`` set on all). With ``rirs[k]`` the noisy variant
+    ``k`` is convolved (:func:`apply_rir`, same length) and the target stays dry unless
+    ``cfg.reverb_target`` (then the target goes through ``rirs[0]``, and ``rirs`` must all be
+    variant 0's).
+
+    Parameters
+    ----------
+    clean : float32 ``[T]``, the clean window.
+    noisies : K float32 ``[T]`` noisy windows cut at the clean window's offset.
+    level_dbfs : RMS level of variant 0's levelled noisy window (before the clipping guard).
+
+    Returns
+    -------
+    list of MixResult, one per variant, with identical ``clean``; ``snr_db`` is the pair's SNR
+    in this window, ``10 log10(Σ clean² / Σ (noisy − clean)²)`` before reverb (a gain does not
+    change it); ``noise`` is ``noisy − clean`` after the gain; a later variant's
+    ``level_dbfs`` is its own level before the guard.
+    """
+    cfg = cfg or MixConfig()
+    dry = np.asarray(clean, dtype=np.float64)
+    outs = []
+    for noisy, rir in zip(noisies, rirs):
+        if len(noisy) != len(dry):
+            raise ValueError(f"clean ({len(dry)}) and noisy ({len(noisy)}) lengths differ")
+        noisy = np.asarray(noisy, dtype=np.float64)
+        wet = apply_rir(noisy, rir, sample_rate).astype(np.float64) if rir is not None else noisy
+        outs.append((noisy - dry, wet))
+    gain = 10.0 ** (level_dbfs / 20.0) / rms(outs[0][1])
+    levels = [level_dbfs] + [float(20 * np.log10(rms(wet) * gain)) for _, wet in outs[1:]]
+    target = (apply_rir(dry, rirs[0], sample_rate).astype(np.float64)
+              if rirs[0] is not None and cfg.reverb_target else dry)
+    peak = max([float(np.max(np.abs(wet))) for _, wet in outs]
+               + [float(np.max(np.abs(target)))]) * gain
+    clipped = peak > cfg.clip_peak
+    if clipped:
+        gain *= cfg.clip_peak / peak
+    clean_out = (target * gain).astype(np.float32)
+    return [MixResult(clean=clean_out, noisy=(wet * gain).astype(np.float32),
+                      noise=(noise * gain).astype(np.float32), snr_db=snr_db(dry, noise),
+                      level_dbfs=level, reverb=rir is not None, clipped=bool(clipped),
+                      gain=float(gain))
+            for (noise, wet), level, rir in zip(outs, levels, rirs)]

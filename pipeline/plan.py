@@ -16,8 +16,9 @@ import numpy as np
 
 from cleancodec.pipeline.build_errors import BuildError, NoUsableInputError
 from cleancodec.pipeline.cache_config import CacheConfig
-from cleancodec.pipeline.inputs import REJECTED_FILE, ROLES, SPLITS, Inputs
+from cleancodec.pipeline.inputs import REJECTED_FILE, SPLITS, Inputs
 from cleancodec.pipeline.mix import MixConfig
+from cleancodec.pipeline.pairing import NOISY_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,14 @@ class Plan:
     splits: dict[str, SplitPlan]
     noise_shared: bool = False
     noisy_per_clean: int = 1  # K noisy variants per clean window
+    # premixed pairs: the noisy files (indices into ``noise``, which then holds the noisy
+    # files) of each clean source, K each; empty when the build mixes
+    variants: list[tuple[int, ...]] = field(default_factory=list)
+
+    @property
+    def premixed(self) -> bool:
+        """True when windows are cut from premixed clean / noisy pairs."""
+        return bool(self.variants)
 
     def shard_tasks(self) -> list[ShardTask]:
         """Every shard of every split, in build order (train first)."""
@@ -120,28 +129,44 @@ def make_plan(cfg: CacheConfig, corpus_record: dict[str, Any], inputs: Inputs,
     """Turn a ``corpus.json`` record into a :class:`Plan` (pure; every rank computes the same).
 
     ``constants``: the codec constants (``sample_rate``, ``hop_length``, ``latent_dim``).
-    Raises NoUsableInputError when no clean speech for training or no noise is usable.
+    For premixed pairs (``inputs.premixed``) ``Plan.noise`` holds the noisy files,
+    ``Plan.variants`` each clean source's K of them and a clean source's length is its pair's
+    (the shorter side). Raises NoUsableInputError when no clean speech for training or no
+    noise is usable.
     """
     sr = int(constants["sample_rate"])
     window = int(round(cfg.mix.window_seconds * sr))
     frames = -(-window // int(constants["hop_length"]))
     sources: dict[str, list[Source]] = {}
     split_of: dict[str, list[str]] = {}
-    for role in ROLES:
+    for role in inputs.roles:
         root = getattr(inputs, role)
         entries = [e for e in corpus_record["files"].get(role, []) if e["reason"] is None
                    and e["split"] != "test"]
-        sources[role] = [Source(e["rel"], str(Path(root) / e["rel"]), int(e["length"]))
+        sources[role] = [Source(e["rel"], str(Path(root) / e["rel"]),
+                                int(e.get("pair_length") or e["length"]))
                          for e in entries]
         split_of[role] = [e["split"] for e in entries]
+    variants: list[tuple[int, ...]] = []
+    k = cfg.noisy_per_clean
+    if inputs.premixed:
+        sources["noise"], split_of["noise"] = sources.pop(NOISY_ROLE), split_of.pop(NOISY_ROLE)
+        noisy_index = {s.rel: i for i, s in enumerate(sources["noise"])}
+        clean_rows = {e["rel"]: e for e in corpus_record["files"]["clean"]}
+        variants = [tuple(noisy_index[n] for n in clean_rows[s.rel]["noisy"])
+                    for s in sources["clean"]]
+        k = int(corpus_record["pairing"]["noisy_per_clean"])
     if not sources["clean"]:
-        raise NoUsableInputError(f"{inputs.clean}: no usable clean speech (see {REJECTED_FILE})")
+        what = "clean/noisy pairs" if inputs.premixed else "clean speech"
+        raise NoUsableInputError(f"{inputs.clean}: no usable {what} (see {REJECTED_FILE})")
     if not sources["noise"]:
         raise NoUsableInputError(f"{inputs.noise}: no usable noise (see {REJECTED_FILE})")
     splits = {}
     for split in SPLITS:
         clean_idx = [i for i, s in enumerate(split_of["clean"]) if s == split]
         noise_idx = [i for i, s in enumerate(split_of["noise"]) if s in (split, "shared")]
+        if inputs.premixed:  # each clean file's own noisy files, in clean order
+            noise_idx = [n for i in clean_idx for n in variants[i]]
         total = sum(sources["clean"][i].length for i in clean_idx)
         n = split_windows(cfg, split, total, window, sr) if clean_idx else 0
         wanted = cfg.val_windows or cfg.val_hours or (
@@ -159,7 +184,7 @@ def make_plan(cfg: CacheConfig, corpus_record: dict[str, Any], inputs: Inputs,
     return Plan(seed=cfg.seed, mix=cfg.mix, max_draws=cfg.max_draws, sample_rate=sr,
                 window_samples=window, frames=frames, latent_dim=int(constants["latent_dim"]),
                 windows_per_shard=cfg.windows_per_shard, storage=cfg.storage, dtype=cfg.dtype,
-                noisy_per_clean=cfg.noisy_per_clean,
+                noisy_per_clean=k, variants=variants,
                 clean=sources["clean"], noise=sources["noise"], rir=sources["rir"],
                 splits=splits, noise_shared=all(s == "shared" for s in split_of["noise"]))
 

@@ -1,7 +1,9 @@
 """Making the cache's content: one window (mix), one shard of windows (mix), its latents (encode).
 
 Window ``k`` of split ``s`` is a pure function of (plan, seed, ``s``, ``k``): its random choices
-come from :func:`cleancodec.pipeline.mix.window_rng`. A shard is ``windows_per_shard``
+come from :func:`cleancodec.pipeline.mix.window_rng`. A mixing build mixes it
+(:func:`make_window`), a premixed one cuts it from a clean / noisy pair
+(:func:`make_premixed_window`). A shard is ``windows_per_shard``
 consecutive windows (:class:`MixedShard`); :func:`encode_shard` turns its waves into latents.
 Storing them is :func:`cleancodec.pipeline.shards.write_shard`'s job.
 """
@@ -18,6 +20,7 @@ from cleancodec.pipeline.build_errors import BuildError
 from cleancodec.pipeline.mix import (
     draw_mix_params,
     is_mostly_silent,
+    level_premixed,
     loop_segment,
     mix_variants,
     noise_offset,
@@ -128,6 +131,50 @@ def make_window(plan: Plan, split: str, k: int) -> Window:
                   [(r.noisy, m) for r, m in zip(results[1:], metas[1:])])
 
 
+def make_premixed_window(plan: Plan, split: str, k: int) -> Window:
+    """Window ``k`` of ``split`` of a premixed cache: a pure function of the plan, the seed,
+    ``split`` and ``k``.
+
+    The clean file and offset are drawn as in :func:`make_window` (by duration, redrawn while
+    mostly silent; a pair's length is its shorter side, samples past it are zeroed on both
+    sides); the K noisy windows are cut at the same offset from the clean file's noisy files
+    (``plan.variants``). The mixing generator draws the level (variant 0's) and reverb, a later
+    variant ``v`` its reverb from ``(window_seed, v)``; reverb convolves the noisy window only
+    (:func:`~cleancodec.pipeline.mix.level_premixed`). ``noise_source`` / ``noise_offset`` name
+    the noisy file and the shared offset, ``snr_db`` is the pair's SNR in the window.
+    """
+    sp = plan.splits[split]
+    length, sr = plan.window_samples, plan.sample_rate
+    window_seed = int(window_rng(plan.seed, split, k).integers(0, 2**SEED_BITS, dtype=np.uint64))
+    clean_rng, _, mix_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(window_seed).spawn(RNG_STREAMS))
+    clean_index, offset, clean, silent = _clean_segment(plan, sp, clean_rng)
+    valid = max(0, min(length, plan.clean[clean_index].length - offset))
+    clean[valid:] = 0.0
+    noisies, rir_indices, rirs, levels = [], [], [], []
+    for v, noisy_index in enumerate(plan.variants[clean_index]):
+        m_rng = mix_rng if v == 0 else _variant_rngs(window_seed, v)[1]
+        params = draw_mix_params(m_rng, plan.mix, have_rirs=bool(plan.rir))
+        rir_index = int(m_rng.integers(len(plan.rir))) if params.reverb else -1
+        if plan.mix.reverb_target and v > 0:  # the shared target is variant 0's room
+            rir_index = rir_indices[0]
+        noisy = read_segment(plan.noise[noisy_index].path, offset, length, sr)
+        noisy[valid:] = 0.0
+        noisies.append(noisy)
+        rir_indices.append(rir_index)
+        rirs.append(_read_rir(plan.rir[rir_index].path, sr) if rir_index >= 0 else None)
+        levels.append(params.level_dbfs)
+    results = level_premixed(clean, noisies, levels[0], rirs, cfg=plan.mix, sample_rate=sr)
+    metas = [{"snr_db": r.snr_db, "level_dbfs": r.level_dbfs, "reverb": int(r.reverb),
+              "window_seed": window_seed, "clean_source": clean_index,
+              "noise_source": noisy_index, "clean_offset": offset, "noise_offset": offset,
+              "rir_source": rir_index, "clipped": int(r.clipped)}
+             for r, noisy_index, rir_index in zip(results, plan.variants[clean_index],
+                                                  rir_indices)]
+    return Window(results[0].clean, results[0].noisy, metas[0], silent,
+                  [(r.noisy, m) for r, m in zip(results[1:], metas[1:])])
+
+
 @dataclass
 class MixedShard:
     """The mixed windows of one shard, before encoding."""
@@ -143,7 +190,8 @@ def mix_shard(plan: Plan, task: ShardTask) -> MixedShard:
     """Mix the windows of one shard: clean waves ``[n x T]``, noisy ``[n K x T]`` and metadata
     arrays ``[n K]``."""
     rows = range(task.start, task.start + task.windows)
-    windows = [make_window(plan, task.split, k) for k in rows]
+    make = make_premixed_window if plan.premixed else make_window
+    windows = [make(plan, task.split, k) for k in rows]
     pairs = [p for w in windows for p in [(w.noisy, w.meta), *w.variants]]
     meta = {name: np.array([m[name] for _, m in pairs], dtype=dtype)
             for name, dtype in META_FIELDS.items()}
@@ -178,4 +226,5 @@ def encode_shard(codec: Any, mixed: MixedShard, dtype: str) -> tuple[np.ndarray,
     return out[0], out[1]
 
 
-__all__ = ["MixedShard", "Window", "encode_shard", "make_window", "mix_shard"]
+__all__ = ["MixedShard", "Window", "encode_shard", "make_premixed_window", "make_window",
+           "mix_shard"]
