@@ -7,7 +7,7 @@ options (see ``cleancodec.core.config``); an option such as ``--steps`` is a sho
 one of them.
 
 The shared parts (error handling, codec options, overrides) are in ``cleancodec.cli_common``;
-the inference commands (denoise, export, evaluate) in ``cleancodec.cli_infer``."""
+the inference commands (denoise, export, evaluate, serve) in ``cleancodec.cli_infer``."""
 from __future__ import annotations
 
 import click
@@ -22,7 +22,12 @@ from cleancodec.cli_common import (
     option_overrides,
     resolve_codec_choice,
 )
-from cleancodec.cli_infer import denoise_command, evaluate_command, export_command
+from cleancodec.cli_infer import (
+    denoise_command,
+    evaluate_command,
+    export_command,
+    serve_command,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -336,7 +341,7 @@ def watch_command(run_dir, testset, conf, codec, codec_weights, once, poll, time
     click.echo("\n".join(summary_lines(result)))
 
 
-for _command in (denoise_command, export_command, evaluate_command):
+for _command in (denoise_command, export_command, evaluate_command, serve_command):
     main.add_command(_command)
 
 

@@ -1,6 +1,6 @@
 """The inference subcommands of ``cleancodec``: ``denoise`` (files and ``--stream``),
-``export`` (ONNX) and ``evaluate``; each a thin wrapper over one stage function of
-``cleancodec.infer`` (registered on the group in ``cleancodec.cli``)."""
+``export`` (ONNX), ``evaluate`` and ``serve`` (the browser app); each a thin wrapper over one
+stage function of ``cleancodec.infer`` (registered on the group in ``cleancodec.cli``)."""
 from __future__ import annotations
 
 import signal
@@ -216,3 +216,46 @@ def evaluate_command(enhanced, clean, noisy, out, conf, workers, spectrograms,
     if result.paths["spectrograms"]:
         click.echo(f"spectrograms: {result.paths['spectrograms'][0].parent}/ "
                    f"({len(result.paths['spectrograms'])} PNG)")
+
+
+@click.command("serve")
+@click.option("--conf", type=click.Path(dir_okay=False), default=None,
+              help="Profile with `codec` and `denoise` sections (e.g. conf/denoise.yaml).")
+@codec_options
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint picked first. Default: the newest best.pt under runs/ trained "
+                   "on the loaded codec's latents; the page lists every run's best.pt.")
+@click.option("--host", default=None,
+              help="Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port (default 7860).")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Longest input accepted, in seconds (default 600).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (codec and denoiser).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: codec.num_threads, else all cores).")
+@click.argument("overrides", nargs=-1, metavar="[codec|denoise.KEY=VALUE]...")
+@fails_cleanly(*STAGE_ERRORS)
+def serve_command(conf, codec, codec_weights, checkpoint, host, port, max_seconds, device,
+                  threads, overrides):
+    """Serve a browser app to denoise speech and compare it by ear (Gradio; `pip install
+    -e '.[serve]'`).
+
+    Upload or record a file, denoise it as `cleancodec denoise` would, and compare noisy,
+    denoised and codec-alone audio, spectrograms and DNSMOS; download the result; denoise the
+    microphone live where the machine keeps up. HTTP API: the endpoint /denoise.
+    """
+    from cleancodec.core.config import check_overrides
+
+    try:
+        from cleancodec.infer.serve import ServeConfig, run_serve
+    except ImportError as exc:
+        raise click.ClickException(f"{exc}: install the app's extra with `pip install -e "
+                                   "'.[serve]'` (make install does)") from exc
+    items = [*option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights),
+                                         "device": device, "num_threads": threads}),
+             *option_overrides("denoise", {"checkpoint": checkpoint})]
+    check_overrides(overrides, ("codec", "denoise"), "serve")
+    given = {"host": host, "port": port, "max_seconds": max_seconds}
+    serve = ServeConfig(**{k: v for k, v in given.items() if v is not None})
+    run_serve(conf, [*items, *overrides], serve, announce=click.echo)
