@@ -9,6 +9,8 @@ All signals are float32 mono ``[T]`` at 16 kHz.
 - SI-SDR: :func:`si_sdr` (scale-invariant SDR, Le Roux et al. 2019), in dB.
 - Speaker similarity: cosine of ``resemblyzer.VoiceEncoder`` utterance embeddings
   (each wave through ``resemblyzer.preprocess_wav`` first, as resemblyzer intends).
+- Composite measures (``composite``): LLR, WSS, segmental SNR and CSIG / CBAK / COVL of Hu &
+  Loizou (2008), :mod:`cleancodec.infer.composite`, fed the pair's wide-band PESQ.
 
 A metric that cannot be computed for a file (e.g. PESQ finds no speech) gives NaN and a note.
 """
@@ -22,19 +24,26 @@ from typing import Any
 
 import numpy as np
 
+from cleancodec.infer.composite import composite
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 SI_SDR_EPS = 1e-12
 DNSMOS_KEYS = {"dnsmos_ovrl": "ovrl_mos", "dnsmos_sig": "sig_mos", "dnsmos_bak": "bak_mos",
                "dnsmos_p808": "p808_mos"}
-REFERENCE_METRICS = ("pesq", "stoi", "si_sdr", "spk_sim")
+COMPOSITE_COLUMNS = ("llr", "wss", "segsnr", "csig", "cbak", "covl")
+REFERENCE_METRICS = ("pesq", "stoi", "si_sdr", "spk_sim", "composite")
 ALL_METRICS = ("dnsmos",) + REFERENCE_METRICS
-# column name → (label in tables, higher is better)
+# a metric that yields several columns → those columns (NaN for all of them when it fails)
+METRIC_COLUMNS: dict[str, tuple[str, ...]] = {"dnsmos": tuple(DNSMOS_KEYS),
+                                              "composite": COMPOSITE_COLUMNS}
+# column name → label in tables
 COLUMNS: dict[str, str] = {
     "dnsmos_ovrl": "DNSMOS OVRL", "dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK",
     "dnsmos_p808": "DNSMOS P.808", "pesq": "PESQ-WB", "stoi": "STOI", "si_sdr": "SI-SDR (dB)",
-    "spk_sim": "SpkSim",
+    "spk_sim": "SpkSim", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL", "llr": "LLR",
+    "wss": "WSS", "segsnr": "segSNR (dB)",
 }
 
 
@@ -108,7 +117,7 @@ class Scores:
             result = fn()
         except Exception as exc:  # each package raises its own types (NoUtterances, ValueError…)
             self.notes.append(f"{name}: {type(exc).__name__}: {exc}")
-            cols = [c for c in DNSMOS_KEYS] if name == "dnsmos" else [name]
+            cols = METRIC_COLUMNS.get(name, (name,))
             self.values.update({c: float("nan") for c in cols})
             return
         if isinstance(result, dict):
@@ -139,8 +148,12 @@ def score(estimate: np.ndarray, reference: np.ndarray | None, metrics: tuple[str
         out.attempt("si_sdr", lambda: si_sdr(reference, estimate))
     if "spk_sim" in metrics and speaker is not None:
         out.attempt("spk_sim", lambda: speaker.similarity(reference, estimate))
+    if "composite" in metrics:  # reuses the PESQ above (NaN there → NaN composites)
+        out.attempt("composite",
+                    lambda: composite(reference, estimate, out.values.get("pesq")).as_dict())
     return out
 
 
-__all__ = ["ALL_METRICS", "COLUMNS", "DNSMOS_KEYS", "REFERENCE_METRICS", "SAMPLE_RATE",
+__all__ = ["ALL_METRICS", "COLUMNS", "COMPOSITE_COLUMNS", "DNSMOS_KEYS", "METRIC_COLUMNS",
+           "REFERENCE_METRICS", "SAMPLE_RATE",
            "Scores", "SpeakerEncoder", "dnsmos", "pesq_wb", "score", "si_sdr", "stoi"]
