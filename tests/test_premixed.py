@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +34,7 @@ from cleancodec.pipeline.windows import make_premixed_window
 from cleancodec.trainer.data import open_split, read_split
 from cleancodec.trainer.loop import fit
 from tests.helpers import BUILD_CODEC as CODEC
-from tests.helpers import SR, small_cache_cfg, speechlike, tiny_cfg
+from tests.helpers import REPO, SR, small_cache_cfg, speechlike, tiny_cfg
 
 VB_SR = 48000           # VoiceBank+DEMAND's rate
 CLIP_S = 2.5            # seconds per synthetic clip
@@ -370,6 +374,56 @@ def test_rerun_resumes_a_premixed_cache_and_a_changed_corpus_is_refused(tmp_path
 
     with pytest.raises(CacheMismatchError, match="input files changed"):
         _build(clean, noisy, out)
+
+
+# --- parallel builds: torchrun ranks and worker processes (the CLI, in subprocesses) ---------
+
+_CLI = ("import sys; from cleancodec.cli import main; "
+        "sys.argv = ['cleancodec', *sys.argv[1:]]; main()")
+
+
+def _cli_args(clean: Path, noisy: Path, out: Path, *extra: str) -> list[str]:
+    cfg = _cfg()
+    return [sys.executable, "-c", _CLI, "cache", "--codec", "random", "--clean", str(clean),
+            "--noisy", str(noisy), "--out", str(out), "--quiet", *extra,
+            "codec.random_arch=tiny", "codec.num_threads=1", "codec.batch_size=4",
+            f"cache.train_windows={cfg.train_windows}", f"cache.val_windows={cfg.val_windows}",
+            f"cache.windows_per_shard={cfg.windows_per_shard}", f"cache.seed={cfg.seed}",
+            f"cache.val_fraction={cfg.val_fraction}", "cache.mix.window_seconds=1.0"]
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_and_workers_build_the_single_process_premixed_cache(tmp_path):
+    clean, noisy = _dns(tmp_path / "dns", variants=2)
+    single = tmp_path / "single"
+    done = subprocess.run(_cli_args(clean, noisy, single), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen(_cli_args(clean, noisy, tmp_path / "ranks"), cwd=REPO,
+                                      env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT))
+    outputs = [p.communicate(timeout=300)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    done = subprocess.run(_cli_args(clean, noisy, tmp_path / "workers", "--workers", "2"),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    reference = load_manifest(single, require_complete=True)
+    assert reference["premixed"]["rule"] == "fileid" and reference["noisy_per_clean"] == 2
+    for other in ("ranks", "workers"):
+        m = load_manifest(tmp_path / other, require_complete=True)
+        assert m["premixed"] == reference["premixed"]
+        for split in ("train", "val"):
+            a = read_split(open_split(single, reference, split))
+            b = read_split(open_split(tmp_path / other, m, split))
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
 
 
 # --- noise and noisy exclude each other -------------------------------------------------------
