@@ -187,12 +187,31 @@ def export_command(checkpoint, output, full, conf, codec, codec_weights, allow_c
               help="How many files get a spectrogram PNG.")
 @click.option("--personalized", "dnsmos_personalized", is_flag=True, default=None,
               help="DNSMOS personalised models instead of the standard ones.")
+@click.option("--table", type=click.Choice(["all", "voicebank", "dns"]), default=None,
+              help="Columns of results.md: all (default) | voicebank (PESQ, CSIG, CBAK, COVL, "
+                   "STOI) | dns (DNSMOS SIG/BAK/OVRL, P.808, PESQ, STOI, SI-SDR, SpkSim).")
+@click.option("--codec-alone", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Files decoded by the codec alone (`denoise --bypass`, same names): heard "
+                   "and plotted in report.html, not scored.")
+@click.option("--compare", default=None, metavar="NAME",
+              help="Draw this run beside published results: dns2020-no-reverb | voicebank "
+                   "(compare_NAME.png, also in report.html).")
+@click.option("--same-testset", is_flag=True, default=None,
+              help="--compare: the test set IS the published one (else the chart says it "
+                   "is not).")
+@click.option("--report-files", type=click.IntRange(min=1), default=None,
+              help="report.html: above 3×N files, show the N worst, median and best "
+                   "(default 50).")
+@click.option("--no-report", "report", flag_value=False, default=None,
+              help="Do not write report.html.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.argument("overrides", nargs=-1, metavar="[evaluate.KEY=VALUE]...")
 @fails_cleanly(ValueError, OSError)
 def evaluate_command(enhanced, clean, noisy, out, conf, workers, spectrograms,
-                     dnsmos_personalized, quiet, overrides):
-    """Score enhanced speech: DNSMOS, PESQ-WB, STOI, SI-SDR, speaker similarity.
+                     dnsmos_personalized, table, codec_alone, compare, same_testset, report_files,
+                     report, quiet, overrides):
+    """Score enhanced speech: DNSMOS, PESQ-WB, STOI, SI-SDR, speaker similarity, CSIG / CBAK /
+    COVL (with LLR, WSS, segSNR).
 
     Files pair by relative path or by the DNS test-set `fileid_N` convention.
     """
@@ -200,10 +219,13 @@ def evaluate_command(enhanced, clean, noisy, out, conf, workers, spectrograms,
     from cleancodec.infer.evaluate import run_evaluate
 
     items = option_overrides("evaluate", {"workers": workers, "spectrograms": spectrograms,
-                                          "dnsmos_personalized": dnsmos_personalized})
+                                          "dnsmos_personalized": dnsmos_personalized,
+                                          "table": table,
+                                          "compare": compare, "same_testset": same_testset,
+                                          "report_files": report_files, "report": report})
     check_overrides(overrides, ("evaluate",), "evaluate")
     result = run_evaluate(enhanced, out, clean, noisy, conf, [*items, *overrides],
-                          progress=not quiet)
+                          progress=not quiet, codec_alone=codec_alone)
     click.echo(result.table)
     for kind, paths in result.summary["unmatched"].items():
         if paths:
@@ -216,6 +238,9 @@ def evaluate_command(enhanced, clean, noisy, out, conf, workers, spectrograms,
     if result.paths["spectrograms"]:
         click.echo(f"spectrograms: {result.paths['spectrograms'][0].parent}/ "
                    f"({len(result.paths['spectrograms'])} PNG)")
+    for kind in ("compare", "report"):
+        if result.paths.get(kind):
+            click.echo(f"{kind}: {result.paths[kind]}")
 
 
 @click.command("serve")

@@ -9,7 +9,11 @@ and writes into ``out``:
   plus the unmatched files and the inputs;
 - ``results.md``    the summary as a markdown table (mean ± CI), ready for a README;
 - ``spectrograms/<name>.png``  clean / noisy / enhanced on one colour scale, for a few files
-  (the best, median and worst by the enhanced PESQ, or DNSMOS OVRL without references).
+  (the best, median and worst by the enhanced PESQ, or DNSMOS OVRL without references);
+- ``report.html`` + ``report/``  the listening report (``infer.report``), unless
+  ``evaluate.report=false``;
+- ``compare_<name>.png``  with ``evaluate.compare``: the run beside published results
+  (``infer.published``).
 
 Conditions: ``enhanced`` (and ``noisy``, the baseline, when given) against ``clean``; ``clean``
 itself gets DNSMOS (the ceiling). Without ``clean`` (real recordings) only DNSMOS is computed.
@@ -42,6 +46,7 @@ from cleancodec.core.codec import RANDOM_INIT_BANNER
 from cleancodec.core.config import load_section, require, to_dict
 from cleancodec.core.oserrors import named_os_errors
 from cleancodec.infer.metrics import ALL_METRICS, COLUMNS, SAMPLE_RATE, SpeakerEncoder, score
+from cleancodec.infer.published import benchmark_names, load_benchmark, write_comparison
 from cleancodec.infer.run import REPORT_NAME
 from cleancodec.infer.testset import Pair, Pairing, pair_files
 
@@ -66,6 +71,11 @@ class EvaluateConfig:
     spectrograms: how many files get a spectrogram PNG (0 = none).
     spectrogram_files: explicit enhanced relative paths to plot instead of the automatic pick.
     n_fft / hop / db_range: spectrogram STFT size, hop (samples at 16 kHz) and colour range.
+    report: write ``report.html`` (listening report, ``infer.report``) into the output folder.
+    report_files: above 3 × this many files the report holds this many worst, median and best.
+    compare: a benchmark of ``infer/published.yaml`` (``dns2020-no-reverb``, ``voicebank``): draw
+    this run beside its published results (``compare_<name>.png``).
+    same_testset: declare the test set is the benchmark's own (else the chart says it is not).
     """
 
     metrics: list[str] = field(default_factory=lambda: list(ALL_METRICS))
@@ -77,6 +87,10 @@ class EvaluateConfig:
     n_fft: int = 512
     hop: int = 128
     db_range: float = 80.0
+    report: bool = True
+    report_files: int = 50
+    compare: str | None = None
+    same_testset: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
@@ -85,6 +99,10 @@ class EvaluateConfig:
         for name in ("workers", "spectrograms"):
             require(getattr(self, name) >= 0, f"evaluate.{name}",
                     f"must be ≥ 0, got {getattr(self, name)}")
+        require(self.report_files >= 1, "evaluate.report_files",
+                f"must be ≥ 1, got {self.report_files}")
+        require(self.compare is None or self.compare in benchmark_names(), "evaluate.compare",
+                f"names no published results: {self.compare!r}; known {benchmark_names()}")
 
 
 @dataclass
@@ -346,11 +364,14 @@ def _csv_text(rows: list[dict[str, Any]], banner: str | None) -> str:
 
 def evaluate_dirs(enhanced: str | Path, out: str | Path, clean: str | Path | None = None,
                   noisy: str | Path | None = None, cfg: EvaluateConfig | None = None,
-                  progress: bool = True) -> EvaluationResult:
+                  progress: bool = True,
+                  codec_alone: str | Path | None = None) -> EvaluationResult:
     """Score ``enhanced`` against ``clean`` (and ``noisy``) and write the report into ``out``.
 
-    Without ``clean`` only DNSMOS is computed (reference-free mode). Raises FileNotFoundError
-    for a missing folder and ValueError when nothing could be paired.
+    Without ``clean`` only DNSMOS is computed (reference-free mode). ``codec_alone``: files
+    decoded by the codec alone (``denoise --bypass``, same relative paths), heard and plotted in
+    ``report.html``, not scored. Raises FileNotFoundError for a missing folder and ValueError
+    when nothing could be paired.
     """
     cfg = cfg or EvaluateConfig()
     out = Path(out)
@@ -383,7 +404,25 @@ def evaluate_dirs(enhanced: str | Path, out: str | Path, clean: str | Path | Non
     keys = pick_spectrogram_files(rows, cfg)
     paths["spectrograms"] = write_spectrograms(pairing.pairs, keys, rows, out / SPEC_DIR, cfg,
                                                banner)
+    paths.update(_write_extras(out, rows, stats, pairing, cfg, banner, codec_alone))
     return EvaluationResult(rows, summary, table, paths)
+
+
+def _write_extras(out: Path, rows: list[dict[str, Any]], stats: dict[str, Any],
+                  pairing: Pairing, cfg: EvaluateConfig, banner: str | None,
+                  codec_alone: str | Path | None) -> dict[str, Path | None]:
+    """The comparison chart (``cfg.compare``) and the listening report (``cfg.report``)."""
+    from cleancodec.infer.report import write_report
+
+    chart, citations = None, []
+    if cfg.compare:
+        chart = write_comparison(out, cfg.compare, stats, len(rows), cfg.same_testset, banner)
+        citations = [f"{s.name}: {s.citation()}" for s in load_benchmark(cfg.compare).systems]
+    report = None
+    if cfg.report:
+        report = write_report(out, rows, stats, pairing.pairs, cfg.report_files, cfg.n_fft,
+                              cfg.hop, cfg.db_range, banner, codec_alone, chart, citations)
+    return {"compare": chart, "report": report}
 
 
 
@@ -391,11 +430,13 @@ def evaluate_dirs(enhanced: str | Path, out: str | Path, clean: str | Path | Non
 def run_evaluate(enhanced: str | Path, out: str | Path, clean: str | Path | None = None,
                  noisy: str | Path | None = None, conf: str | Path | None = None,
                  overrides: Sequence[str] = (),
-                 progress: bool = True) -> EvaluationResult:
+                 progress: bool = True,
+                 codec_alone: str | Path | None = None) -> EvaluationResult:
     """Load the profile's ``evaluate`` section and ``evaluate.key=value`` overrides, evaluate."""
     cfg = load_section(conf, "evaluate", EvaluateConfig, overrides)
     with named_os_errors(out):
-        return evaluate_dirs(enhanced, out, clean=clean, noisy=noisy, cfg=cfg, progress=progress)
+        return evaluate_dirs(enhanced, out, clean=clean, noisy=noisy, cfg=cfg, progress=progress,
+                             codec_alone=codec_alone)
 
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate_dirs", "markdown_table", "mean_ci",

@@ -10,7 +10,8 @@ similarity), and writes:
 - TensorBoard scalars ``eval/<metric>`` in ``<run>/tensorboard/eval``, the evaluation's
   spectrogram images and a few enhanced clips;
 - ``<run>/eval/scores.png``: every metric against the step;
-- ``<run>/eval/<name>-step<N>/``: the denoised files and the evaluation report.
+- ``<run>/eval/<name>-step<N>/``: the denoised files and the evaluation report, with its
+  listening page ``report.html`` (``infer.report``; ``evaluate.report=false`` turns it off).
 
 It follows a live run (waiting for new checkpoints; it ends when the trainer has released the
 run folder and written ``summary.json``) or scores a finished run once (``--once``).
@@ -189,7 +190,8 @@ def score_checkpoint(ckpt: Path, step: int, testset: Path, out_dir: Path, codec:
     return {"checkpoint": ckpt.name, "step": step,
             "kind": "best" if ckpt.name == BEST else "milestone",
             "scores": _means(result.summary), "n_files": result.summary["n_pairs"],
-            "ema": bool(enhancer.info.get("ema")), "dir": str(out_dir)}
+            "ema": bool(enhancer.info.get("ema")), "dir": str(out_dir),
+            "report": str(result.paths["report"]) if result.paths.get("report") else None}
 
 
 def watch_run(run_dir: str | Path, testset: str | Path, conf: str | Path | None = None,
@@ -267,6 +269,8 @@ def summary_lines(result: WatchResult) -> list[str]:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(e["scores"].items())
                            if np.isfinite(v))
         lines.append(f"{e['checkpoint']} step {e['step']} ({e['seconds']:.0f} s): {scores}")
+        if e.get("report"):
+            lines.append(f"  listening report: {e['report']}")
     if not result.scored:
         lines.append("no new checkpoint to score")
     lines.append(f"scores: {result.log}")

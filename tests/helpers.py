@@ -135,3 +135,21 @@ def build_small_cache(corpus, out: Path, cfg: CacheConfig | None = None,
     """``build_cache`` of ``corpus`` (a ``make_tiny_corpus`` result) into ``out``, quietly."""
     return build_cache(cfg or small_cache_cfg(), codec, corpus.clean_dir, corpus.noise_dir,
                        out_dir=out, progress=False, **kw)
+
+
+# --- evaluation folders (infer.evaluate / infer.report) ---------------------------------------
+
+
+def write_eval_folders(root: Path, n: int, seconds: float = 1.0) -> Path:
+    """``root/{clean,noisy,enhanced,codec}/clip<i>.wav``: speech-like clips, noisy ones, and
+    "enhanced" ones whose leftover noise grows with ``i`` (so clip0 scores best, clip<n-1>
+    worst); the codec-alone copies are the clean clips plus a little noise."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        clean = speechlike(seconds, seed=i)
+        noise = (0.05 * rng.standard_normal(clean.size)).astype(np.float32)
+        for sub, audio in (("clean", clean), ("noisy", clean + noise),
+                           ("enhanced", clean + (0.05 + 0.9 * i / max(n - 1, 1)) * noise),
+                           ("codec", clean + 0.02 * noise)):
+            write_wav(root / sub / f"clip{i}.wav", np.clip(audio, -1.0, 1.0))
+    return root
