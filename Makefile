@@ -27,6 +27,8 @@ NOISY ?=
 EVAL_OUT ?=
 CHECKPOINT ?=
 CKPT ?=
+HOST ?=
+PORT ?=
 PYTEST_ARGS ?=
 ARGS ?=
 BENCH ?= cache train denoise
@@ -35,10 +37,10 @@ DEMO ?= data/demo
 codec_opt = $(if $(CODEC),--codec $(CODEC))
 conf_or = $(if $(CONF),$(CONF),$(1))
 
-.PHONY: install demo-data cache train import-seed denoise evaluate demo test test-fast lint bench clean help
+.PHONY: install demo-data cache train import-seed denoise evaluate serve demo test test-fast lint bench clean help
 
 help:
-	@echo "make install | demo-data | cache | train | denoise INPUT=dir | evaluate | demo | test | lint | bench | clean"
+	@echo "make install | demo-data | cache | train | denoise INPUT=dir | evaluate | serve | demo | test | lint | bench | clean"
 	@echo "any stage: ARGS='section.key=value ...' overrides config keys (cleancodec config shows them)"
 
 install:
@@ -47,7 +49,7 @@ install:
 	$(VENV)/bin/pip install torch==2.13.0
 	# dac and audiotools without their torchaudio requirement (see cleancodec/core/codec.py)
 	$(VENV)/bin/pip install --no-deps descript-audio-codec==1.0.0 descript-audiotools==0.7.2
-	$(VENV)/bin/pip install -e '.[dev]'
+	$(VENV)/bin/pip install -e '.[dev,serve]'
 	$(PY) -c "import cleancodec.core.codec as c; c.import_dac(); print('cleancodec installed; dac imports fine')"
 
 # demo corpus (real speech + noise from Debian packages): DEMO=dir to build it elsewhere
@@ -98,6 +100,14 @@ evaluate:
 	$(CLI) evaluate --enhanced "$(ENHANCED)" $(if $(CLEAN),--clean "$(CLEAN)") \
 		$(if $(NOISY),--noisy "$(NOISY)") --out "$(or $(EVAL_OUT),$(patsubst %/,%,$(ENHANCED))_eval)" \
 		--conf $(call conf_or,conf/denoise.yaml) $(ARGS)
+
+# serve: the browser app to denoise and compare by ear (http://127.0.0.1:7860; HOST=0.0.0.0 to
+# listen on every address, PORT); CHECKPOINT (default: the newest best.pt under runs/ for that
+# codec; the page lists every run's), CONF (default conf/denoise.yaml), CODEC.
+serve:
+	$(CLI) serve --conf $(call conf_or,conf/denoise.yaml) $(codec_opt) \
+		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(HOST),--host $(HOST)) \
+		$(if $(PORT),--port $(PORT)) $(ARGS)
 
 # demo: demo corpus → small cache → short training (medium) → denoise a test-set excerpt →
 # evaluate. Needs DAC weights; CODEC=random runs the same chain as a pipeline check. Outputs go
