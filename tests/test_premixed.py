@@ -283,6 +283,8 @@ def _seed_layout(root: Path) -> tuple[Path, Path, Path]:
     _write(noisy / "silent.wav", n)
     _write(clean / "empty.wav", c)
     _write(noisy / "empty.wav", np.zeros(0, np.float32))   # empty noisy side
+    _write(clean / "short.wav", c)
+    _write(noisy / "short.wav", np.full(2, 0.5, np.float32), VB_SR)  # < 1 sample at 16 kHz
     rng = np.random.default_rng(0)
     tail = rng.standard_normal(3000) * np.exp(-np.arange(3000) / 600)
     tail[:40], tail[40] = 0.0, 1.0
@@ -307,20 +309,21 @@ def test_seed_layout_lists_every_bad_case_and_keeps_the_rest(tmp_path):
         "bad_noisy.wav": ("noisy", "cannot decode as audio"),
         "silent.wav": ("clean", "all-silent"),
         "empty.wav": ("noisy", "empty (0 samples)"),
+        "short.wav": ("noisy", "too short to resample"),
     }
     rows = (out / "rejected.tsv").read_text().splitlines()[1:]
     by_role = {(Path(x.split("\t")[0]).name, x.split("\t")[1]): x.split("\t")[2] for x in rows}
     for name, (role, reason) in expected.items():
         assert reason in by_role[(name, role)], (name, by_role.get((name, role)))
     # the partner of each bad file is listed too, so nothing is silently dropped
-    for name in ("longer.wav", "stereo.wav", "bad_noisy.wav", "empty.wav"):
+    for name in ("longer.wav", "stereo.wav", "bad_noisy.wav", "empty.wav", "short.wav"):
         assert by_role[(name, "clean")] == "no usable noisy file (see its noisy files' reasons)"
     assert by_role[("silent.wav", "noisy")] == "its clean file silent.wav was rejected"
-    assert set(r) == set(expected) and len(rows) == 12 == len(summary.rejected)
+    assert set(r) == set(expected) and len(rows) == 14 == len(summary.rejected)
     m = load_manifest(out)
-    assert m["premixed"]["pairs"] == 5 and m["premixed"]["rejected"] == 12
+    assert m["premixed"]["pairs"] == 5 and m["premixed"]["rejected"] == 14
     assert m["premixed"]["unpaired"] == {"clean": 1, "noisy": 1}
-    assert m["counts"]["rejected"] == 12
+    assert m["counts"]["rejected"] == 14
     assert sorted(m["sources"]["clean"]) == ["trimmed.wav"] + [f"utt{i}.wav" for i in range(4)]
     record = read_corpus_record(out)
     trimmed = next(e for e in record["files"]["clean"] if e["rel"] == "trimmed.wav")
