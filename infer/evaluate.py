@@ -7,7 +7,8 @@ and writes into ``out``:
 - ``per_file.csv``  one row per enhanced file; columns ``<condition>_<metric>``;
 - ``summary.json``  per condition and metric: mean, 95% confidence half-width (Student t), n;
   plus the unmatched files and the inputs;
-- ``results.md``    the summary as a markdown table (mean ± CI), ready for a README;
+- ``results.md``    the summary as a markdown table (mean ± CI), ready for a README: every
+  metric's column, or the set one benchmark reports (``evaluate.table``: ``voicebank``, ``dns``);
 - ``spectrograms/<name>.png``  clean / noisy / enhanced on one colour scale, for a few files
   (the best, median and worst by the enhanced PESQ, or DNSMOS OVRL without references);
 - ``report.html`` + ``report/``  the listening report (``infer.report``), unless
@@ -58,19 +59,31 @@ MAX_AUTO_WORKERS = 4
 FILES_PER_WORKER = 8  # auto mode starts another worker process per this many pairs
 CSV_NAME, SUMMARY_NAME, TABLE_NAME, SPEC_DIR = ("per_file.csv", "summary.json", "results.md",
                                                 "spectrograms")
+# evaluate.table → the columns of results.md, in order (None: every metric computed)
+TABLES: dict[str, tuple[str, ...] | None] = {
+    "all": None,
+    "voicebank": ("pesq", "csig", "cbak", "covl", "stoi"),
+    "dns": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808", "pesq", "stoi", "si_sdr",
+            "spk_sim"),
+}
+DEFAULT_TABLE = "all"
 
 
 @dataclass
 class EvaluateConfig:
     """The ``evaluate`` section of a profile.
 
-    metrics: any of ``dnsmos``, ``pesq``, ``stoi``, ``si_sdr``, ``spk_sim``.
+    metrics: any of ``dnsmos``, ``pesq``, ``stoi``, ``si_sdr``, ``spk_sim``, ``composite``
+    (LLR, WSS, segSNR, CSIG, CBAK, COVL).
     dnsmos_personalized: DNSMOS's personalised models (default: the standard ones).
     score_clean: DNSMOS of the clean references too (the ceiling row).
     workers: processes scoring files; 0 = auto (one per ~8 files, at most 4 and the CPUs).
     spectrograms: how many files get a spectrogram PNG (0 = none).
     spectrogram_files: explicit enhanced relative paths to plot instead of the automatic pick.
     n_fft / hop / db_range: spectrogram STFT size, hop (samples at 16 kHz) and colour range.
+    table: the columns of ``results.md``: ``all`` (every metric computed), ``voicebank`` (PESQ,
+    CSIG, CBAK, COVL, STOI) or ``dns`` (DNSMOS SIG / BAK / OVRL, P.808, PESQ, STOI, SI-SDR,
+    speaker similarity).
     report: write ``report.html`` (listening report, ``infer.report``) into the output folder.
     report_files: above 3 × this many files the report holds this many worst, median and best.
     compare: a benchmark of ``infer/published.yaml`` (``dns2020-no-reverb``, ``voicebank``): draw
@@ -87,6 +100,7 @@ class EvaluateConfig:
     n_fft: int = 512
     hop: int = 128
     db_range: float = 80.0
+    table: str = DEFAULT_TABLE
     report: bool = True
     report_files: int = 50
     compare: str | None = None
@@ -99,6 +113,8 @@ class EvaluateConfig:
         for name in ("workers", "spectrograms"):
             require(getattr(self, name) >= 0, f"evaluate.{name}",
                     f"must be ≥ 0, got {getattr(self, name)}")
+        require(self.table in TABLES, "evaluate.table",
+                f"is {self.table!r}; known {list(TABLES)}")
         require(self.report_files >= 1, "evaluate.report_files",
                 f"must be ≥ 1, got {self.report_files}")
         require(self.compare is None or self.compare in benchmark_names(), "evaluate.compare",
@@ -223,14 +239,22 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     return out
 
 
-def markdown_table(stats: dict[str, dict[str, dict[str, Any]]], banner: str | None = None) -> str:
-    """The summary as a markdown table: one row per condition, ``mean ± ci`` cells."""
-    cols = [c for c in COLUMNS if any(c in stats.get(cond, {}) for cond in CONDITIONS)]
+def markdown_table(stats: dict[str, dict[str, dict[str, Any]]], banner: str | None = None,
+                   columns: Sequence[str] | None = None) -> str:
+    """The summary as a markdown table: one row per condition, ``mean ± ci`` cells.
+
+    ``columns``: these metric columns in this order (``–`` where a metric was not computed);
+    default: every column some condition has. A condition with none of them gets no row.
+    """
+    if columns is None:
+        cols = [c for c in COLUMNS if any(c in stats.get(cond, {}) for cond in CONDITIONS)]
+    else:
+        cols = list(columns)
     lines = [f"> **{banner}**", ""] if banner else []
     lines.append("| | " + " | ".join(COLUMNS[c] for c in cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
     for cond in CONDITIONS:
-        if cond not in stats:
+        if not any(c in stats.get(cond, {}) for c in cols):
             continue
         cells = []
         for c in cols:
@@ -384,7 +408,7 @@ def evaluate_dirs(enhanced: str | Path, out: str | Path, clean: str | Path | Non
     banner = random_codec_banner(enhanced)
     rows = score_pairs(pairing.pairs, cfg, clean is not None, progress)
     stats = summarize(rows)
-    table = markdown_table(stats, banner)
+    table = markdown_table(stats, banner, TABLES[cfg.table])
     summary: dict[str, Any] = {"warning": banner} if banner else {}
     summary.update({
         "conditions": stats,
@@ -439,6 +463,7 @@ def run_evaluate(enhanced: str | Path, out: str | Path, clean: str | Path | None
                              codec_alone=codec_alone)
 
 
-__all__ = ["EvaluateConfig", "EvaluationResult", "evaluate_dirs", "markdown_table", "mean_ci",
+__all__ = ["TABLES",
+           "EvaluateConfig", "EvaluationResult", "evaluate_dirs", "markdown_table", "mean_ci",
            "pick_spectrogram_files", "random_codec_banner", "run_evaluate", "score_pair",
            "score_pairs", "summarize"]

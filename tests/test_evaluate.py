@@ -223,3 +223,70 @@ def test_worker_processes_give_the_same_numbers(testset, evaluated, tmp_path):
         for key, value in b.items():
             if isinstance(value, float):
                 assert a[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+# --- composite measures and README tables -----------------------------------------------------
+
+
+def test_composite_columns_join_the_rows_and_the_summary(evaluated, testset):
+    from cleancodec.infer.composite import composite
+    from cleancodec.infer.metrics import COMPOSITE_COLUMNS
+
+    result, out = evaluated
+    for row in result.rows:
+        clean, _ = sf.read(row["clean"], dtype="float32")
+        est, _ = sf.read(testset / "enhanced" / row["file"], dtype="float32")
+        expected = composite(clean, est, row["enhanced_pesq"]).as_dict()
+        for col in COMPOSITE_COLUMNS:
+            assert row[f"enhanced_{col}"] == pytest.approx(expected[col], rel=1e-9), col
+            assert math.isfinite(row[f"noisy_{col}"])
+    conditions = json.loads((out / "summary.json").read_text())["conditions"]
+    for col in COMPOSITE_COLUMNS:
+        s = conditions["enhanced"][col]
+        assert s["n"] == 3 and s["ci95"] is not None
+        assert s["mean"] == pytest.approx(np.mean([r[f"enhanced_{col}"] for r in result.rows]))
+    # less noise left in: a better background score
+    assert conditions["enhanced"]["cbak"]["mean"] > conditions["noisy"]["cbak"]["mean"]
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "| CSIG | CBAK | COVL |" in header  # the default table keeps every column
+
+
+def test_table_presets_choose_the_readme_columns(evaluated):
+    from cleancodec.infer.evaluate import TABLES, markdown_table
+
+    result, _ = evaluated
+    stats = result.summary["conditions"]
+    voicebank = markdown_table(stats, columns=TABLES["voicebank"]).splitlines()
+    assert voicebank[0] == "| | PESQ-WB | CSIG | CBAK | COVL | STOI |"
+    assert [line.split("|")[1].strip() for line in voicebank[2:]] == ["noisy (n=3)",
+                                                                     "enhanced (n=3)"]
+    csig = stats["enhanced"]["csig"]
+    assert voicebank[3].split("|")[3].strip() == f"{csig['mean']:.3f} ± {csig['ci95']:.3f}"
+    dns = markdown_table(stats, columns=TABLES["dns"]).splitlines()
+    assert dns[0] == ("| | DNSMOS SIG | DNSMOS BAK | DNSMOS OVRL | DNSMOS P.808 | PESQ-WB | "
+                      "STOI | SI-SDR (dB) | SpkSim |")
+    clean_row = dns[-1].split("|")
+    assert clean_row[1].strip() == "clean (n=3)" and clean_row[6].strip() == "–"  # no PESQ
+    with pytest.raises(ValueError, match="evaluate.table"):
+        EvaluateConfig(table="wsj")
+
+
+def test_cli_table_option_writes_the_chosen_table(testset, tmp_path):
+    from click.testing import CliRunner
+
+    from cleancodec.cli import main
+    from cleancodec.infer.evaluate import TABLES
+
+    command = main.get_command(None, "evaluate")
+    choice = next(p for p in command.params if p.name == "table")
+    assert list(choice.type.choices) == list(TABLES)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "evaluate", "--enhanced", str(testset / "enhanced"), "--clean", str(testset / "clean"),
+        "--out", str(out), "--table", "voicebank", "--workers", "1", "--spectrograms", "0",
+        "--quiet", "evaluate.metrics=[pesq,stoi,composite]"])
+    assert result.exit_code == 0, result.output
+    table = (out / "results.md").read_text().splitlines()
+    assert table[0] == "| | PESQ-WB | CSIG | CBAK | COVL | STOI |"
+    assert table[2].startswith("| enhanced (n=3) |") and "–" not in table[2]
+    assert "| | PESQ-WB | CSIG | CBAK | COVL | STOI |" in result.output
