@@ -271,12 +271,8 @@ def serve_command(conf, codec, codec_weights, checkpoint, host, port, max_second
     microphone live where the machine keeps up. HTTP API: the endpoint /denoise.
     """
     from cleancodec.core.config import check_overrides
+    from cleancodec.infer.serve import ServeConfig, run_serve
 
-    try:
-        from cleancodec.infer.serve import ServeConfig, run_serve
-    except ImportError as exc:
-        raise click.ClickException(f"{exc}: install the app's extra with `pip install -e "
-                                   "'.[serve]'` (make install does)") from exc
     items = [*option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights),
                                          "device": device, "num_threads": threads}),
              *option_overrides("denoise", {"checkpoint": checkpoint})]

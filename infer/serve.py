@@ -495,9 +495,21 @@ def load_service(conf: str | Path | None, overrides: Sequence[str], serve: Serve
     return DenoiseService(cfg, codec_cfg, serve, work)
 
 
+def require_gradio() -> None:
+    """Raise ServeError with the install command when Gradio (the ``serve`` extra) is missing."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError as exc:
+        raise ServeError(f"the app needs Gradio ({exc}): pip install -e '.[serve]' (make install "
+                         "does)") from exc
+
+
 def run_serve(conf: str | Path | None, overrides: Sequence[str], serve: ServeConfig,
               announce: Callable[[str], None] = print) -> None:
-    """Load the models, measure live speed, and serve the page until interrupted."""
+    """Load the models, measure live speed, and serve the page until interrupted.
+
+    Raises ServeError when Gradio is not installed (before any model is loaded)."""
+    require_gradio()
     service = load_service(conf, overrides, serve)
     if service.random_codec:
         announce(f"*** {RANDOM_INIT_BANNER} ***")
@@ -514,4 +526,4 @@ def run_serve(conf: str | Path | None, overrides: Sequence[str], serve: ServeCon
 
 __all__ = ["API_CHECKPOINTS", "API_DENOISE", "BYPASS_CHOICE", "Comparison", "DenoiseService",
            "LiveSession", "LiveTiming", "ServeConfig", "ServeError", "build_app",
-           "load_service", "run_checkpoints", "run_serve"]
+           "load_service", "require_gradio", "run_checkpoints", "run_serve"]

@@ -157,3 +157,17 @@ def test_serve_config_refuses_bad_values():
         ServeConfig(max_seconds=0)
     with pytest.raises(ConfigError, match="serve.port"):
         ServeConfig(port=70000)
+
+
+def test_cli_refuses_bad_arguments_before_loading_models():
+    from click.testing import CliRunner
+
+    from cleancodec.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["serve", "--codec", "random", "train.steps=3"])
+    assert result.exit_code != 0 and "train.steps" in result.output
+    result = runner.invoke(main, ["serve", "--codec", "random", "--max-seconds", "0"])
+    assert result.exit_code != 0 and "--max-seconds" in result.output
+    help_text = runner.invoke(main, ["serve", "--help"]).output
+    assert "--host" in help_text and "/denoise" in help_text
