@@ -431,7 +431,7 @@ def build_app(service: DenoiseService, timing: LiveTiming | None = None) -> Any:
                                         elem_id="codec-alone")
                     download = gr.DownloadButton("Download the denoised file",
                                                  elem_id="download")
-                    scores = gr.Markdown(elem_id="scores")
+                    scores = gr.Markdown(label="DNSMOS", elem_id="scores")
             spectrogram = gr.Image(label="spectrograms (one colour scale)", type="filepath",
                                    interactive=False, elem_id="spectrogram")
             run.click(denoise, [noisy, picker, mix, codec_alone],
