@@ -49,7 +49,7 @@ install:
 	$(VENV)/bin/pip install torch==2.13.0
 	# dac and audiotools without their torchaudio requirement (see cleancodec/core/codec.py)
 	$(VENV)/bin/pip install --no-deps descript-audio-codec==1.0.0 descript-audiotools==0.7.2
-	$(VENV)/bin/pip install -e '.[dev,serve]'
+	$(VENV)/bin/pip install -e '.[dev,serve,browser]'
 	$(PY) -c "import cleancodec.core.codec as c; c.import_dac(); print('cleancodec installed; dac imports fine')"
 
 # demo corpus (real speech + noise from Debian packages): DEMO=dir to build it elsewhere

@@ -49,7 +49,8 @@ class PublishedSystem:
         text = f"{ref['authors']}, \"{ref['title']}\", {ref['venue']} {ref['year']}"
         if self.as_reported_in:
             quoted = self.as_reported_in
-            text += f"; as reported in {quoted['authors']} {quoted['year']}"
+            first, *others = quoted["authors"].split(",")
+            text += f"; as reported in {first}{' et al.' if others else ''} {quoted['year']}"
         text += f" — {self.table}"
         if not self.checked:
             text += " (not checked against the paper's table)"
@@ -175,6 +176,7 @@ def comparison_png(bench: Benchmark, stats: dict[str, dict[str, dict[str, Any]]]
             ax.text(v + e, yi, f" {v:.3f}" + (f"±{e:.3f}" if e else ""), va="center",
                     fontsize=7)
         ax.set_xlim(left, hi + 3 * pad)
+        ax.set_ylim(-0.6, n_rows - 0.4)
         ax.set_title(COLUMNS.get(metric, metric.upper()), fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)

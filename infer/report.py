@@ -261,7 +261,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 .banner{background:#d1495b;color:#fff;padding:.6em 1em;font-weight:bold;border-radius:4px}
 table{border-collapse:collapse;background:#fff}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;vertical-align:top}
-td.name,th.name{text-align:left;max-width:22em;word-break:break-all}
+td.name,th.name{text-align:left;min-width:9em;max-width:22em;overflow-wrap:anywhere}
 table.files thead th{cursor:pointer;user-select:none;position:sticky;top:0;background:#eee}
 table.files thead th.sorted.asc::after{content:" ▲"}
 table.files thead th.sorted.desc::after{content:" ▼"}
