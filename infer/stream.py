@@ -192,6 +192,10 @@ class StreamDenoiser:
     def sample_rate(self) -> int:
         return self.geometry.sample_rate
 
+    def describe(self) -> str:
+        """One line: block, lookahead, latency and the work per block."""
+        return self.geometry.describe()
+
     # --- input --------------------------------------------------------------------------------
     def _as_block(self, samples: np.ndarray) -> np.ndarray:
         x = np.asarray(samples, dtype=np.float32)

@@ -3,9 +3,10 @@
 IN and OUT are paths or ``-`` (stdin / stdout). Input is a WAV stream (its header may leave
 the length unknown, as a writer into a pipe does), any file libsndfile reads, or raw PCM with
 ``--format`` and ``--rate``. Samples are resampled to 16 kHz (soxr streams) when needed, pushed
-through :class:`~cleancodec.infer.stream.StreamDenoiser` block by block, resampled back to the
-input's rate (or ``--output-sr``) and written as soon as they are final: WAV by default, the
-raw format of the input with ``--format``. Nothing but audio goes to stdout; the latency line,
+through a stream block by block (:func:`open_stream`: the stateful ``infer.stateful`` engine
+for torch models, the windowed ``infer.stream.StreamDenoiser`` otherwise), resampled back to
+the input's rate (or ``--output-sr``) and written as soon as they are final: WAV by default,
+the raw format of the input with ``--format``. Nothing but audio goes to stdout; the latency line,
 the random-codec warning and the summary go to stderr.
 
 The output is aligned with the input (output sample i is input sample i enhanced) and has the
@@ -54,6 +55,11 @@ STDIO = "-"
 HOLDBACK = 64  # output samples kept back until the input's length is known (resampler overrun)
 FILE_READ_FRAMES = 4096  # frames per read from a file input
 CLOSED_STDOUT = "closed stdout"  # StreamSummary.stopped_by when the reader of stdout went away
+# how a stream is computed: "auto" (stateful where the engine allows it, else windowed),
+# "stateful" (infer.stateful: layer state, each block costs its own compute), "windowed"
+# (infer.stream: the whole chain over context + block + lookahead for each block)
+STREAM_AUTO, STREAM_STATEFUL, STREAM_WINDOWED = "auto", "stateful", "windowed"
+STREAM_KINDS = (STREAM_AUTO, STREAM_STATEFUL, STREAM_WINDOWED)
 
 
 @dataclass
@@ -62,7 +68,8 @@ class StreamOptions:
 
     block_ms: output block (a multiple of 20 ms); raw_format: a key of ``RAW_FORMATS`` for raw
     PCM in and out (None: WAV / any file); rate / channels: of raw input; output_sr: output
-    rate (None: the input's); mix: share of the dry input blended back in.
+    rate (None: the input's); mix: share of the dry input blended back in; kind: one of
+    ``STREAM_KINDS`` (:func:`open_stream`).
     """
 
     block_ms: float = DEFAULT_BLOCK_MS
@@ -71,9 +78,12 @@ class StreamOptions:
     channels: int = 1
     output_sr: int | None = None
     mix: float = 0.0
+    kind: str = STREAM_AUTO
 
     def validate(self) -> None:
         """Raise StreamError for settings that cannot work."""
+        if self.kind not in STREAM_KINDS:
+            raise StreamError(f"unknown stream kind {self.kind!r} ({' | '.join(STREAM_KINDS)})")
         if self.raw_format is not None and self.raw_format not in RAW_FORMATS:
             raise StreamError(f"unknown raw format {self.raw_format!r}; known: "
                               f"{', '.join(RAW_FORMATS)}")
@@ -209,6 +219,33 @@ class _Output:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def open_stream(engine: Engine, block_frames: int, channels: int = 1,
+                kind: str = STREAM_AUTO) -> StreamDenoiser:
+    """The stream that runs ``engine`` in blocks of ``block_frames`` frames.
+
+    ``"stateful"``: :class:`~cleancodec.infer.stateful.StatefulStream` (torch engines whose
+    denoiser keeps its statistics local in time; StreamError otherwise). ``"windowed"``:
+    :class:`~cleancodec.infer.stream.StreamDenoiser` (any engine, the exported ONNX graph
+    included). ``"auto"``: stateful when the engine allows it, windowed otherwise (logged).
+    Both have the same latency and output.
+    """
+    if kind not in STREAM_KINDS:
+        raise StreamError(f"unknown stream kind {kind!r} ({' | '.join(STREAM_KINDS)})")
+    if kind != STREAM_WINDOWED:
+        from cleancodec.infer.stateful import StatefulStream
+
+        try:
+            return StatefulStream.for_engine(engine, block_frames=block_frames,
+                                             channels=channels)
+        except StreamError as exc:
+            if kind == STREAM_STATEFUL:
+                raise
+            log.warning("windowed stream (each block reruns the chain over its window): %s",
+                        exc)
+    return StreamDenoiser.for_engine(engine, block_frames=block_frames, channels=channels)
+
+
+
 class _Pipeline:
     """input rate → 16 kHz → stream → (mix) → output rate, with the output length fixed to
     the input's."""
@@ -265,12 +302,11 @@ def stream_file(engine: Engine, source: str, target: str, opts: StreamOptions,
         src = open_input(source, opts, stack,
                          (lambda: stop.requested) if stop is not None else None)
         block_frames = block_frames_for(opts.block_ms, engine.sample_rate, engine.hop)
-        stream = StreamDenoiser.for_engine(engine, block_frames=block_frames,
-                                           channels=src.channels)
+        stream = open_stream(engine, block_frames, src.channels, opts.kind)
         sr_out = int(opts.output_sr or src.sample_rate)
         resampled = "" if src.sample_rate == engine.sample_rate == sr_out else \
             f"; {src.sample_rate} Hz in, {sr_out} Hz out (resampler delay on top)"
-        notify(f"cleancodec stream: {stream.geometry.describe()}{resampled}")
+        notify(f"cleancodec stream: {stream.describe()}{resampled}")
         fmt = PcmFormat(src.encoding, sr_out, src.channels)
         summary = StreamSummary(stream.latency_ms)
         out: _Output | None = None
@@ -334,4 +370,6 @@ def run_stream(source: str, target: str, conf: str | Path | None = None,
         return stream_file(loaded, source, target, opts, notify, stop)
 
 
-__all__ = ["STDIO", "PcmError", "StreamOptions", "StreamSummary", "run_stream", "stream_file"]
+__all__ = ["STDIO", "STREAM_AUTO", "STREAM_KINDS", "STREAM_STATEFUL", "STREAM_WINDOWED",
+           "PcmError", "StreamOptions", "StreamSummary", "open_stream", "run_stream",
+           "stream_file"]

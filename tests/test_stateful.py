@@ -1,0 +1,245 @@
+"""infer.stateful: layer-by-layer streaming equals whole-signal processing shifted by the
+latency, block by block, for any block size and any push sizes, and each block costs its own
+compute."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cleancodec.core.codec import CodecConfig, load_codec
+from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
+from cleancodec.infer.stateful import (
+    StatefulStream,
+    StreamConv1d,
+    StreamConvTranspose1d,
+    stream_layer,
+)
+from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
+from cleancodec.infer.streamio import StreamOptions, open_stream, stream_file
+from cleancodec.trainer.models import Denoiser
+from cleancodec.trainer.seed import SeedDenoiser
+from tests.helpers import local_denoiser, speechlike
+from tests.helpers import TINY_CODEC as TINY
+
+SR, HOP = 16000, 320
+SNR_DB = 100.0  # streamed vs whole signal, float32 (float rounding: ~125-135 dB)
+LAYER_ATOL = 1e-5  # one streamed layer vs the module on random input
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return load_codec(TINY)
+
+
+@pytest.fixture(scope="module")
+def enhancers(codec):
+    return {"bypass": Enhancer(codec, None),
+            "none": Enhancer(codec, local_denoiser(codec, "none")),
+            "window": Enhancer(codec, local_denoiser(codec, "window", 5))}
+
+
+def frames(block_ms: float) -> int:
+    return round(block_ms * SR / 1000 / HOP)
+
+
+def pieces(n: int, sizes: list[int]) -> list[int]:
+    """Cut ``n`` samples into pieces cycling through ``sizes``."""
+    out, i = [], 0
+    while n > 0:
+        out.append(min(n, sizes[i % len(sizes)]))
+        n -= out[-1]
+        i += 1
+    return out
+
+
+def run(stream: StreamDenoiser, x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Every push's output, then flush's (the last item)."""
+    outs, i = [], 0
+    for size in pieces(x.shape[-1], sizes):
+        outs.append(stream.push(x[..., i:i + size]))
+        i += size
+    return outs + [stream.flush()]
+
+
+# --- single layers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k, s, d, p", [(7, 1, 1, 3), (7, 1, 9, 27), (4, 2, 1, 1), (10, 5, 1, 3),
+                                        (16, 8, 1, 4), (3, 1, 1, 1), (1, 1, 1, 0), (5, 3, 2, 0)])
+def test_streamed_conv_equals_the_module(k, s, d, p):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(3, 4, k, stride=s, dilation=d, padding=p)
+    x = torch.randn(2, 3, 613)
+    layer = StreamConv1d(conv)
+    outs = [layer.step(x[..., i:i + n]) for i, n in
+            zip(np.cumsum([0] + pieces(613, [1, 5, 37, 2])), pieces(613, [1, 5, 37, 2]))]
+    y = torch.cat([o for o in outs + [layer.finish()] if o is not None], dim=-1)
+    torch.testing.assert_close(y, conv(x), atol=LAYER_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("s", [2, 4, 5, 8])
+def test_streamed_transposed_conv_equals_the_module(s):
+    """DAC's upsampling layers: kernel 2s, padding ceil(s/2) (stride 5 drops one sample)."""
+    torch.manual_seed(1)
+    conv = nn.ConvTranspose1d(3, 2, 2 * s, stride=s, padding=-(-s // 2))
+    x = torch.randn(1, 3, 41)
+    layer = StreamConvTranspose1d(conv)
+    sizes = pieces(41, [1, 3, 10])
+    starts = np.cumsum([0] + sizes)
+    outs = [layer.step(x[..., a:a + n]) for a, n in zip(starts, sizes)]
+    y = torch.cat([o for o in outs + [layer.finish()] if o is not None], dim=-1)
+    torch.testing.assert_close(y, conv(x), atol=LAYER_ATOL, rtol=0)
+
+
+def test_unknown_layers_are_refused():
+    with pytest.raises(StreamError, match="no streaming counterpart for layer ReLU"):
+        stream_layer(nn.Sequential(nn.Conv1d(1, 1, 3, padding=1), nn.ReLU()))
+
+
+# --- whole chain: tiny codec ------------------------------------------------------------------
+
+
+# block size × push sizes: 1 sample, 317 samples (not a divisor of the hop), 3 s at once
+CASES = [(block_ms, push, kind) for block_ms, kind in
+         [(20, "window"), (100, "none"), (200, "window"), (1000, "bypass")]
+         for push in (1, 317, 3 * SR)]
+
+
+@pytest.mark.parametrize("block_ms, push, kind", CASES)
+def test_streamed_equals_whole_signal(enhancers, block_ms, push, kind):
+    """Aligned output = offline output (``enhance_whole``), sample for sample, the first block
+    and the flushed tail included; each block comes out once ``lookahead`` samples past its
+    end are in."""
+    enh = enhancers[kind]
+    seconds = 0.7 if push == 1 else 3.1  # not a whole number of hops
+    x = speechlike(seconds, 7)
+    whole = enhance_whole(enh, x)
+    stream = StatefulStream.for_engine(enh, block_frames=frames(block_ms))
+    g = stream.geometry
+    outs = run(stream, x, [push])
+    y = np.concatenate(outs)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert snr_db(whole, y) >= SNR_DB
+    # the first block: returned by the push that completes block + lookahead samples
+    ends = np.cumsum(pieces(len(x), [push]))
+    first = int(np.searchsorted(ends, g.block + g.lookahead))
+    if first < len(ends):
+        assert all(o.size == 0 for o in outs[:first])
+        assert outs[first].shape[0] >= g.block
+        head = outs[first][:g.block]
+        assert snr_db(whole[:g.block], head) >= SNR_DB
+    # the last block(s): what flush returns ends the signal exactly as offline processing
+    tail = outs[-1]
+    assert 0 < tail.shape[0] <= g.latency + g.block
+    assert snr_db(whole[len(x) - tail.shape[0]:], tail) >= SNR_DB
+
+
+def test_uneven_pushes_and_fixed_delay(enhancers):
+    enh = enhancers["window"]
+    x = speechlike(3.0, 8)
+    whole = enhance_whole(enh, x)
+    stream = StatefulStream.for_engine(enh, block_ms=100, fixed_delay=True)
+    outs = run(stream, x, [1, 317, 4000, 2, 999])
+    assert all(o.shape[0] == n for o, n in zip(outs, pieces(len(x), [1, 317, 4000, 2, 999])))
+    assert outs[-1].shape == (stream.latency,)
+    y = np.concatenate(outs)
+    assert not np.any(y[:stream.latency])
+    assert snr_db(whole, y[stream.latency:]) >= SNR_DB
+
+
+def test_same_latency_and_output_as_the_windowed_stream(enhancers):
+    enh = enhancers["none"]
+    x = speechlike(2.0, 9)
+    stateful = StatefulStream.for_engine(enh, block_frames=4)
+    windowed = StreamDenoiser.for_engine(enh, block_frames=4)
+    assert stateful.latency == windowed.latency
+    a, b = run(stateful, x, [1000]), run(windowed, x, [1000])
+    assert [o.shape for o in a] == [o.shape for o in b]  # blocks leave at the same pushes
+    assert snr_db(np.concatenate(b), np.concatenate(a)) >= SNR_DB
+
+
+def test_each_block_runs_the_chain_on_its_own_samples(enhancers):
+    """Past the first block (which brings the lookahead), every chain step takes exactly one
+    block of new samples: the compute per block is the block's own."""
+    enh = enhancers["window"]
+    stream = StatefulStream.for_engine(enh, block_frames=5)
+    sizes = []
+    step = stream.chain.step
+    stream.chain.step = lambda w: sizes.append(w.shape[1]) or step(w)
+    run(stream, speechlike(3.0, 10), [317])
+    g = stream.geometry
+    assert sizes[0] == g.block + g.lookahead
+    assert set(sizes[1:-1]) == {g.block}
+
+
+def test_reset_multichannel_and_short_streams(enhancers):
+    enh = enhancers["window"]
+    x = np.stack([speechlike(1.5, 11), speechlike(1.5, 12)])
+    stream = StatefulStream.for_engine(enh, block_frames=3, channels=2)
+    first = stream_signal(stream, x, 1234)
+    whole = enhance_whole(enh, x)
+    assert min(snr_db(whole[c], first[c]) for c in range(2)) >= SNR_DB
+    stream.reset()
+    np.testing.assert_array_equal(stream_signal(stream, x, 1234), first)
+    mono = StatefulStream.for_engine(enh, block_frames=10)
+    for n in (0, 1, 319, 321, 4000):
+        mono.reset()
+        y = stream_signal(mono, x[0, :n], 100)
+        assert y.shape == (n,)
+        if n:
+            assert snr_db(enhance_whole(enh, x[0, :n]), y) >= SNR_DB
+    with pytest.raises(StreamError, match="reset"):
+        mono.push(np.zeros(3, np.float32))
+
+
+def test_global_statistics_are_refused_and_the_cli_falls_back(codec, caplog, tmp_path):
+    torch.manual_seed(2)
+    for model, name in ((Denoiser(codec.latent_dim, 16, 2), "grn: global"),
+                        (SeedDenoiser(codec.latent_dim, 16, 1), "seed")):
+        enh = Enhancer(codec, model.eval())
+        with pytest.raises(StreamError, match=f"{name}.*whole sequence.*grn: none"):
+            StatefulStream.for_engine(enh, block_frames=5)
+        with pytest.raises(StreamError, match="whole sequence"):
+            open_stream(enh, 5, kind="stateful")
+        with caplog.at_level(logging.WARNING):
+            stream = open_stream(enh, 5)
+        assert type(stream) is StreamDenoiser and "windowed stream" in caplog.text
+
+
+def test_stream_file_uses_the_stateful_engine(tmp_path, enhancers):
+    import soundfile as sf
+
+    x = speechlike(1.5, 13)
+    sf.write(tmp_path / "in.wav", x, SR, subtype="FLOAT")
+    notes = []
+    stream_file(enhancers["window"], str(tmp_path / "in.wav"), str(tmp_path / "out.wav"),
+                StreamOptions(block_ms=100), notify=notes.append)
+    y, sr = sf.read(tmp_path / "out.wav", dtype="float32")
+    assert sr == SR and "stateful" in notes[0] and "latency" in notes[0]
+    assert snr_db(enhance_whole(enhancers["window"], x), y) >= SNR_DB
+
+
+# --- whole chain: DAC 16 kHz ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block_ms, push", [(20, 317), (200, 3 * SR)])
+def test_dac16k_streamed_equals_whole_signal(block_ms, push):
+    """The real architecture (random weights): 1536-channel decoder, 64-dim encoder."""
+    codec = load_codec(CodecConfig(weights="random", random_arch="dac16k", num_threads=1))
+    enh = Enhancer(codec, local_denoiser(codec, "window", 3))
+    x = speechlike(2.1, 14)
+    whole = enhance_whole(enh, x)
+    stream = StatefulStream.for_engine(enh, block_ms=block_ms)
+    outs = run(stream, x, [push])
+    y = np.concatenate(outs)
+    assert y.shape == x.shape
+    assert snr_db(whole, y) >= SNR_DB
+    g = stream.geometry
+    first = next(o for o in outs if o.size)
+    assert snr_db(whole[:g.block], first[:g.block]) >= SNR_DB
+    assert snr_db(whole[len(x) - outs[-1].shape[0]:], outs[-1]) >= SNR_DB
