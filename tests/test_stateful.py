@@ -22,8 +22,8 @@ from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
 from cleancodec.infer.streamio import StreamOptions, open_stream, stream_file
 from cleancodec.trainer.models import Denoiser
 from cleancodec.trainer.seed import SeedDenoiser
-from tests.helpers import local_denoiser, speechlike
 from tests.helpers import TINY_CODEC as TINY
+from tests.helpers import local_denoiser, speechlike
 
 SR, HOP = 16000, 320
 SNR_DB = 100.0  # streamed vs whole signal, float32 (float rounding: ~125-135 dB)
