@@ -18,14 +18,17 @@ torch 5 % longer per block than when each ran alone (2 threads, 1 s blocks, 2026
 it, both are within the run-to-run spread of running alone. A configuration is real-time when
 its p99 stays below the block's duration.
 
-Usage: ``python bench/stream.py [--blocks 16] [--device cuda] [--smoke] [--no-append]``;
-prints a Markdown table and appends it to BENCHMARKS.md (``--smoke``: the tiny codec, two block
-sizes, a few blocks, never appended: a check that the benchmark runs).
+Usage: ``python bench/stream.py [--blocks 16] [--device cuda] [--smoke] [--onnx GRAPH]
+[--no-append]``; prints a Markdown table and appends it to BENCHMARKS.md (``--smoke``: the tiny
+codec, two block sizes, a few blocks, never appended: a check that the benchmark runs;
+``--onnx``: a graph already exported from :func:`bench_models`' models, checked and used
+instead of exporting one).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import platform
 import sys
 import tempfile
@@ -41,9 +44,14 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import append_benchmarks, git_commit  # noqa: E402
 from bench.denoise import load_average, noisy_speech  # noqa: E402
-from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig, load_codec  # noqa: E402
+from cleancodec.core.codec import (  # noqa: E402
+    RANDOM_INIT_BANNER,
+    Codec,
+    CodecConfig,
+    load_codec,
+)
 from cleancodec.infer.denoise import Enhancer, snr_db  # noqa: E402
-from cleancodec.infer.export import export_full  # noqa: E402
+from cleancodec.infer.export import ExportReport, export_full  # noqa: E402
 from cleancodec.infer.onnx_engine import OnnxEnhancer  # noqa: E402
 from cleancodec.infer.receptive import codec_chain_field  # noqa: E402
 from cleancodec.infer.stream import StreamDenoiser, StreamGeometry  # noqa: E402
@@ -62,6 +70,9 @@ DEFAULT_BLOCKS = 16
 SMOKE = {"arch": "tiny", "timed": (2, 5), "latency": (1, 5), "blocks": 2, "threads": (1,)}
 MS_PER_S = 1000.0
 PERCENTILES = (50, 99)
+SPEECH_SECONDS, SPEECH_SEED = 30.0, 4  # the noisy speech streamed
+STATS_SECONDS = 5  # seconds of it whose latents give the denoiser its statistics
+CHECK_FRAMES, CHECK_AMPLITUDE = 40, 0.1  # --onnx: the random wave checked against torch
 
 
 @dataclass
@@ -118,15 +129,42 @@ def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray,
     return times, agreement
 
 
-def run(arch: str, device: str, timed: tuple[int, ...], threads: tuple[int, ...],
-        n_blocks: int, tmp: Path) -> tuple[list[Timing], dict]:
+def bench_models(arch: str, threads: int = 1) -> tuple[Codec, Denoiser, np.ndarray]:
+    """The benchmark's random-init codec (``arch``), its small denoiser and the noisy speech
+    it streams (float32 ``[T]``, :data:`SPEECH_SECONDS`); the same on every call."""
     codec = load_codec(CodecConfig(weights="random", random_arch=arch, random_seed=0,
-                                   device="cpu", num_threads=max(threads)))
-    x = noisy_speech(30.0, 4)
-    model = small_denoiser(codec.latent_dim, codec.encode(x[: 5 * codec.sample_rate]))
+                                   device="cpu", num_threads=threads))
+    x = noisy_speech(SPEECH_SECONDS, SPEECH_SEED)
+    model = small_denoiser(codec.latent_dim, codec.encode(x[: STATS_SECONDS * codec.sample_rate]))
+    return codec, model, x
+
+
+def given_graph(path: Path, codec: Codec, model: Denoiser) -> ExportReport:
+    """An exported full graph of ``codec`` and ``model`` (``--onnx``), checked by its metadata
+    and against torch on one batch; its report as if just exported."""
+    engine = OnnxEnhancer(path)
+    meta = engine.meta
+    same = json.loads(json.dumps([codec.identity, model.model_args]))
+    if [engine.codec.identity, json.loads(meta.get("model_args", "null"))] != same:
+        raise SystemExit(f"{path}: not the graph of this benchmark's codec and denoiser "
+                         "(export it with bench.stream.bench_models, or omit --onnx)")
+    rng = np.random.default_rng(0)
+    x = (CHECK_AMPLITUDE * rng.standard_normal((1, CHECK_FRAMES * codec.hop_length))
+         ).astype(np.float32)
+    ref, got = Enhancer(codec, model)(x), engine(x)
+    return ExportReport(path, "full", float(np.max(np.abs(ref - got))), snr_db(ref, got),
+                        size_bytes=path.stat().st_size)
+
+
+def run(arch: str, device: str, timed: tuple[int, ...], threads: tuple[int, ...],
+        n_blocks: int, tmp: Path, onnx: Path | None = None) -> tuple[list[Timing], dict]:
+    codec, model, x = bench_models(arch, max(threads))
     field = codec_chain_field(codec, model)
-    onnx_path = tmp / "stream_full.onnx"
-    report = export_full(codec, model, onnx_path)
+    if onnx is None:
+        onnx_path = tmp / "stream_full.onnx"
+        report = export_full(codec, model, onnx_path)
+    else:
+        onnx_path, report = onnx, given_graph(onnx, codec, model)
     info = {"field": field, "export": report, "agreement": {}}
     if device != "cpu":
         codec = load_codec(CodecConfig(weights="random", random_arch=arch, random_seed=0,
@@ -225,6 +263,9 @@ def main() -> None:
                         "onnxruntime too where its CUDA provider is installed)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny codec, two block sizes, a few blocks; never appended")
+    parser.add_argument("--onnx", type=Path, default=None,
+                        help="a full graph already exported from this benchmark's models "
+                             "(bench_models of the same architecture): skips the export")
     parser.add_argument("--no-append", action="store_true", help="print only")
     args = parser.parse_args()
     arch, timed, latency, threads, blocks = "dac16k", TIMED_FRAMES, LATENCY_FRAMES, THREADS, \
@@ -234,7 +275,7 @@ def main() -> None:
         threads, blocks = SMOKE["threads"], min(args.blocks, SMOKE["blocks"])
     start, load_start = time.perf_counter(), load_average()
     with tempfile.TemporaryDirectory() as tmp:
-        timings, info = run(arch, args.device, timed, threads, blocks, Path(tmp))
+        timings, info = run(arch, args.device, timed, threads, blocks, Path(tmp), args.onnx)
     text = report(arch, args.device, latency, timings, info, blocks,
                   time.perf_counter() - start, (load_start, load_average()))
     print(text)

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from cleancodec.core.atomic import atomic_path
-from cleancodec.infer.onnx_forms import onnx_friendly
+from cleancodec.infer.denoise import snr_db
+from cleancodec.infer.onnx_forms import FORMS, onnx_friendly
 from cleancodec.infer.receptive import ChainField, codec_chain_field
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,6 @@ def read_metadata(session) -> dict[str, str]:
     return {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
 
 
-def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
-    err = float(np.sum((ref - estimate) ** 2))
-    return float("inf") if err == 0 else float(10 * np.log10(max(np.sum(ref ** 2), 1e-30) / err))
-
-
 def _verify(tmp: Path, module: nn.Module, inputs: Sequence[np.ndarray], names: tuple[str, str],
             report: ExportReport) -> None:
     """Run torch and onnxruntime (the graph at ``tmp``) on ``inputs``; record the worst
@@ -176,7 +171,7 @@ def _verify(tmp: Path, module: nn.Module, inputs: Sequence[np.ndarray], names: t
             raise ExportError(f"{path}: onnxruntime returned shape {got.shape} for input "
                               f"{x.shape}, torch {ref.shape}")
         diff = float(np.max(np.abs(got - ref))) if ref.size else 0.0
-        worst, snr = max(worst, diff), min(snr, _snr_db(ref, got))
+        worst, snr = max(worst, diff), min(snr, snr_db(ref, got))
         report.checks.append(f"{names[0]} {list(x.shape)}: {diff:.3g}")
     report.max_abs_diff, report.snr_db = worst, snr
 
@@ -209,8 +204,9 @@ def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] 
     drawn with its cache statistics (see module docstring)."""
     denoiser = denoiser.float().cpu().eval()
     dim = int(denoiser.model_args["latent_dim"])
-    mean = denoiser.stats.mean.detach().numpy()[None, :, None]
-    std = denoiser.stats.std.detach().numpy()[None, :, None]
+    stats = getattr(denoiser, "stats", None)  # none for the seed arch (raw latents): N(0, 1)
+    mean = stats.mean.detach().numpy()[None, :, None] if stats is not None else np.zeros((1,))
+    std = stats.std.detach().numpy()[None, :, None] if stats is not None else np.ones((1,))
     rng = np.random.default_rng(VERIFY_SEED)
     inputs = [(mean + std * rng.standard_normal((VERIFY_BATCH, dim, f))).astype(np.float32)
               for f in VERIFY_FRAMES]
@@ -235,9 +231,10 @@ def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] 
 
 def export_full(codec, denoiser: nn.Module | None, path: str | Path,
                 info: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
-                chain: ChainField | None = None) -> ExportReport:
+                chain: ChainField | None = None, forms: frozenset[str] = FORMS) -> ExportReport:
     """Export the whole chain of ``codec`` (a ``pipeline.codec.Codec``) with ``denoiser``
-    (None: the codec alone), verified on random waves (see module docstring)."""
+    (None: the codec alone), verified on random waves (see module docstring); ``forms``: the
+    layer forms applied (a subset of ``onnx_forms.FORMS``)."""
     if codec.device.type != "cpu":
         raise ExportError("export the full graph from a CPU codec (--device cpu)")
     denoiser = denoiser.float().cpu().eval() if denoiser is not None else None
@@ -253,7 +250,7 @@ def export_full(codec, denoiser: nn.Module | None, path: str | Path,
     meta = {"kind": KIND_FULL, "sample_rate": codec.sample_rate, "hop": hop,
             "n_codebooks": codec.n_codebooks, "codec_identity": codec.identity,
             "codec_random_init": codec.is_random, "chain_field": chain.to_dict(),
-            "bypass": denoiser is None,
+            "bypass": denoiser is None, "forms": sorted(forms),
             "model_args": denoiser.model_args if denoiser is not None else None,
             **_provenance(info, checkpoint)}
     names = (FULL_INPUT, FULL_OUTPUT)
@@ -266,7 +263,7 @@ def export_full(codec, denoiser: nn.Module | None, path: str | Path,
                               f"abs difference {report.max_abs_diff:.3g})")
 
     def write(tmp: Path) -> None:
-        _export(onnx_friendly(graph)[0], example, names, dynamic, meta, tmp, Path(path))
+        _export(onnx_friendly(graph, forms)[0], example, names, dynamic, meta, tmp, Path(path))
 
     return _publish_checked(path, KIND_FULL, write, check)
 

@@ -350,40 +350,64 @@ def _fold_snakes(seq: nn.Sequential) -> int:
     return folded
 
 
-def _replacement(module: nn.Module) -> nn.Module | None:
-    if type(module) is nn.Conv1d and module.padding_mode == "zeros" \
+# Names of the forms, for :func:`onnx_friendly`'s ``forms`` (``bench/onnx_forms.py`` measures
+# each against the plain export).
+FORM_CONV2D = "conv2d"            # Conv1d / ConvTranspose1d as 2-D convolutions
+FORM_POLYPHASE = "polyphase"      # DAC's upsampling as a polyphase convolution
+FORM_SNAKE_PRODUCT = "snake_product"  # Snake with its reciprocal precomputed, square a product
+FORM_SNAKE_FOLD = "snake_fold"    # Snake scales into the convolutions, polynomial sine
+FORM_ROWS = "rows"                # residual runs over pieces of the time axis (ResidualRows)
+FORM_SNAKE_PIECES = "snake_pieces"  # the folded Snakes of those runs one piece at a time
+FORMS = frozenset({FORM_CONV2D, FORM_POLYPHASE, FORM_SNAKE_PRODUCT, FORM_SNAKE_FOLD, FORM_ROWS,
+                   FORM_SNAKE_PIECES})
+# a form that acts only on what another one made
+FORM_NEEDS = {FORM_SNAKE_PIECES: frozenset({FORM_ROWS, FORM_SNAKE_FOLD})}
+
+
+def _replacement(module: nn.Module, forms: frozenset[str]) -> nn.Module | None:
+    if type(module) is nn.ConvTranspose1d and module.padding_mode == "zeros":
+        if FORM_POLYPHASE in forms and ConvTranspose1dPolyphase.applies(module):
+            return ConvTranspose1dPolyphase(module)
+        return ConvTranspose1dAs2d(module) if FORM_CONV2D in forms else None
+    if FORM_CONV2D in forms and type(module) is nn.Conv1d and module.padding_mode == "zeros" \
             and not isinstance(module.padding, str):
         return Conv1dAs2d(module)
-    if type(module) is nn.ConvTranspose1d and module.padding_mode == "zeros":
-        if ConvTranspose1dPolyphase.applies(module):
-            return ConvTranspose1dPolyphase(module)
-        return ConvTranspose1dAs2d(module)
-    alpha = _snake_alpha(module)
+    alpha = _snake_alpha(module) if FORM_SNAKE_PRODUCT in forms else None
     return SnakeProduct(alpha) if alpha is not None else None
 
 
-def onnx_friendly(model: nn.Module) -> tuple[nn.Module, int]:
+def onnx_friendly(model: nn.Module, forms: frozenset[str] | set[str] = FORMS
+                  ) -> tuple[nn.Module, int]:
     """A copy of ``model`` (evaluation mode) with the layers above replaced by their
-    equivalent forms; returns the copy and how many layers were replaced. ``model`` itself is
-    not changed. Layers under a weight-norm or spectral-norm hook are left as they are (their
-    weight is recomputed on every forward)."""
+    equivalent forms (``forms``: which ones, a subset of :data:`FORMS`); returns the copy and
+    how many layers were replaced. ``model`` itself is not changed. Layers under a weight-norm
+    or spectral-norm hook are left as they are (their weight is recomputed on every forward)."""
+    forms = frozenset(forms)
+    unknown = forms - FORMS
+    if unknown:
+        raise ValueError(f"unknown ONNX forms {sorted(unknown)}; known: {sorted(FORMS)}")
+    for form, needs in FORM_NEEDS.items():
+        if form in forms and not needs <= forms:
+            raise ValueError(f"ONNX form {form!r} needs {sorted(needs)}")
     clone = copy.deepcopy(model).eval()
-    replaced = sum(_split_residual_runs(seq) for seq in list(clone.modules())
-                   if isinstance(seq, nn.Sequential))
-    replaced += sum(_fold_snakes(seq) for seq in list(clone.modules())
-                   if isinstance(seq, nn.Sequential))
-    for rows in [m for m in clone.modules() if isinstance(m, ResidualRows)]:
-        rows.snakes_by_piece()
+    sequences = [m for m in clone.modules() if isinstance(m, nn.Sequential)]
+    replaced = sum(_split_residual_runs(seq) for seq in sequences) if FORM_ROWS in forms else 0
+    if FORM_SNAKE_FOLD in forms:
+        replaced += sum(_fold_snakes(seq) for seq in list(clone.modules())
+                        if isinstance(seq, nn.Sequential))
+    if FORM_SNAKE_PIECES in forms:
+        for rows in [m for m in clone.modules() if isinstance(m, ResidualRows)]:
+            rows.snakes_by_piece()
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if child._forward_pre_hooks:  # a parametrisation hook computes its weight
                 continue
-            new = _replacement(child)
+            new = _replacement(child, forms)
             if new is not None:
                 setattr(parent, name, new)
                 replaced += 1
     return clone, replaced
 
 
-__all__ = ["Conv1dAs2d", "ConvTranspose1dAs2d", "ConvTranspose1dPolyphase", "ResidualRows",
+__all__ = ["FORMS", "Conv1dAs2d", "ConvTranspose1dAs2d", "ConvTranspose1dPolyphase", "ResidualRows",
            "SnakeProduct", "SnakeScaled", "onnx_friendly", "residual_halo", "snake_polynomial"]

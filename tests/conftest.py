@@ -51,6 +51,25 @@ def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
     return get
 
 
+# --- infer: the tiny codec's full ONNX graph, exported once -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_full_graph(tmp_path_factory):
+    """``(codec, denoiser, path, report)``: ``bench/stream.py``'s smoke models (the tiny
+    random-init codec and the benchmark's small denoiser, ``bench.stream.bench_models``)
+    exported as one full graph by ``infer.export.export_full``, with provenance step 5 and
+    checkpoint ``runs/x/best.pt``. Exported on first use, shared by every test after it (and
+    passed to ``bench/stream.py --smoke --onnx``, which then skips its own export)."""
+    from bench.stream import SMOKE, bench_models
+    from cleancodec.infer.export import export_full
+
+    codec, model, _ = bench_models(SMOKE["arch"])
+    path = tmp_path_factory.mktemp("onnx") / "full.onnx"
+    report = export_full(codec, model, path, {"step": 5}, "runs/x/best.pt")
+    return codec, model, path, report
+
+
 # --- pipeline.build: a small synthetic corpus and its reference cache ------------------------
 
 

@@ -18,7 +18,6 @@ from cleancodec.infer.export import (
     DENOISER_MAX_ABS,
     ExportError,
     export_denoiser,
-    export_full,
     onnx_session,
     read_metadata,
 )
@@ -40,28 +39,36 @@ def codec():
     return load_codec(TINY)
 
 
-@pytest.fixture(scope="module")
-def full_graph(codec, tmp_path_factory):
-    """The tiny codec + a small local denoiser exported as one graph (about 2.5 min on
-    2 shared cores, 2026-12-01: tracing its many small pieces is most of it)."""
-    model = local_denoiser(codec, seed=4)
-    path = tmp_path_factory.mktemp("onnx") / "full.onnx"
-    report = export_full(codec, model, path, {"step": 5}, "runs/x/best.pt")
-    return model, path, report
+@pytest.fixture
+def full_graph(tiny_full_graph):
+    """``(denoiser, path, report)`` of the session's tiny full graph (``conftest.py``: one
+    export per test session, about 2.5 min on 2 shared cores)."""
+    return tiny_full_graph[1:]
 
 
 # --- the denoiser alone -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind, window", [("none", 0), ("window", 5), ("global", 0)])
-def test_denoiser_export_matches_torch(tmp_path, codec, kind, window):
+def _grn_denoiser(codec, kind: str, window: int) -> Denoiser:
+    """A small denoiser whose response normalisation (``kind``) really acts."""
     model = local_denoiser(codec, kind, window)
     if kind != "none":
         with torch.no_grad():
             for block in model.blocks:
                 block.grn.gamma.normal_(0.0, 0.5)
-    path = tmp_path / "denoiser.onnx"
-    report = export_denoiser(model, path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def denoiser_graph(codec, tmp_path_factory):
+    """``(denoiser, path, report)``: a small denoiser exported once for this module (a
+    denoiser export takes 10-30 s on 2 shared cores)."""
+    model = _grn_denoiser(codec, "none", 0)
+    path = tmp_path_factory.mktemp("onnx_denoiser") / "denoiser.onnx"
+    return model, path, export_denoiser(model, path)
+
+
+def _check_denoiser_graph(codec, model: Denoiser, path, report) -> None:
     assert report.max_abs_diff <= DENOISER_MAX_ABS and path.is_file()
     session = onnx_session(path)
     assert read_metadata(session)["kind"] == "denoiser"
@@ -70,9 +77,22 @@ def test_denoiser_export_matches_torch(tmp_path, codec, kind, window):
     with torch.no_grad():
         ref = model(torch.from_numpy(z)).numpy()
     assert np.max(np.abs(got - ref)) <= DENOISER_MAX_ABS
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(path.parent.glob(".*.tmp"))
 
 
+def test_denoiser_export_matches_torch(codec, denoiser_graph):
+    _check_denoiser_graph(codec, *denoiser_graph)
+
+
+@pytest.mark.slow  # one export each
+@pytest.mark.parametrize("kind, window", [("window", 5), ("global", 0)])
+def test_denoiser_export_with_normalisation_matches_torch(tmp_path, codec, kind, window):
+    model = _grn_denoiser(codec, kind, window)
+    path = tmp_path / "denoiser.onnx"
+    _check_denoiser_graph(codec, model, path, export_denoiser(model, path))
+
+
+@pytest.mark.slow  # one export
 def test_cli_export_denoiser(tmp_path, codec):
     ckpt = save_checkpoint(tmp_path / "best.pt", local_denoiser(codec), codec.identity)
     result = CliRunner().invoke(main, ["export", str(ckpt), str(tmp_path / "d.onnx")])
@@ -82,16 +102,25 @@ def test_cli_export_denoiser(tmp_path, codec):
     assert diff <= DENOISER_MAX_ABS
 
 
-def test_failed_check_publishes_nothing(tmp_path, codec, monkeypatch):
+def test_failed_check_publishes_nothing(tmp_path, codec, denoiser_graph, monkeypatch):
+    """A graph that fails its check against torch is not published (the export itself is the
+    module's graph, copied, so that only the check runs here)."""
+    model, graph, _ = denoiser_graph
+
+    def copy_graph(module, example, names, dynamic, metadata, tmp, path) -> None:
+        tmp.write_bytes(graph.read_bytes())
+
+    monkeypatch.setattr(export_mod, "_export", copy_graph)
     monkeypatch.setattr(export_mod, "DENOISER_MAX_ABS", -1.0)
     with pytest.raises(ExportError, match="differs from torch"):
-        export_denoiser(local_denoiser(codec), tmp_path / "d.onnx")
+        export_denoiser(model, tmp_path / "d.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
 # --- the full graph ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the session's full-graph export
 def test_full_graph_matches_torch(codec, full_graph):
     model, path, report = full_graph
     assert report.snr_db >= ONNX_VS_TORCH_SNR_DB and report.kind == "full"
@@ -106,6 +135,7 @@ def test_full_graph_matches_torch(codec, full_graph):
     assert min(snr_db(ref[c], got[c]) for c in range(2)) >= ONNX_VS_TORCH_SNR_DB
 
 
+@pytest.mark.slow  # the session's full-graph export
 def test_onnx_engine_streams_like_torch(codec, full_graph):
     model, path, _ = full_graph
     engine = OnnxEnhancer(path, threads=1)
@@ -118,6 +148,7 @@ def test_onnx_engine_streams_like_torch(codec, full_graph):
     assert snr_db(enhance_whole(torch_enh, x), y) >= ONNX_VS_TORCH_SNR_DB
 
 
+@pytest.mark.slow  # the session's full-graph export
 def test_engine_onnx_denoises_files_like_torch(tmp_path, codec, full_graph):
     model, path, _ = full_graph
     ckpt = save_checkpoint(tmp_path / "best.pt", model, codec.identity)
@@ -136,9 +167,8 @@ def test_engine_onnx_denoises_files_like_torch(tmp_path, codec, full_graph):
     assert snr_db(outs["torch"], outs["onnx"]) >= ONNX_VS_TORCH_SNR_DB
 
 
-def test_onnx_engine_errors(tmp_path, codec):
-    den = tmp_path / "den.onnx"
-    export_denoiser(Denoiser(codec.latent_dim, 8, 1, grn="none"), den)
+def test_onnx_engine_errors(tmp_path, codec, denoiser_graph):
+    den = denoiser_graph[1]
     with pytest.raises(ExportError, match="denoiser alone.*--full"):
         OnnxEnhancer(den)
     with pytest.raises(ExportError, match="not found"):
@@ -152,6 +182,7 @@ def test_onnx_engine_errors(tmp_path, codec):
     assert result.exit_code != 0 and "denoiser alone" in result.output
 
 
+@pytest.mark.slow  # the session's full-graph export
 def test_cli_stream_with_the_onnx_engine(codec, full_graph):
     import io
 
@@ -175,16 +206,18 @@ def test_cli_stream_with_the_onnx_engine(codec, full_graph):
 
 
 @pytest.mark.slow
-def test_stream_benchmark_smoke():
-    """`python bench/stream.py --smoke` runs end to end (tiny codec; about 2.5 min, most of
-    it the export)."""
+def test_stream_benchmark_smoke(full_graph):
+    """`python bench/stream.py --smoke` runs end to end on the session's graph (the same
+    models as the benchmark's, so it skips its own export)."""
     import subprocess
     import sys
 
     from tests.helpers import REPO
 
-    proc = subprocess.run([sys.executable, "bench/stream.py", "--smoke", "--no-append"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    _, path, _ = full_graph
+    proc = subprocess.run([sys.executable, "bench/stream.py", "--smoke", "--no-append",
+                           "--onnx", str(path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "| torch | 1 |" in proc.stdout and "| onnxruntime | 1 |" in proc.stdout
     assert "smallest real-time block" in proc.stdout and "latency ms" in proc.stdout
