@@ -8,11 +8,12 @@
   ``infer.onnx_engine.OnnxEnhancer`` pads to. The graph's metadata carries the sample rate, hop,
   codec identity and receptive field, so the engine streams and chunks without torch models.
 
-Both use torch's dynamo exporter (``onnxscript``) on a copy of the model in the forms
-onnxruntime runs fastest (:func:`cleancodec.infer.onnx_forms.onnx_friendly`: 2-D
-convolutions, polyphase upsampling, Snake scales moved into the convolutions and its sine from
-products and sums, residual runs over overlapping pieces of the time axis). Every export is
-written to a temporary file beside the target, run with onnxruntime against the *original*
+Both use torch's dynamo exporter (``onnxscript``) on the models as they are. Rewriting layers
+into forms meant to suit onnxruntime (2-D convolutions, polyphase upsampling, a polynomial
+Snake, residual runs split over the time axis) gained less than 10 % end to end against this
+plain export, so there are none (``BENCHMARKS.md``, "ONNX layer forms against the plain
+export"; the forms and their benchmark are in commit 755de29). Every export is
+written to a temporary file beside the target, run with onnxruntime against the
 torch model at two lengths (and batch 2), and renamed over the target only when they agree
 (denoiser: max abs difference ≤ :data:`DENOISER_MAX_ABS`; full graph: SNR ≥
 :data:`FULL_MIN_SNR_DB`, since a rounding difference may flip a nearest-code choice of the
@@ -36,7 +37,6 @@ from torch import Tensor, nn
 
 from cleancodec.core.atomic import atomic_path
 from cleancodec.infer.denoise import snr_db
-from cleancodec.infer.onnx_forms import FORMS, onnx_friendly
 from cleancodec.infer.receptive import ChainField, codec_chain_field
 
 log = logging.getLogger(__name__)
@@ -204,9 +204,8 @@ def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] 
     drawn with its cache statistics (see module docstring)."""
     denoiser = denoiser.float().cpu().eval()
     dim = int(denoiser.model_args["latent_dim"])
-    stats = getattr(denoiser, "stats", None)  # none for the seed arch (raw latents): N(0, 1)
-    mean = stats.mean.detach().numpy()[None, :, None] if stats is not None else np.zeros((1,))
-    std = stats.std.detach().numpy()[None, :, None] if stats is not None else np.ones((1,))
+    mean = denoiser.stats.mean.detach().numpy()[None, :, None]
+    std = denoiser.stats.std.detach().numpy()[None, :, None]
     rng = np.random.default_rng(VERIFY_SEED)
     inputs = [(mean + std * rng.standard_normal((VERIFY_BATCH, dim, f))).astype(np.float32)
               for f in VERIFY_FRAMES]
@@ -224,17 +223,16 @@ def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] 
                               f"{report.max_abs_diff:.3g} (max abs, goal ≤ {DENOISER_MAX_ABS})")
 
     def write(tmp: Path) -> None:
-        _export(onnx_friendly(denoiser)[0], example, names, dynamic, meta, tmp, Path(path))
+        _export(denoiser, example, names, dynamic, meta, tmp, Path(path))
 
     return _publish_checked(path, KIND_DENOISER, write, check)
 
 
 def export_full(codec, denoiser: nn.Module | None, path: str | Path,
                 info: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
-                chain: ChainField | None = None, forms: frozenset[str] = FORMS) -> ExportReport:
+                chain: ChainField | None = None) -> ExportReport:
     """Export the whole chain of ``codec`` (a ``pipeline.codec.Codec``) with ``denoiser``
-    (None: the codec alone), verified on random waves (see module docstring); ``forms``: the
-    layer forms applied (a subset of ``onnx_forms.FORMS``)."""
+    (None: the codec alone), verified on random waves (see module docstring)."""
     if codec.device.type != "cpu":
         raise ExportError("export the full graph from a CPU codec (--device cpu)")
     denoiser = denoiser.float().cpu().eval() if denoiser is not None else None
@@ -250,7 +248,7 @@ def export_full(codec, denoiser: nn.Module | None, path: str | Path,
     meta = {"kind": KIND_FULL, "sample_rate": codec.sample_rate, "hop": hop,
             "n_codebooks": codec.n_codebooks, "codec_identity": codec.identity,
             "codec_random_init": codec.is_random, "chain_field": chain.to_dict(),
-            "bypass": denoiser is None, "forms": sorted(forms),
+            "bypass": denoiser is None,
             "model_args": denoiser.model_args if denoiser is not None else None,
             **_provenance(info, checkpoint)}
     names = (FULL_INPUT, FULL_OUTPUT)
@@ -263,7 +261,7 @@ def export_full(codec, denoiser: nn.Module | None, path: str | Path,
                               f"abs difference {report.max_abs_diff:.3g})")
 
     def write(tmp: Path) -> None:
-        _export(onnx_friendly(graph, forms)[0], example, names, dynamic, meta, tmp, Path(path))
+        _export(graph, example, names, dynamic, meta, tmp, Path(path))
 
     return _publish_checked(path, KIND_FULL, write, check)
 

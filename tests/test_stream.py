@@ -329,7 +329,7 @@ def test_cli_stream_errors(tmp_path):
 
 # modules that only the ONNX export and engine need; the torch engine must load none of them
 EXPORT_MODULES = ("onnx", "onnxruntime", "onnxscript", "torch.onnx", "cleancodec.infer.export",
-                  "cleancodec.infer.onnx_engine", "cleancodec.infer.onnx_forms")
+                  "cleancodec.infer.onnx_engine")
 TORCH_PATH_SCRIPT = """
 import sys
 import numpy as np
