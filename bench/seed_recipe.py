@@ -14,10 +14,12 @@ short run), no EMA; for ``medium`` cleancodec's G and D, feature matching mean x
 50-step warm-up, EMA 0.999. Both use the trainer's one-forward D step.
 
 (a) equal steps: both recipes for ``--steps`` steps (default :data:`STEPS`, a third of the
-demo's 300, to keep the run near half an hour). (b) equal wall time: the seconds per step
-of both, measured in (a) (training loop only, the first logging interval left out), give the
-faster recipe ``steps x slower / faster`` steps; those runs continue its (a) runs (neither
-recipe decays the learning rate, so this equals a run of that length from step 0).
+demo's 300, to keep the run near half an hour). Seconds per step: both recipes' trainers built
+side by side and timed in alternating rounds of ``TIMING_STEPS`` steps (data reading included),
+so that load from other jobs on the machine falls on both alike; the median round of each.
+(b) equal wall time: those seconds per step give the faster recipe ``steps x slower / faster``
+steps; those runs continue its (a) runs (neither recipe decays the learning rate, so this
+equals a run of that length from step 0).
 Held-out gain = latent L1 of the denoised over L1 of the noisy on the cache's val split, with
 the weights denoise uses (the EMA for ``medium``); lower is better, 1.0 = unchanged.
 
@@ -45,11 +47,12 @@ from common import BENCHMARKS, REPO, git_commit, publish  # noqa: E402
 from variants import held_out_gain  # noqa: E402
 
 from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig  # noqa: E402
+from cleancodec.core.topology import process_group  # noqa: E402
 from cleancodec.pipeline.build import build_cache, load_cache_config  # noqa: E402
 from cleancodec.pipeline.manifest import load_manifest  # noqa: E402
 from cleancodec.trainer.config import TrainConfig, load_train_config, resolve_preset  # noqa: E402
 from cleancodec.trainer.data import TRAIN, latent_stats, open_split  # noqa: E402
-from cleancodec.trainer.loop import fit  # noqa: E402
+from cleancodec.trainer.loop import Trainer, fit  # noqa: E402
 from cleancodec.trainer.rundir import CONFIG_FILE, METRICS_FILE  # noqa: E402
 
 DEMO_CONF = REPO / "conf" / "demo.yaml"
@@ -68,6 +71,9 @@ HELD_EQUAL: dict[str, Any] = {
     "steps": True, "milestones": True, "bf16": True,
 }
 STEPS_PER_S = "perf/steps_per_s"
+TIMING_WARMUP = 2     # untimed steps of each recipe before the timing rounds
+TIMING_ROUNDS = 4     # alternating rounds (ABBA order)
+TIMING_STEPS = 5      # steps per recipe per round
 
 
 def build(out: Path, corpus: Path) -> Path:
@@ -102,6 +108,34 @@ def seconds_per_step(run: Path, from_step: int = 0) -> float:
         raise RuntimeError(f"{run / METRICS_FILE}: no {STEPS_PER_S} logged after step {from_step}")
     kept = rates[1:] or rates
     return float(np.mean([1.0 / r for r in kept]))
+
+
+def time_steps(cache: Path, root: Path) -> dict[str, tuple[float, float]]:
+    """Wall and process-CPU seconds per training step of each recipe (the median of
+    ``TIMING_ROUNDS`` alternating rounds of ``TIMING_STEPS`` steps; next batch included)."""
+    wall: dict[str, list[float]] = {p: [] for p in RECIPES}
+    cpu: dict[str, list[float]] = {p: [] for p in RECIPES}
+    with process_group("cpu") as env:
+        trainers = {}
+        for preset in RECIPES:
+            trainer = Trainer(recipe_config(preset, TIMING_WARMUP + TIMING_ROUNDS * TIMING_STEPS,
+                                            0), cache, root / f"timing-{preset}", env)
+            trainer.prepare()
+            for _ in range(TIMING_WARMUP):
+                trainer.train_step(trainer.next_batch())
+            trainers[preset] = trainer
+        for r in range(TIMING_ROUNDS):
+            for preset in RECIPES if r % 2 == 0 else RECIPES[::-1]:
+                trainer = trainers[preset]
+                w0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(TIMING_STEPS):
+                    trainer.train_step(trainer.next_batch())
+                wall[preset].append((time.perf_counter() - w0) / TIMING_STEPS)
+                cpu[preset].append((time.process_time() - c0) / TIMING_STEPS)
+        for trainer in trainers.values():
+            trainer._batches = None   # stops the loader workers
+            trainer.logger.close()
+    return {p: (float(np.median(wall[p])), float(np.median(cpu[p]))) for p in RECIPES}
 
 
 def train(cache: Path, run: Path, preset: str, steps: int, seed: int) -> float:
@@ -141,7 +175,7 @@ def main() -> None:
     started = time.perf_counter()
     load_start = os.getloadavg()[1]
     gains: dict[tuple[str, str], list[float]] = {}
-    sps: dict[tuple[str, str], list[float]] = {}
+    in_run: dict[str, list[float]] = {p: [] for p in RECIPES}
     params: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="cleancodec-seed-recipe-") as tmp:
         root = Path(tmp)
@@ -155,21 +189,21 @@ def main() -> None:
                 run = root / f"{preset}-s{seed}"
                 seconds = train(cache, run, preset, steps, seed)
                 gains.setdefault((preset, "steps"), []).append(held_out_gain(run, cache))
-                sps.setdefault((preset, "steps"), []).append(seconds_per_step(run))
+                in_run[preset].append(seconds_per_step(run))
                 params[preset] = describe(run)
                 print(f"{preset} seed {seed}, {steps} steps: gain {gains[preset, 'steps'][-1]:.4f}"
-                      f", {sps[preset, 'steps'][-1]:.3f} s/step ({seconds:.0f} s)", flush=True)
-        mean_sps = {p: float(np.mean(sps[p, "steps"])) for p in RECIPES}
-        slow = max(RECIPES, key=lambda p: mean_sps[p])
-        fast = min(RECIPES, key=lambda p: mean_sps[p])
-        fast_steps = max(steps, round(steps * mean_sps[slow] / mean_sps[fast]))
+                      f", {in_run[preset][-1]:.3f} s/step in the run ({seconds:.0f} s)", flush=True)
+        timing = time_steps(cache, root)
+        print("interleaved timing (wall, CPU s/step):", timing, flush=True)
+        slow = max(RECIPES, key=lambda p: timing[p][0])
+        fast = min(RECIPES, key=lambda p: timing[p][0])
+        fast_steps = max(steps, round(steps * timing[slow][0] / timing[fast][0]))
         # (b) equal wall time: the slower recipe's (a) runs; the faster one's continue
-        gains[slow, "time"], sps[slow, "time"] = gains[slow, "steps"], sps[slow, "steps"]
+        gains[slow, "time"] = gains[slow, "steps"]
         for seed in args.seeds:
             run = root / f"{fast}-s{seed}"
             seconds = train(cache, run, fast, fast_steps, seed)
             gains.setdefault((fast, "time"), []).append(held_out_gain(run, cache))
-            sps.setdefault((fast, "time"), []).append(seconds_per_step(run, steps))
             print(f"{fast} seed {seed}, {fast_steps} steps: gain {gains[fast, 'time'][-1]:.4f} "
                   f"(+{seconds:.0f} s)", flush=True)
     ran_steps = {(p, "steps"): steps for p in RECIPES}
@@ -187,28 +221,31 @@ def main() -> None:
         f"for time), bf16 off, seeds {', '.join(map(str, args.seeds))}. "
         f"Warm-up: `medium` the demo's 50 steps, `seed-medium` none (its recipe); EMA: `medium` "
         f"0.999 (scored with the EMA weights), `seed-medium` none. Held-out gain on the val split "
-        f"(lower is better, 1.0 = unchanged). The recipes are measured as wholes. Seconds per "
-        f"step: training loop on 2 CPU cores shared with other jobs (load average over 5 min "
-        f"{load_start:.1f} at the start, {os.getloadavg()[1]:.1f} at the end), mean over seeds. "
-        f"Whole run "
+        f"(lower is better, 1.0 = unchanged). The recipes are measured as wholes. 2 CPU cores "
+        f"shared with other jobs (load average over 5 min {load_start:.1f} at the start, "
+        f"{os.getloadavg()[1]:.1f} at the end). Whole run "
         f"{(time.perf_counter() - started) / 60:.0f} min (cache build {build_minutes:.0f} min).",
         "",
         f"Parameters: `medium` {params['medium']}; `seed-medium` {params['seed-medium']}.",
         "",
-        "| budget | recipe | steps | s / step | held-out gain (mean) | vs medium | per seed |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| budget | recipe | steps | s / step (interleaved) | CPU s / step | s / step in the "
+        "runs | held-out gain (mean) | vs medium | per seed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for budget, label in (("steps", "equal steps"), ("time", "equal wall time")):
         for preset in RECIPES:
             g = gains[preset, budget]
             mean = float(np.mean(g))
             lines.append(
-                f"| {label} | `{preset}` | {ran_steps[preset, budget]} | "
-                f"{np.mean(sps[preset, budget]):.3f} | {mean:.4f} | "
+                f"| {label} | `{preset}` | {ran_steps[preset, budget]} | {timing[preset][0]:.3f} | "
+                f"{timing[preset][1]:.3f} | {np.mean(in_run[preset]):.3f} | {mean:.4f} | "
                 f"{100 * (mean / ref[budget] - 1):+.1f} % | {', '.join(f'{x:.4f}' for x in g)} |")
-    lines += ["", f"Equal wall time: `{fast}` ran {mean_sps[slow] / mean_sps[fast]:.2f}x the "
-              f"steps of `{slow}` ({fast_steps} vs {steps}), from the seconds per step of the "
-              f"equal-step runs; its extra steps continue those runs."]
+    lines += ["", f"Equal wall time: `{fast}` ran {timing[slow][0] / timing[fast][0]:.2f}x the "
+              f"steps of `{slow}` ({fast_steps} vs {steps}), from the interleaved seconds per "
+              f"step (median of {TIMING_ROUNDS} alternating rounds of {TIMING_STEPS} steps each, "
+              "next batch included); its extra steps continue its equal-step runs. The seconds "
+              "per step in the runs (mean over seeds and logging intervals, the first left out) "
+              "were measured at different times and follow the machine's load."]
     publish("\n".join(lines) + "\n", BENCHMARKS, not args.no_append)
 
 
