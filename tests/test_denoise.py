@@ -24,7 +24,7 @@ from cleancodec.infer.denoise import (
 from cleancodec.infer.receptive import ChainField
 from cleancodec.trainer.checkpoint import CheckpointError
 from cleancodec.trainer.config import TrainConfig, resolve_preset
-from cleancodec.trainer.models import Denoiser
+from cleancodec.trainer.models import Denoiser, build_denoiser
 from tests.helpers import TINY_CODEC as TINY
 from tests.helpers import save_checkpoint, speechlike
 
@@ -362,7 +362,8 @@ def test_dac16k_default_denoiser_context_covers_the_computed_field():
     """DAC-16k architecture at random init and the default denoiser: only the field and the
     geometry are computed (no forward pass)."""
     codec = load_codec(CodecConfig(weights="random", random_arch="dac16k", num_threads=1))
-    denoiser = Denoiser(codec.latent_dim, **to_dict(resolve_preset(TrainConfig()).denoiser))
+    denoiser = build_denoiser({"latent_dim": codec.latent_dim,
+                               **to_dict(resolve_preset(TrainConfig()).denoiser)})
     enh = Enhancer(codec, denoiser)
     field = enh.chain_field
     spec = chunk_spec(DenoiseConfig(), enh)

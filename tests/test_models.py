@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from cleancodec.trainer.config import load_train_config
-from cleancodec.trainer.models import Denoiser, Discriminator, count_parameters
+from cleancodec.trainer.models import Denoiser, Discriminator, build_denoiser, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_normalisation_buffers_are_saved_and_scale_the_residual():
 @pytest.mark.parametrize("preset,expected_m", [("medium", 9.5), ("large", 39.4)])
 def test_presets_have_the_specified_size(preset, expected_m):
     cfg = load_train_config(ROOT / "conf" / "train.yaml", preset=preset)
-    model = Denoiser(1024, **vars(cfg.denoiser))
+    model = build_denoiser({"latent_dim": 1024, **vars(cfg.denoiser)})
     assert count_parameters(model) / 1e6 == pytest.approx(expected_m, abs=0.1)
 
 
