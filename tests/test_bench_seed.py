@@ -1,6 +1,6 @@
 """bench/seed_recipe.py: the two recipes' configs hold exactly the demo keys it says, its
-seconds-per-step reading, and its report (training replaced by stand-ins: the real run takes
-half an hour)."""
+seconds-per-step reading, and its report (training and timing replaced by stand-ins: the real
+run takes half an hour)."""
 from __future__ import annotations
 
 import json
@@ -73,8 +73,9 @@ def test_report_gives_the_faster_recipe_the_slower_ones_time(monkeypatch, tmp_pa
     monkeypatch.setattr(seed_recipe, "describe", lambda run: "G 1 M, D 1 M")
     monkeypatch.setattr(seed_recipe, "held_out_gain",
                         lambda run, cache: 0.8 if ran[run][0] == "medium" else 0.9)
-    monkeypatch.setattr(seed_recipe, "seconds_per_step",
-                        lambda run, from_step=0: per_step[ran[run][0]])
+    monkeypatch.setattr(seed_recipe, "seconds_per_step", lambda run, from_step=0: 9.0)
+    monkeypatch.setattr(seed_recipe, "time_steps",
+                        lambda cache, root: {p: (s, 2 * s) for p, s in per_step.items()})
     monkeypatch.setattr(sys, "argv", ["seed_recipe.py", "--steps", "10", "--no-append",
                                       "--corpus", str(tmp_path)])
     before = (REPO / "BENCHMARKS.md").read_text()
@@ -82,7 +83,8 @@ def test_report_gives_the_faster_recipe_the_slower_ones_time(monkeypatch, tmp_pa
     out = capsys.readouterr().out
     assert sorted(s for preset, s in ran.values() if preset == "seed-medium") == [10, 10]
     assert sorted(s for preset, s in ran.values() if preset == "medium") == [15, 15]
-    assert "| equal steps | `seed-medium` | 10 | 1.500 | 0.9000 | +12.5 % | 0.9000, 0.9000 |" in out
-    assert "| equal wall time | `medium` | 15 | 1.000 | 0.8000 | +0.0 % |" in out
+    assert ("| equal steps | `seed-medium` | 10 | 1.500 | 3.000 | 9.000 | 0.9000 | +12.5 % | "
+            "0.9000, 0.9000 |") in out
+    assert "| equal wall time | `medium` | 15 | 1.000 | 2.000 | 9.000 | 0.8000 | +0.0 % |" in out
     assert "RANDOM-INIT" in out
     assert (REPO / "BENCHMARKS.md").read_text() == before   # --no-append
