@@ -12,13 +12,9 @@ from torch import nn
 
 from cleancodec.core.codec import CodecConfig, load_codec
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
-from cleancodec.infer.stateful import (
-    StatefulStream,
-    StreamConv1d,
-    StreamConvTranspose1d,
-    stream_layer,
-)
+from cleancodec.infer.stateful import StatefulStream, stream_layer
 from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
+from cleancodec.infer.stream_layers import StreamConv1d, StreamConvTranspose1d
 from cleancodec.infer.streamio import StreamOptions, open_stream, stream_file
 from cleancodec.trainer.models import Denoiser
 from cleancodec.trainer.seed import SeedDenoiser
