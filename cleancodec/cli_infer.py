@@ -271,7 +271,8 @@ def serve_command(conf, codec, codec_weights, checkpoint, host, port, max_second
     microphone live where the machine keeps up. HTTP API: the endpoint /denoise.
     """
     from cleancodec.core.config import check_overrides
-    from cleancodec.infer.serve import ServeConfig, run_serve
+    from cleancodec.infer.serve import ServeConfig
+    from cleancodec.infer.serve_app import run_serve
 
     items = [*option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights),
                                          "device": device, "num_threads": threads}),
