@@ -23,7 +23,8 @@ equals a run of that length from step 0).
 Held-out gain = latent L1 of the denoised over L1 of the noisy on the cache's val split, with
 the weights denoise uses (the EMA for ``medium``); lower is better, 1.0 = unchanged.
 
-    python bench/seed_recipe.py            # ~30 minutes on 2 cores; appends to BENCHMARKS.md
+    python bench/seed_recipe.py   # 21 min of training on 2 cores at load ~4 + the cache build
+                                  # (~3 min idle, ~22 min at load ~10); appends to BENCHMARKS.md
     python bench/seed_recipe.py --steps 20 --seeds 0 --no-append   # a quick check that it runs
     python bench/seed_recipe.py --cache data/bench-seed-cache   # keep the cache for reruns
 """
