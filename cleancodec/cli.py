@@ -223,7 +223,8 @@ def import_seed_command(checkpoint, run_dir, conf, codec, codec_weights, overwri
                f"discriminator {'yes' if report.disc_args else 'no'}, optimiser states "
                f"{'yes' if report.optimisers else 'no'}\nrun: {report.run_dir}\n"
                f"fine-tune: cleancodec train --conf {conf} --cache CACHE --run {report.run_dir} "
-               f"{' '.join(report.train_args)}")
+               f"{' '.join(report.train_args)} train.steps=N   (N > {report.step}: the step "
+               f"count continues from {report.step})")
 
 
 # --- the demo (cleancodec/datagen/demo/) ---------------------------------------------------
