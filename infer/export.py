@@ -204,8 +204,9 @@ def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] 
     drawn with its cache statistics (see module docstring)."""
     denoiser = denoiser.float().cpu().eval()
     dim = int(denoiser.model_args["latent_dim"])
-    mean = denoiser.stats.mean.detach().numpy()[None, :, None]
-    std = denoiser.stats.std.detach().numpy()[None, :, None]
+    stats = getattr(denoiser, "stats", None)  # none for the seed arch (raw latents): N(0, 1)
+    mean = stats.mean.detach().numpy()[None, :, None] if stats is not None else np.zeros((1,))
+    std = stats.std.detach().numpy()[None, :, None] if stats is not None else np.ones((1,))
     rng = np.random.default_rng(VERIFY_SEED)
     inputs = [(mean + std * rng.standard_normal((VERIFY_BATCH, dim, f))).astype(np.float32)
               for f in VERIFY_FRAMES]
