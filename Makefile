@@ -30,6 +30,7 @@ CKPT ?=
 HOST ?=
 PORT ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto
 ARGS ?=
 BENCH ?= cache train denoise
 DEMO ?= data/demo
@@ -132,11 +133,12 @@ demo:
 	@echo "demo done: denoised audio in $(DEMO_WORK)/denoised, report in $(DEMO_WORK)/eval,"
 	@echo "scores per checkpoint in $(DEMO_WORK)/train/eval/scores.png (and tensorboard --logdir $(DEMO_WORK)/train)"
 
+# tests run in TEST_WORKERS processes (pytest-xdist; "auto": one per core, 0: in this process)
 test:
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast:
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -132,10 +132,11 @@ def test_denoise_in_the_browser_equals_the_command_line(inputs, tmp_path):
                 page.click("#denoise")
                 sync_api.expect(page.locator("#scores")).to_contain_text(
                     "codec alone", timeout=RESULT_TIMEOUT_MS)
-                sync_api.expect(page.locator("#spectrogram img")).to_be_visible()
+                sync_api.expect(page.locator("#spectrogram img")).to_be_visible(
+                    timeout=RESULT_TIMEOUT_MS)
                 page.get_by_role("tab", name="Live microphone").click()
                 sync_api.expect(page.locator("#live-timing")).to_contain_text(
-                    "real-time factor")
+                    "real-time factor", timeout=RESULT_TIMEOUT_MS)
                 page.get_by_role("tab", name="Denoise a file").click()
                 with page.expect_download() as download:
                     page.click("#download")
