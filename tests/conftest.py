@@ -91,3 +91,14 @@ def zarr_cache(corpus, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("zarr") / "cache"
     return out, build_small_cache(corpus, out)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    """Tests that build caches in this process change torch's thread count: put it back after
+    each module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

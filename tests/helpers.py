@@ -153,3 +153,11 @@ def write_eval_folders(root: Path, n: int, seconds: float = 1.0) -> Path:
                            ("codec", clean + 0.02 * noise)):
             write_wav(root / sub / f"clip{i}.wav", np.clip(audio, -1.0, 1.0))
     return root
+
+
+def split_arrays(cache: Path, split: str = "train"):
+    """``(clean, noisy, metas)`` of a cache split, read with the production reader."""
+    from cleancodec.pipeline.manifest import load_manifest
+    from cleancodec.trainer.data import open_split, read_split
+
+    return read_split(open_split(cache, load_manifest(cache), split))

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import zarr
 from click.testing import CliRunner
 
@@ -34,22 +33,9 @@ from cleancodec.pipeline.shards import META_FIELDS, sha256_file
 from cleancodec.pipeline.windows import make_window
 from cleancodec.trainer.data import open_split, read_split, read_window
 from tests.helpers import BUILD_CODEC as CODEC
-from tests.helpers import REPO, SR
+from tests.helpers import REPO, SR, split_arrays
 from tests.helpers import build_small_cache as build
 from tests.helpers import small_cache_cfg as small_cfg
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def _arrays(cache: Path, split: str = "train"):
-    clean, noisy, metas = read_split(open_split(cache, load_manifest(cache), split))
-    return clean, noisy, metas
-
 
 # --- what a build writes ---------------------------------------------------------------------
 
@@ -130,9 +116,10 @@ def test_same_seed_is_bit_identical_and_another_seed_is_not(zarr_cache, corpus, 
     for split in ("train", "val"):
         assert ([s["sha256"] for s in ref["splits"][split]["shards"]]
                 == [s["sha256"] for s in again["splits"][split]["shards"]])
-        np.testing.assert_array_equal(_arrays(out, split)[1], _arrays(tmp_path / "again", split)[1])
+        np.testing.assert_array_equal(split_arrays(out, split)[1],
+                                      split_arrays(tmp_path / "again", split)[1])
     build(corpus, tmp_path / "other", small_cfg(seed=6))
-    assert not np.array_equal(_arrays(out)[1], _arrays(tmp_path / "other")[1])
+    assert not np.array_equal(split_arrays(out)[1], split_arrays(tmp_path / "other")[1])
 
 
 def test_webdataset_storage_holds_the_same_windows(zarr_cache, corpus, tmp_path):
@@ -144,8 +131,8 @@ def test_webdataset_storage_holds_the_same_windows(zarr_cache, corpus, tmp_path)
         "train-000000.tar", "train-000001.tar", "train-000002.tar", "val-000000.tar"]
     assert m["splits"]["train"]["shards"][1]["file"] == "train-000001.tar"
     for split in ("train", "val"):
-        zc, zn, zmeta = _arrays(out, split)
-        wc, wn, wmeta = _arrays(tmp_path / "wds", split)
+        zc, zn, zmeta = split_arrays(out, split)
+        wc, wn, wmeta = split_arrays(tmp_path / "wds", split)
         np.testing.assert_array_equal(zc, wc)
         np.testing.assert_array_equal(zn, wn)
         assert [x["clean_source"] for x in zmeta] == [x["clean_source"] for x in wmeta]
@@ -160,20 +147,20 @@ def test_rerun_reuses_done_shards_and_rebuilds_damaged_ones(zarr_cache, corpus, 
     src, _ = zarr_cache
     out = tmp_path / "copy"
     shutil.copytree(src, out)
-    reference = _arrays(src)
+    reference = split_arrays(src)
     again = build(corpus, out)
     assert again.shards_built == 0 and again.shards_reused == 4 and again.complete
     (out / "train.zarr" / "noisy" / "c" / "1" / "0" / "0").unlink()
     repaired = build(corpus, out)
     assert repaired.shards_built == 1
-    np.testing.assert_array_equal(_arrays(out)[1], reference[1])
+    np.testing.assert_array_equal(split_arrays(out)[1], reference[1])
     target = out / "train.zarr" / "clean" / "c" / "2" / "0" / "0"
     blob = bytearray(target.read_bytes())
     blob[-1] ^= 0xFF
     target.write_bytes(bytes(blob))  # same size: only --verify notices
     assert build(corpus, out).shards_built == 0
     assert build(corpus, out, verify=True).shards_built == 1
-    np.testing.assert_array_equal(_arrays(out)[0], reference[0])
+    np.testing.assert_array_equal(split_arrays(out)[0], reference[0])
 
 
 def test_cache_of_another_codec_or_config_is_refused_unless_overwrite(zarr_cache, corpus,

@@ -15,29 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from cleancodec.core.config import to_dict
 from cleancodec.pipeline.build import CacheConfig, build_cache
 from cleancodec.pipeline.manifest import load_manifest
-from cleancodec.trainer.data import open_split, read_split
 from tests.helpers import BUILD_CODEC as CODEC
-from tests.helpers import REPO
+from tests.helpers import REPO, split_arrays
 from tests.helpers import build_small_cache as build
 from tests.helpers import small_cache_cfg as small_cfg
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def _arrays(cache: Path, split: str = "train"):
-    clean, noisy, metas = read_split(open_split(cache, load_manifest(cache), split))
-    return clean, noisy, metas
-
 
 # --- interruption and parallel builds (subprocesses) -----------------------------------------
 
@@ -93,7 +78,7 @@ def test_sigkill_at_a_random_moment_then_rerun_equals_uninterrupted(corpus, tmp_
     assert summary.complete and summary.shards_built == 42 - killed_at
     assert not list(out.glob(".*.partial")) and not list((out / ".tmp").glob("*"))
     for split in ("train", "val"):
-        ref, got = _arrays(reference, split), _arrays(out, split)
+        ref, got = split_arrays(reference, split), split_arrays(out, split)
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
         assert got[2] == ref[2]
@@ -123,7 +108,8 @@ def test_torchrun_world_two_splits_shards_and_rank_zero_finalises(zarr_cache, co
     assert [s["rank"] for _, s in order] == [pos % 2 for pos in range(len(order))]
     assert not list((out / ".markers").glob("*.json"))
     for split in ("train", "val"):
-        np.testing.assert_array_equal(_arrays(out, split)[1], _arrays(reference, split)[1])
+        np.testing.assert_array_equal(split_arrays(out, split)[1],
+                                      split_arrays(reference, split)[1])
 
 
 @pytest.mark.slow
@@ -134,7 +120,8 @@ def test_worker_processes_build_the_same_cache(zarr_cache, corpus, tmp_path):
                           workers=2, progress=False)
     assert summary.complete and summary.shards_built == 4
     for split in ("train", "val"):
-        np.testing.assert_array_equal(_arrays(out, split)[0], _arrays(reference, split)[0])
+        np.testing.assert_array_equal(split_arrays(out, split)[0],
+                                      split_arrays(reference, split)[0])
 
 
 _CLI_BUILD_SCRIPT = """
@@ -169,7 +156,7 @@ def test_a_stop_signal_finishes_the_shard_in_flight_and_the_rerun_completes(corp
                           progress=False)
     assert summary.complete and summary.shards_built == 42 - stopped_at
     for split in ("train", "val"):
-        ref, got = _arrays(reference, split), _arrays(out, split)
+        ref, got = split_arrays(reference, split), split_arrays(out, split)
         np.testing.assert_array_equal(got[1], ref[1])
     # through the command line, the conventional exit code
     again = tmp_path / "cli"

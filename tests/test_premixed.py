@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from click.testing import CliRunner
 
 from cleancodec.core.audio import read_segment
@@ -42,12 +41,6 @@ HOP = 320               # the codec hop at 16 kHz: largest length difference of 
 PAIR_SNR_DB = (0.0, 5.0, 10.0, 15.0)
 SNR_TOL_DB = 0.05       # float32 rounding and resampling of the two sides
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pair(seed: int, snr: float, sr: int = SR, seconds: float = CLIP_S):
