@@ -1,6 +1,6 @@
 """The ``cleancodec`` command: one subcommand per stage, each a thin wrapper over one typed
 stage function (``cleancodec.pipeline.build.run_cache``, ``cleancodec.trainer.loop.fit``
-(with ``train --watch``: ``cleancodec.trainer.watcher.fit_watched``),
+(with ``train --watch``: ``cleancodec.infer.watcher.fit_watched``),
 ``cleancodec.infer.run.run_denoise``, ``cleancodec.infer.evaluate.run_evaluate``, the demo's
 in ``cleancodec.datagen.demo``). Every stage takes ``section.key=value`` overrides after its
 options (see ``cleancodec.core.config``); an option such as ``--steps`` is a shorthand for
@@ -174,8 +174,8 @@ def train_command(conf, cache_dir, run_dir, preset, steps, batch_size, workers, 
     """
     from cleancodec.core.config import check_overrides
     from cleancodec.core.topology import is_main_process
+    from cleancodec.infer.watcher import WatchOptions, fit_watched
     from cleancodec.trainer.config import load_train_config
-    from cleancodec.trainer.watcher import WatchOptions, fit_watched
 
     items = option_overrides("train", {"steps": steps, "data.batch_size": batch_size,
                                        "data.num_workers": workers, "device": device,
@@ -212,7 +212,7 @@ def import_seed_command(checkpoint, run_dir, conf, codec, codec_weights, overwri
     from its tensor shapes. The codec (default: DAC 16 kHz pretrained weights, as the seed
     used) is loaded once to record which latents the run is for.
     """
-    from cleancodec.trainer.seed_import import run_import_seed
+    from cleancodec.infer.seed_import import run_import_seed
 
     report = run_import_seed(checkpoint, run_dir, conf, resolve_codec_choice(codec, codec_weights),
                              overwrite)

@@ -197,9 +197,9 @@ def test_bad_seed_files_are_refused_with_the_reason(tmp_path, case, match):
 
 
 def test_import_then_fine_tune_continues_the_step_count(tiny_latent_cache, tmp_path):
+    from cleancodec.infer.seed_import import run_import_seed
     from cleancodec.trainer.config import load_train_config
     from cleancodec.trainer.loop import fit
-    from cleancodec.trainer.seed_import import run_import_seed
     from tests.helpers import REPO, TINY_PROFILE
 
     cache, run = tiny_latent_cache("zarr"), tmp_path / "run"

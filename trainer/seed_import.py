@@ -72,7 +72,7 @@ def read_seed_file(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def _strip_ddp(state: Any, path: Path, key: str) -> dict[str, torch.Tensor]:
+def strip_ddp(state: Any, path: Path, key: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SeedCheckpointError(f"{path}: {key} is not a state dict of tensors")
     if state and all(k.startswith(DDP_PREFIX) for k in state):
@@ -178,13 +178,13 @@ def seed_checkpoint(path: str | Path, latent_dim: int, codec_identity: dict[str,
     """
     path = Path(path)
     obj = obj if obj is not None else read_seed_file(path)
-    g_state = _strip_ddp(obj[G_KEY], path, G_KEY)
+    g_state = strip_ddp(obj[G_KEY], path, G_KEY)
     model_args = denoiser_args(g_state, path, latent_dim)
     denoiser = SeedDenoiser(**model_args)
     _load(denoiser, g_state, path, G_KEY)
     disc_args, d_state, discriminator = None, None, None
     if obj.get(D_KEY) is not None:
-        d_state = _strip_ddp(obj[D_KEY], path, D_KEY)
+        d_state = strip_ddp(obj[D_KEY], path, D_KEY)
         disc_args = discriminator_args(d_state, path, latent_dim)
         discriminator = SeedDiscriminator(**disc_args)
         _load(discriminator, d_state, path, D_KEY)
@@ -252,7 +252,7 @@ def import_seed(path: str | Path, run_dir: str | Path, latent_dim: int,
 def stem_latent_dim(obj: dict[str, Any], path: str | Path) -> int:
     """The latent channels the seed generator in ``obj`` takes (its stem's input)."""
     path = Path(path)
-    state = _strip_ddp(obj[G_KEY], path, G_KEY)
+    state = strip_ddp(obj[G_KEY], path, G_KEY)
     stem = _shape(state, "stem.weight", path, G_KEY)
     if len(stem) != 3:
         raise SeedCheckpointError(f"{path}: stem.weight has shape {list(stem)}, not [W, D, 1]")
@@ -290,32 +290,3 @@ def train_args_for(model_args: dict[str, Any], disc_args: dict[str, Any] | None,
                         else str(value).lower() if isinstance(value, bool) else value)
                 args.append(f"train.{section}.{key}={text}")
     return args
-
-
-def run_import_seed(checkpoint: str | Path, run_dir: str | Path, conf: str | Path | None,
-                    codec_choice: str | None, overwrite: bool = False) -> SeedImport:
-    """``cleancodec import-seed``: load the codec once to record which latents the run is for
-    (its identity and latent size: the seed trained on DAC 16 kHz's pretrained weights), pick
-    the seed preset that builds the file's models, and write the run folder.
-
-    The train config recorded is the profile ``conf`` under those overrides, so that
-    ``cleancodec train --conf CONF --run RUN_DIR <train_args>`` fine-tunes it as a resume.
-    """
-    from cleancodec.core.codec import CodecConfig, load_codec
-    from cleancodec.core.config import load_section, to_dict, written_section
-    from cleancodec.trainer.config import load_train_config
-
-    codec_overrides = [f"codec.weights='{codec_choice}'"] if codec_choice else []
-    codec = load_codec(load_section(conf, "codec", CodecConfig, codec_overrides))
-    path = Path(checkpoint)
-    obj = read_seed_file(path)
-    g_state = _strip_ddp(obj[G_KEY], path, G_KEY)
-    model_args = denoiser_args(g_state, path, codec.latent_dim)
-    disc_args = None
-    if obj.get(D_KEY) is not None:
-        disc_args = discriminator_args(_strip_ddp(obj[D_KEY], path, D_KEY), path,
-                                       codec.latent_dim)
-    args = train_args_for(model_args, disc_args, written_section(conf, "train"))
-    cfg = load_train_config(conf, None, args)
-    return import_seed(path, run_dir, codec.latent_dim, codec.identity, to_dict(cfg), overwrite,
-                       train_args=args)
