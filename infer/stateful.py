@@ -2,29 +2,34 @@
 compute (not a forward over ``context + block + lookahead`` like :mod:`infer.stream`'s
 windowed streamer).
 
-The loaded torch modules are walked and each layer is wrapped in a streaming counterpart that
-calls the original module's weights with the same functional op:
+The loaded torch modules are walked and each layer is wrapped in a streaming counterpart
+(:mod:`infer.stream_layers`) that calls the original module's weights with the same functional
+op. Each takes ``n`` new samples and returns ``n · rate`` outputs, the latest its inputs
+determine, so each lags by a fixed number of samples:
 
-- ``Conv1d`` (kernel k, stride s, dilation d, padding p): keeps the inputs that its next output
-  still reads (at most ``d(k − 1)`` samples). Its left padding is ``p`` zeros put in front of
-  the first input; an output is emitted as soon as its last input arrives, so a centred
-  convolution emits output i once input ``i + p`` is in (``p`` samples late).
-- ``ConvTranspose1d``: keeps its last ``ceil(span / s) − 1`` input frames (the inputs whose
-  kernels overlap outputs not yet final), reruns them with the new frames and emits the
-  positions no later input can write; it drops its first ``p`` outputs (the crop).
+- ``Conv1d`` (kernel k, stride s, dilation d, padding p): keeps the inputs that its next outputs
+  still read (``d(k − 1) + 1 − s`` samples, up to ``s − 1`` more so that its outputs fall on
+  the offline grid); a centred convolution emits output i once input ``i + p`` is in.
+- ``ConvTranspose1d``: keeps the partial sums of the outputs its later inputs still write
+  (``k − s`` samples) and emits the positions no later input can write; its crop of ``p``
+  samples is a delay of ``p``.
 - DAC residual units (``x + block(x)``) and the denoiser's residuals delay their skip path in a
   FIFO by exactly as much as their block lags.
 - Snake, Tanh, LayerNorm, Linear, GELU, the latent normalisation and the quantizer act on each
   sample / frame alone: they run on whatever arrives.
-- The ``window`` response normalisation keeps ``grn_window // 2`` frames each side and runs the
-  module itself on them.
+- The ``window`` response normalisation keeps ``grn_window − 1`` frames.
 
-:meth:`StreamLayer.finish` ends a stream the way offline processing ends a signal: each layer
-appends its *own* right padding (a convolution's ``p`` zeros, a transposed convolution's last
-overlap, the window statistics' edge) and flushes into the next, layer by layer. The output is
-therefore offline processing (:func:`infer.denoise.enhance_whole`) to float rounding, delayed by
-the stream's latency (``block + lookahead``, the same as the windowed streamer's: the delays of
-the layers add up to the lookahead that :mod:`infer.receptive` computes).
+The lags add up to the lookahead that :mod:`infer.receptive` computes, so the latency is the
+windowed streamer's (``block + lookahead``). Offline processing pads every layer's input with
+zeros; a stream starts from states of zeros and ends (``flush``) by running zeros through the
+chain with the signal's length given, and each layer zeroes its inputs outside the signal
+before reading them. The output is therefore offline processing
+(:func:`infer.denoise.enhance_whole`) to float rounding, delayed by the latency.
+
+The whole chain is one ``nn.Module``, :class:`StepGraph`: ``(wave, position, end, *state) →
+(enhanced, *state)``. torch runs it eagerly (:class:`TorchStepChain`); ``cleancodec export
+--full --streaming`` writes it as an ONNX graph with its state as inputs and outputs, which
+onnxruntime runs the same way (:class:`infer.onnx_engine.OnnxStepChain`).
 
 Denoisers with ``grn: global`` (and the seed architecture) normalise over the whole sequence:
 no finite state reproduces them, and they are refused (:class:`~infer.stream.StreamError`).
@@ -42,14 +47,16 @@ from cleancodec.core.codec import is_snake
 from cleancodec.infer.fileio import Fifo
 from cleancodec.infer.stream import Engine, StreamDenoiser, StreamError, StreamGeometry
 from cleancodec.infer.stream_layers import (
+    At,
+    ChannelsLast,
     Pointwise,
+    StepLayer,
     StreamConv1d,
     StreamConvTranspose1d,
-    StreamLayer,
     StreamResidual,
     StreamSequential,
     StreamWindowGRN,
-    channels_last,
+    inside,
 )
 
 # dac containers whose forward is ``self.<attribute>(x)`` (a Sequential run in order)
@@ -57,6 +64,9 @@ DAC_CONTAINERS = {"Encoder": "block", "EncoderBlock": "block", "Decoder": "model
                   "DecoderBlock": "block"}
 DAC_RESIDUAL = "ResidualUnit"  # ``x + block(x)`` (x centre-cropped to the block's length)
 POINTWISE_MODULES = (nn.Tanh, nn.Identity, nn.GELU)
+# the signal's length while a stream runs (unknown): past any position (2^40 samples is 2 years
+# at 16 kHz; upsampled by the hop it stays far inside int64)
+END_UNKNOWN = 2 ** 40
 
 
 # --- walking the modules ----------------------------------------------------------------------
@@ -74,7 +84,14 @@ def _length_preserving(module: nn.Module, name: str) -> None:
                               f"({m}) does not stream")
 
 
-def stream_layer(module: nn.Module) -> StreamLayer:
+def _in_channels(module: nn.Module, name: str) -> int:
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv1d)), None)
+    if conv is None:
+        raise StreamError(f"{name}: residual block without a convolution does not stream")
+    return conv.in_channels
+
+
+def stream_layer(module: nn.Module) -> StepLayer:
     """The streaming counterpart of a dac encoder / decoder (or any of their layers)."""
     name = type(module).__name__
     if isinstance(module, nn.Sequential):
@@ -87,7 +104,7 @@ def stream_layer(module: nn.Module) -> StreamLayer:
         return Pointwise(module)
     if name == DAC_RESIDUAL:
         _length_preserving(module.block, name)
-        return StreamResidual(stream_layer(module.block))
+        return StreamResidual(stream_layer(module.block), _in_channels(module.block, name))
     if name in DAC_CONTAINERS:
         return stream_layer(getattr(module, DAC_CONTAINERS[name]))
     raise StreamError(f"no streaming counterpart for layer {name} (known: Conv1d, "
@@ -95,20 +112,54 @@ def stream_layer(module: nn.Module) -> StreamLayer:
                       f"{', '.join(DAC_CONTAINERS)})")
 
 
-def _convnext_block(block: nn.Module) -> StreamLayer:
+class _Normalize(nn.Module):
+    """The denoiser's input normalisation (per frame)."""
+
+    def __init__(self, stats: nn.Module):
+        super().__init__()
+        self.stats = stats
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.stats.normalize(z)
+
+
+class _TimesStd(nn.Module):
+    """The denoiser's head output back in raw latent units (per frame)."""
+
+    def __init__(self, stats: nn.Module):
+        super().__init__()
+        self.stats = stats
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h * self.stats.std[:, None]
+
+
+class _Quantize(nn.Module):
+    """DAC's residual vector quantizer with ``n_codebooks`` codebooks (per frame)."""
+
+    def __init__(self, quantizer: nn.Module, n_codebooks: int):
+        super().__init__()
+        self.quantizer, self.n_codebooks = quantizer, n_codebooks
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.quantizer(z, n_quantizers=self.n_codebooks)[0]
+
+
+def _convnext_block(block: nn.Module) -> StepLayer:
     """``x + pw2(grn(act(pw1(norm(dwconv(x))))))`` (trainer.models.ConvNeXtBlock1d)."""
     _length_preserving(block.dwconv, "ConvNeXtBlock1d")
     head = [block.norm, block.pw1, block.act]
-    layers: list[StreamLayer] = [StreamConv1d(block.dwconv)]
+    layers: list[StepLayer] = [StreamConv1d(block.dwconv)]
     if block.grn.kind == "window":
-        layers += [Pointwise(channels_last(nn.Sequential(*head))),
-                   StreamWindowGRN(block.grn), Pointwise(channels_last(block.pw2))]
+        layers += [Pointwise(ChannelsLast(*head)),
+                   StreamWindowGRN(block.grn, block.pw1.out_features),
+                   Pointwise(ChannelsLast(block.pw2))]
     else:  # "none": the identity, applied as the module does
-        layers.append(Pointwise(channels_last(nn.Sequential(*head, block.grn, block.pw2))))
-    return StreamResidual(StreamSequential(layers))
+        layers.append(Pointwise(ChannelsLast(*head, block.grn, block.pw2)))
+    return StreamResidual(StreamSequential(layers), block.dwconv.in_channels)
 
 
-def stream_denoiser(denoiser: nn.Module) -> StreamLayer:
+def stream_denoiser(denoiser: nn.Module) -> StepLayer:
     """The streaming counterpart of a ``trainer.models.Denoiser`` with ``grn`` ``none`` or
     ``window``: ``z + head(norm(blocks(stem(normalize(z))))) · std``.
 
@@ -123,81 +174,147 @@ def stream_denoiser(denoiser: nn.Module) -> StreamLayer:
             f"denoiser {type(denoiser).__name__} ({kind}) normalises with statistics over the "
             "whole sequence (global response normalisation): no finite state reproduces it, "
             "so it cannot stream statefully; train with grn: none or grn: window")
-    std = denoiser.stats.std[:, None]
-    inner = [Pointwise(denoiser.normalize), StreamConv1d(denoiser.stem),
-             *(_convnext_block(b) for b in denoiser.blocks),
-             Pointwise(channels_last(denoiser.norm)), StreamConv1d(denoiser.head),
-             Pointwise(lambda h: h * std)]
     for conv in (denoiser.stem, denoiser.head):
         _length_preserving(conv, "Denoiser")
-    return StreamResidual(StreamSequential(inner))
+    inner = [Pointwise(_Normalize(denoiser.stats)), StreamConv1d(denoiser.stem),
+             *(_convnext_block(b) for b in denoiser.blocks),
+             Pointwise(ChannelsLast(denoiser.norm)), StreamConv1d(denoiser.head),
+             Pointwise(_TimesStd(denoiser.stats))]
+    return StreamResidual(StreamSequential(inner), denoiser.stem.in_channels)
 
 
-class _Stage(StreamLayer):
+class _Stage(StepLayer):
     """A stage of the chain: its layers under the codec's autocast, output cast to float32
     (as ``Codec.encode`` / ``Enhancer`` / ``Codec.quantize`` / ``Codec.decode`` do)."""
 
-    def __init__(self, layer: StreamLayer,
+    def __init__(self, layer: StepLayer,
                  autocast: Callable[[], contextlib.AbstractContextManager]):
+        super().__init__()
         self.layer, self.autocast = layer, autocast
 
-    def step(self, x: Tensor | None) -> Tensor | None:
-        with self.autocast():
-            y = self.layer.step(x)
-        return None if y is None else y.float()
+    def bind(self, lag: int) -> int:
+        return self.layer.bind(lag)
 
-    def finish(self) -> Tensor | None:
+    def state_shapes(self, batch):
+        return self.layer.state_shapes(batch)
+
+    def step(self, x, at, state, new_state):
         with self.autocast():
-            y = self.layer.finish()
-        return None if y is None else y.float()
+            y, at = self.layer.step(x, at, state, new_state)
+        return y.float(), at
+
+
+class StepGraph(nn.Module):
+    """encoder → denoiser → quantizer → decoder as one streaming step (``denoiser`` None: the
+    codec alone).
+
+    ``forward(wave, position, end, *state)``: ``wave`` float32 ``[B x n]`` 16 kHz samples (n a
+    multiple of the hop) that start at sample ``position`` of the stream; ``end`` the stream's
+    length once known (padded to a whole hop), else :data:`END_UNKNOWN`; ``state`` the tensors
+    of :meth:`state_shapes` (zeros at the start). Returns ``enhanced[B x n]`` — offline output
+    samples ``position − lag …`` (those before 0 or from ``end`` on mean nothing) — and the new
+    state tensors.
+    """
+
+    def __init__(self, codec_model: nn.Module, denoiser: nn.Module | None, n_codebooks: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = (
+                     contextlib.nullcontext)):
+        super().__init__()
+        stages = [_Stage(stream_layer(codec_model.encoder), autocast)]
+        if denoiser is not None:
+            stages.append(_Stage(stream_denoiser(denoiser), autocast))
+        stages += [_Stage(Pointwise(_Quantize(codec_model.quantizer, n_codebooks)), autocast),
+                   _Stage(stream_layer(codec_model.decoder), autocast)]
+        self.chain = StreamSequential(stages)
+        self.lag = self.chain.bind(0)
+
+    def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        return self.chain.state_shapes(batch)
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> list[Tensor]:
+        """The state at the start of a stream: zeros."""
+        return [torch.zeros(shape, device=device) for shape in self.state_shapes(batch)]
+
+    def forward(self, wave: Tensor, position, end, *state: Tensor) -> tuple[Tensor, ...]:
+        new_state: list[Tensor] = []
+        y, at = self.chain.step(wave[:, None], At(position, end), iter(state), new_state)
+        return (inside(y, at)[:, 0], *new_state)  # offline decoding pads its end with zeros
+
+
+# --- running a step graph block by block ------------------------------------------------------
+
+
+class StepChain:
+    """A step graph run block by block over one stream: keeps its state and position, and
+    returns only offline output samples (the chain's first ``lag`` samples come before the
+    signal).
+
+    ``step(waves)``: float32 ``[B x n]`` (n a multiple of ``hop``) → the output samples that
+    became final, ``[B x m]`` (output sample i is offline output sample i). ``finish(rows)``
+    ends the stream: the input must have been a whole number of hops (the caller pads the last
+    one with zeros, as ``Codec.encode`` does). Subclasses run the graph (:meth:`_run`).
+    """
+
+    def __init__(self, lag: int, hop: int):
+        self.lag, self.hop = lag, hop
+        self.reset()
 
     def reset(self) -> None:
-        self.layer.reset()
+        self.position = 0  # samples taken
+        self.state: list | None = None
+
+    def _run(self, waves: np.ndarray, position: int, end: int) -> np.ndarray:
+        """One step of the graph on ``waves`` (updates ``self.state``; None: zeros)."""
+        raise NotImplementedError
+
+    def _take(self, waves: np.ndarray, end: int, keep: int) -> np.ndarray:
+        first = self.position - self.lag  # offline index of the output's first sample
+        y = self._run(np.ascontiguousarray(waves, np.float32), self.position, end)
+        self.position += waves.shape[1]
+        return y[:, max(0, -first):keep]
+
+    def step(self, waves: np.ndarray) -> np.ndarray:
+        if waves.shape[1] % self.hop:
+            raise ValueError(f"a step takes whole hops of {self.hop} samples, got "
+                             f"{waves.shape[1]}")
+        return self._take(waves, END_UNKNOWN, waves.shape[1])
+
+    def finish(self, rows: int) -> np.ndarray:
+        end = self.position
+        if not end:
+            return np.zeros((rows, 0), np.float32)
+        zeros = np.zeros((rows, -(-self.lag // self.hop) * self.hop), np.float32)
+        return self._take(zeros, end, self.lag)  # outputs up to the signal's end
 
 
-class StatefulChain:
-    """encoder → denoiser → quantizer → decoder of a torch ``Enhancer``, as streaming layers.
-
-    ``step(x)``: float32 ``[B x n]`` 16 kHz samples → the output samples that became final,
-    ``[B x m]`` (output sample i is offline output sample i). ``finish()`` ends the stream:
-    the input must have been a whole number of hops (the caller pads the last one with zeros,
-    as ``Codec.encode`` does).
-    """
+class TorchStepChain(StepChain):
+    """:class:`StepChain` with the torch modules of an ``Enhancer``, run eagerly under the
+    codec's autocast."""
 
     def __init__(self, engine: Engine):
         codec = getattr(engine, "codec", None)
         if codec is None or not hasattr(codec, "model"):
             raise StreamError(f"{type(engine).__name__}: the stateful stream needs a torch "
-                              "engine (codec + denoiser modules); use the windowed stream")
-        self.codec = codec
-        model, autocast = codec.model, codec._autocast
-        n_q = codec.n_codebooks
-        stages = [_Stage(stream_layer(model.encoder), autocast)]
-        denoiser = getattr(engine, "denoiser", None)
-        if denoiser is not None:
-            stages.append(_Stage(stream_denoiser(denoiser), autocast))
-        stages += [_Stage(Pointwise(lambda z: model.quantizer(z, n_quantizers=n_q)[0]),
-                          autocast),
-                   _Stage(stream_layer(model.decoder), autocast)]
-        self.chain = StreamSequential(stages)
-
-    def reset(self) -> None:
-        self.chain.reset()
-
-    @staticmethod
-    def _out(y: Tensor | None, rows: int) -> np.ndarray:
-        if y is None:
-            return np.zeros((rows, 0), np.float32)
-        return y[:, 0].cpu().numpy().astype(np.float32, copy=False)
+                              "engine (codec + denoiser modules) or a graph written by "
+                              "`cleancodec export --full --streaming`")
+        self.device = codec.device
+        self.graph = StepGraph(codec.model, getattr(engine, "denoiser", None),
+                               codec.n_codebooks, codec._autocast)
+        super().__init__(self.graph.lag, codec.hop_length)
 
     @torch.inference_mode()
-    def step(self, waves: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(np.ascontiguousarray(waves, np.float32))[:, None]
-        return self._out(self.chain.step(x.to(self.codec.device)), waves.shape[0])
+    def _run(self, waves, position, end):
+        if self.state is None:
+            self.state = self.graph.initial_state(waves.shape[0], self.device)
+        y, *self.state = self.graph(torch.from_numpy(waves).to(self.device), position, end,
+                                    *self.state)
+        return y.cpu().numpy().astype(np.float32, copy=False)
 
-    @torch.inference_mode()
-    def finish(self, rows: int) -> np.ndarray:
-        return self._out(self.chain.finish(), rows)
+
+def step_chain(engine: Engine) -> StepChain:
+    """The stateful chain of ``engine``: its own (an ONNX step graph's) or the torch one."""
+    own = getattr(engine, "step_chain", None)
+    return own() if callable(own) else TorchStepChain(engine)
 
 
 class StatefulStream(StreamDenoiser):
@@ -211,8 +328,11 @@ class StatefulStream(StreamDenoiser):
 
     def __init__(self, engine: Engine, geometry: StreamGeometry, channels: int = 1,
                  fixed_delay: bool = False):
-        self.chain = StatefulChain(engine)
+        self.chain = step_chain(engine)
         super().__init__(engine, geometry, channels, fixed_delay)
+        if self.chain.lag > geometry.lookahead:
+            raise StreamError(f"the layers lag {self.chain.lag} samples, more than the "
+                              f"receptive lookahead of {geometry.lookahead}")
 
     def reset(self) -> None:
         super().reset()
@@ -271,6 +391,5 @@ class StatefulStream(StreamDenoiser):
         return self._deliver([y], None, mono)
 
 
-__all__ = ["Pointwise", "StatefulChain", "StatefulStream", "StreamConv1d",
-           "StreamConvTranspose1d", "StreamLayer", "StreamResidual", "StreamSequential",
-           "StreamWindowGRN", "stream_denoiser", "stream_layer"]
+__all__ = ["END_UNKNOWN", "StatefulStream", "StepChain", "StepGraph", "TorchStepChain",
+           "step_chain", "stream_denoiser", "stream_layer"]

@@ -1,11 +1,26 @@
-"""The streaming counterparts of single layers (see :mod:`cleancodec.infer.stateful` for how a
-chain of them streams): each keeps the state its next output needs and calls the original
-module's weights with the same functional op. ``x: Tensor[B x C x T]`` in and out; ``step``
-takes the samples that arrived, ``finish`` ends the stream with the layer's own right padding.
+"""The streaming counterparts of single layers, as fixed-lag step functions (see
+:mod:`cleancodec.infer.stateful` for how a chain of them streams and is exported to ONNX).
+
+Every layer is an ``nn.Module`` whose :meth:`StepLayer.step` takes the next ``n`` samples
+``x: Tensor[B x C x n]`` of its input (``n`` any whole number of the chain's hops), the layer's
+state tensors, and :class:`At` — the position of ``x[..., 0]`` on the layer's input time axis
+and the input's length when it is known — and returns exactly ``n · rate`` output samples, the
+new state tensors and the output's :class:`At`. Each layer emits the latest outputs its inputs
+determine, so its output lags its input by a fixed number of samples (:meth:`StepLayer.bind`
+computes it from the lag of the layer's input). State shapes are fixed: they depend on the
+kernels, not on ``n``. The weights are the loaded module's own, called with the same functional
+op.
+
+Offline processing pads each layer's input with zeros on both sides. A stream starts with
+state of zeros and runs on past the signal's end on zeros, so every layer that reads
+neighbouring samples first zeroes its inputs outside ``[0, end)``: what it then reads is what
+the offline layer reads. ``At`` holds Python ints when torch runs the step eagerly (the check is
+then skipped where every sample is inside the signal) and int64 scalars in an exported graph.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,46 +29,73 @@ from torch import Tensor, nn
 from cleancodec.infer.stream import StreamError
 
 TIME = -1  # the time axis of every streamed tensor ([B x C x T])
+Index = int | Tensor  # a position on a time axis: Python int (eager) or int64 scalar (export)
 
 
-def _cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    """``a`` then ``b`` along time; ``None`` stands for no samples."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return torch.cat([a, b], dim=TIME)
+class At(NamedTuple):
+    """Where a block of samples sits: ``pos``, the index of its first sample on its time axis
+    (negative before the signal starts); ``end``, the signal's length on that axis (a bound
+    larger than any position while the stream runs)."""
+
+    pos: Index
+    end: Index
 
 
-class StreamLayer:
-    """One layer with state. ``step(x)`` takes the next samples ``Tensor[B x C x n]`` (or
-    ``None``: none) and returns the outputs that became final, ``Tensor[B x C' x m]`` or
-    ``None``; ``finish()`` ends the stream (this layer's own right edge) and returns the rest;
-    ``reset()`` forgets the stream."""
+def inside(x: Tensor, at: At) -> Tensor:
+    """``x[B x C x n]`` with the samples outside ``[0, at.end)`` set to zero."""
+    n = x.shape[TIME]
+    if isinstance(at.pos, int) and isinstance(at.end, int) and 0 <= at.pos <= at.end - n:
+        return x
+    t = torch.arange(n, device=x.device) + at.pos
+    return x * ((t >= 0) & (t < at.end)).to(x.dtype)
 
-    def step(self, x: Tensor | None) -> Tensor | None:
+
+def _floor_div(a: Index, b: int) -> Index:
+    return a // b if isinstance(a, int) else torch.div(a, b, rounding_mode="floor")
+
+
+class StepLayer(nn.Module):
+    """One layer with state (see module docstring)."""
+
+    def bind(self, lag: int) -> int:
+        """Fix the layer's timing for an input that lags the stream by ``lag`` samples of this
+        layer's input; return the output's lag (in output samples)."""
         raise NotImplementedError
 
-    def finish(self) -> Tensor | None:
-        return None
+    def state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        """The shapes of the state tensors (after :meth:`bind`), in :meth:`step`'s order."""
+        return []
 
-    def reset(self) -> None:
-        pass
+    def step(self, x: Tensor, at: At, state: Iterator[Tensor],
+             new_state: list[Tensor]) -> tuple[Tensor, At]:
+        """Take ``x`` (at ``at``) and this layer's tensors from ``state``; append the new ones
+        to ``new_state``; return the output and where it sits."""
+        raise NotImplementedError
 
 
-class Pointwise(StreamLayer):
+class Pointwise(StepLayer):
     """A per-sample (per-frame) function: no state, no delay."""
 
-    def __init__(self, fn: Callable[[Tensor], Tensor]):
+    def __init__(self, fn: nn.Module):
+        super().__init__()
         self.fn = fn
 
-    def step(self, x: Tensor | None) -> Tensor | None:
-        return None if x is None or x.shape[TIME] == 0 else self.fn(x)
+    def bind(self, lag: int) -> int:
+        return lag
+
+    def step(self, x, at, state, new_state):
+        return self.fn(x), at
 
 
-def channels_last(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``fn`` on ``[B x T x C]`` as a function on ``[B x C x T]``."""
-    return lambda x: fn(x.transpose(1, 2)).transpose(1, 2)
+class ChannelsLast(nn.Module):
+    """Modules that take ``[B x T x C]`` (LayerNorm, Linear…) in order, on ``[B x C x T]``."""
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*modules)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x.transpose(1, 2)).transpose(1, 2)
 
 
 def _refuse_hooks(module: nn.Module) -> None:
@@ -63,10 +105,14 @@ def _refuse_hooks(module: nn.Module) -> None:
                           "which folds weight norm")
 
 
-class StreamConv1d(StreamLayer):
-    """A ``Conv1d`` with zero padding, streamed (see module docstring)."""
+class StreamConv1d(StepLayer):
+    """A zero-padded ``Conv1d`` (kernel k, stride s, dilation d, padding p): output j reads
+    inputs ``j·s − p … j·s − p + d(k − 1)``. It keeps the inputs its next outputs still read
+    (``keep`` ≥ ``d(k − 1) + 1 − s`` samples, rounded so its outputs fall on the offline grid)
+    and emits every output whose last input has arrived."""
 
     def __init__(self, conv: nn.Conv1d):
+        super().__init__()
         _refuse_hooks(conv)
         if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             raise StreamError(f"Conv1d with padding {conv.padding!r} / mode "
@@ -75,59 +121,48 @@ class StreamConv1d(StreamLayer):
         self.stride, self.dilation = conv.stride[0], conv.dilation[0]
         self.pad = conv.padding[0]
         self.span = self.dilation * (conv.kernel_size[0] - 1) + 1
-        self.pointwise = self.span == 1 and self.stride == 1 and self.pad == 0
-        self.reset()
+        if self.span < self.stride:
+            raise StreamError(f"Conv1d whose stride {self.stride} exceeds its span {self.span} "
+                              "(inputs it never reads) does not stream")
+        self.keep = 0
 
-    def reset(self) -> None:
-        self.buf: Tensor | None = None
+    def bind(self, lag: int) -> int:
+        # the stream's first block starts at input position -lag; its first output is the
+        # first whose last input is in it (in whole strides: pos + lag is a multiple of s)
+        first = (-lag + self.pad - self.span) // self.stride + 1
+        self.keep = -lag + self.pad - first * self.stride
+        self.lag_in, self.lag_out = lag, -first
+        return self.lag_out
 
-    def _conv(self, x: Tensor) -> Tensor:
+    def state_shapes(self, batch):
+        return [(batch, self.conv.in_channels, self.keep)] if self.keep else []
+
+    def step(self, x, at, state, new_state):
         c = self.conv
-        return F.conv1d(x, c.weight, c.bias, self.stride, 0, self.dilation, c.groups)
-
-    def _run(self, buf: Tensor) -> Tensor | None:
-        """Every output whose inputs are all in ``buf``; keeps the inputs still needed."""
-        n = buf.shape[TIME]
-        if n < self.span:
-            self.buf = buf
-            return None
-        count = (n - self.span) // self.stride + 1
-        y = self._conv(buf[..., :(count - 1) * self.stride + self.span])
-        self.buf = buf[..., count * self.stride:]
-        return y
-
-    def _zeros(self, like: Tensor) -> Tensor:
-        return like.new_zeros(like.shape[0], like.shape[1], self.pad)
-
-    def step(self, x: Tensor | None) -> Tensor | None:
-        if x is None or x.shape[TIME] == 0:
-            return None
-        if self.pointwise:
-            return self._conv(x)
-        if self.buf is None:  # the left padding
-            self.buf = self._zeros(x)
-        return self._run(torch.cat([self.buf, x], dim=TIME))
-
-    def finish(self) -> Tensor | None:
-        if self.pointwise or self.buf is None:
-            return None
-        y = self._run(torch.cat([self.buf, self._zeros(self.buf)], dim=TIME))
-        self.buf = None
-        return y
+        if self.keep:
+            x = torch.cat([next(state).to(x.dtype), inside(x, at)], dim=TIME)
+            new_state.append(x[..., x.shape[TIME] - self.keep:])
+        elif self.pad:
+            x = inside(x, at)
+        y = F.conv1d(x, c.weight, c.bias, self.stride, 0, self.dilation, c.groups)
+        pos = _floor_div(at.pos + self.lag_in, self.stride) - self.lag_out
+        end = _floor_div(at.end + 2 * self.pad - self.span, self.stride) + 1
+        return y, At(pos, end)
 
 
-class StreamConvTranspose1d(StreamLayer):
-    """A ``ConvTranspose1d`` (groups 1, dilation 1) streamed as one matrix product per step
-    and an overlap-add state (see module docstring).
+class StreamConvTranspose1d(StepLayer):
+    """A ``ConvTranspose1d`` (groups 1, dilation 1) as one matrix product per step and an
+    overlap-add state.
 
     Input frame i writes full-output positions ``i·s … i·s + k − 1``: its ``k`` columns are
     ``xᵢᵀ W`` (W the module's weight seen as ``[C_in x C_out·k]``). Positions before
     ``(i + 1)·s`` are final once frame i is in; the partial sums of the next ``k − s``
-    positions wait for the next frames. The module's output is the full output without its
-    first and last ``p`` positions.
+    positions (``overlap`` blocks of s) are the state. The module's output is the full output
+    without its first and last ``p`` positions.
     """
 
     def __init__(self, conv: nn.ConvTranspose1d):
+        super().__init__()
         _refuse_hooks(conv)
         self.conv = conv
         self.stride, self.pad = conv.stride[0], conv.padding[0]
@@ -141,148 +176,121 @@ class StreamConvTranspose1d(StreamLayer):
                               f"padding {self.pad}): streaming needs kernel ≥ stride and "
                               "padding ≤ kernel − stride")
         self.overlap = -(-self.kernel // self.stride) - 1  # later blocks of s a frame writes
-        self.reset()
 
-    def reset(self) -> None:
-        self.tail: Tensor | None = None  # [B x overlap x C_out x s]: partial sums ahead
-        self.frames = 0  # input frames seen
-        self.emitted = 0  # output samples returned
-        self.to_drop = self.pad  # left crop still to apply
+    def bind(self, lag: int) -> int:
+        self.lag_in, self.lag_out = lag, lag * self.stride + self.pad
+        return self.lag_out
 
-    def _emit(self, blocks: Tensor) -> Tensor | None:
-        """``[B x n x C_out x s]`` final full-output blocks → the module's output samples."""
-        y = blocks.permute(0, 2, 1, 3).reshape(blocks.shape[0], blocks.shape[2], -1)
+    def state_shapes(self, batch):
+        return ([(batch, self.overlap, self.conv.out_channels, self.stride)]
+                if self.overlap else [])
+
+    def step(self, x, at, state, new_state):
+        w, s, k, o = self.conv.weight, self.stride, self.kernel, self.overlap
+        b, n = x.shape[0], x.shape[TIME]
+        cols = torch.matmul(inside(x, at).transpose(1, 2), w.reshape(w.shape[0], -1))
+        cols = F.pad(cols.reshape(b, n, w.shape[1], k), (0, (o + 1) * s - k))
+        cols = cols.reshape(b, n, w.shape[1], o + 1, s)  # [B x n x C_out x blocks x s]
+        acc = cols[..., 0, :]
+        if o:  # block r of frame i lands in output block i + r
+            acc = F.pad(acc, (0, 0, 0, 0, 0, o))
+            for r in range(1, o + 1):
+                acc = acc + F.pad(cols[..., r, :], (0, 0, 0, 0, r, o - r))
+            acc = acc + F.pad(next(state).to(acc.dtype), (0, 0, 0, 0, 0, n))
+            new_state.append(acc[:, n:])
+            acc = acc[:, :n]
+        y = acc.permute(0, 2, 1, 3).reshape(b, w.shape[1], n * s)
         if self.conv.bias is not None:
             y = y + self.conv.bias[:, None]
-        drop = min(self.to_drop, y.shape[TIME])
-        self.to_drop -= drop
-        self.emitted += y.shape[TIME] - drop
-        return y[..., drop:] if y.shape[TIME] > drop else None
-
-    def step(self, x: Tensor | None) -> Tensor | None:
-        if x is None or x.shape[TIME] == 0:
-            return None
-        w, s = self.conv.weight, self.stride
-        b, n = x.shape[0], x.shape[TIME]
-        cols = torch.matmul(x.transpose(1, 2), w.reshape(w.shape[0], -1))
-        cols = cols.view(b, n, w.shape[1], self.kernel)  # [B x n x C_out x k]
-        acc = cols.new_zeros(b, n + self.overlap, w.shape[1], s)
-        if self.tail is not None:
-            acc[:, :self.overlap] += self.tail
-        for r in range(self.overlap + 1):
-            width = min(s, self.kernel - r * s)
-            acc[:, r:r + n, :, :width] += cols[..., r * s:r * s + width]
-        self.frames += n
-        self.tail = acc[:, n:]
-        return self._emit(acc[:, :n])
-
-    def finish(self) -> Tensor | None:
-        if self.tail is None:
-            return None
-        # the module's output length is (frames − 1)·s + k − 2p
-        left = (self.frames - 1) * self.stride + self.kernel - 2 * self.pad - self.emitted
-        y = self._emit(self.tail)
-        self.tail = None
-        return None if y is None or left <= 0 else y[..., :left]
+        pos = (at.pos + self.lag_in) * s - self.lag_out
+        end = (at.end - 1) * s + k - 2 * self.pad
+        return y, At(pos, end)
 
 
-class StreamSequential(StreamLayer):
-    """Layers in order; ``finish`` flushes each layer into the next."""
+class StreamSequential(StepLayer):
+    """Layers in order."""
 
-    def __init__(self, layers: Sequence[StreamLayer]):
-        self.layers = list(layers)
+    def __init__(self, layers: Sequence[StepLayer]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
 
-    def step(self, x: Tensor | None) -> Tensor | None:
+    def bind(self, lag: int) -> int:
         for layer in self.layers:
-            x = layer.step(x)
-            if x is None:
-                return None
-        return x
+            lag = layer.bind(lag)
+        return lag
 
-    def finish(self) -> Tensor | None:
-        x = None
+    def state_shapes(self, batch):
+        return [s for layer in self.layers for s in layer.state_shapes(batch)]
+
+    def step(self, x, at, state, new_state):
         for layer in self.layers:
-            x = _cat(layer.step(x), layer.finish())
-        return x
-
-    def reset(self) -> None:
-        for layer in self.layers:
-            layer.reset()
+            x, at = layer.step(x, at, state, new_state)
+        return x, at
 
 
-class StreamResidual(StreamLayer):
+class StreamResidual(StepLayer):
     """``combine(x, block(x))`` for a length-preserving ``block``: the skip path waits in a
-    FIFO until the block's output for the same samples comes out."""
+    FIFO of ``delay`` samples (the block's lag) until the block's output for the same samples
+    comes out."""
 
-    def __init__(self, block: StreamLayer,
+    def __init__(self, block: StepLayer, channels: int,
                  combine: Callable[[Tensor, Tensor], Tensor] = torch.add):
-        self.block, self.combine = block, combine
-        self.reset()
+        super().__init__()
+        self.block, self.channels, self.combine = block, channels, combine
+        self.delay = 0
 
-    def reset(self) -> None:
-        self.block.reset()
-        self.skip: Tensor | None = None
-
-    def _join(self, y: Tensor | None) -> Tensor | None:
-        if y is None:
-            return None
-        n = y.shape[TIME]
-        if self.skip is None or self.skip.shape[TIME] < n:
-            raise StreamError("residual block emitted more samples than it took (a layer that "
-                              "changes the length)")
-        x, self.skip = self.skip[..., :n], self.skip[..., n:]
-        return self.combine(x, y)
-
-    def step(self, x: Tensor | None) -> Tensor | None:
-        if x is None or x.shape[TIME] == 0:
-            return None
-        self.skip = _cat(self.skip, x)
-        return self._join(self.block.step(x))
-
-    def finish(self) -> Tensor | None:
-        y = self._join(self.block.finish())
-        if self.skip is not None and self.skip.shape[TIME]:
-            raise StreamError("residual block ended short of its input (a layer that changes "
-                              "the length)")
-        self.skip = None
-        return y
-
-
-class StreamWindowGRN(StreamLayer):
-    """``GlobalResponseNorm(kind="window")`` streamed: frame i needs frames ``i − h … i + h``
-    (h = window // 2, fewer at the signal's edges). The module itself runs on the frames kept
-    and the new ones; only the frames whose window lies inside them (or ends at the signal's
-    start or end) are kept from its output."""
-
-    def __init__(self, grn: nn.Module):
-        self.grn, self.half = grn, grn.window // 2
-        self.reset()
-
-    def reset(self) -> None:
-        self.buf: Tensor | None = None  # [B x C x n]: frames from buf_start on
-        self.buf_start = 0
-        self.next = 0  # first frame not emitted
-        self.total = 0  # frames seen
-
-    def _emit(self, end: int) -> Tensor | None:
-        """Frames ``next … end − 1`` (``end`` ≤ total)."""
-        if end <= self.next:
-            return None
-        y = channels_last(self.grn)(self.buf)
-        out = y[..., self.next - self.buf_start:end - self.buf_start]
-        self.next = end
-        start = max(0, self.next - self.half)
-        self.buf, self.buf_start = self.buf[..., start - self.buf_start:], start
+    def bind(self, lag: int) -> int:
+        out = self.block.bind(lag)
+        self.delay = out - lag
+        if self.delay < 0:
+            raise StreamError("residual block that leads its input does not stream")
         return out
 
-    def step(self, x: Tensor | None) -> Tensor | None:
-        if x is None or x.shape[TIME] == 0:
-            return None
-        self.buf = _cat(self.buf, x)
-        self.total += x.shape[TIME]
-        return self._emit(self.total - self.half)
+    def state_shapes(self, batch):
+        own = [(batch, self.channels, self.delay)] if self.delay else []
+        return own + self.block.state_shapes(batch)
 
-    def finish(self) -> Tensor | None:
-        y = self._emit(self.total) if self.buf is not None else None
-        self.reset()
-        return y
+    def step(self, x, at, state, new_state):
+        if self.delay:
+            skip = torch.cat([next(state).to(x.dtype), x], dim=TIME)
+            new_state.append(skip[..., skip.shape[TIME] - self.delay:])
+        else:
+            skip = x
+        y, out = self.block.step(x, at, state, new_state)
+        return self.combine(skip[..., :x.shape[TIME]], y), out
+
+
+class StreamWindowGRN(StepLayer):
+    """``GlobalResponseNorm(kind="window")`` streamed: frame i's statistics average ``x²``
+    over frames ``i − h … i + h`` (h = window // 2) that lie inside the signal. It keeps the
+    last ``2h`` frames and emits the frames whose window has arrived."""
+
+    def __init__(self, grn: nn.Module, channels: int):
+        super().__init__()
+        self.grn, self.half, self.channels = grn, grn.window // 2, channels
+
+    def bind(self, lag: int) -> int:
+        self.lag_in = lag
+        return lag + self.half
+
+    def state_shapes(self, batch):
+        return [(batch, self.channels, 2 * self.half)] if self.half else []
+
+    def step(self, x, at, state, new_state):
+        h, n, window = self.half, x.shape[TIME], self.grn.window
+        if h:
+            x = torch.cat([next(state).to(x.dtype), inside(x, at)], dim=TIME)
+            new_state.append(x[..., x.shape[TIME] - 2 * h:])
+        power = F.avg_pool1d(x.float().pow(2), window, stride=1)  # [B x C x n]
+        out = At(at.pos - h, at.end)
+        if not isinstance(out.pos, int) or out.pos < h or out.pos + n + h > at.end:
+            # near an edge: the mean over the frames inside the signal only
+            t = torch.arange(n, device=x.device) + out.pos
+            count = (torch.clamp(t + h, max=at.end - 1) - torch.clamp(t - h, min=0) + 1)
+            power = power * (window / count.clamp_min(1).to(power.dtype))
+        centre = x[..., h:h + n].transpose(1, 2)
+        return self.grn.respond(centre, power.transpose(1, 2)).transpose(1, 2), out
+
+
+__all__ = ["At", "Pointwise", "StepLayer", "StreamConv1d", "StreamConvTranspose1d",
+           "StreamResidual", "StreamSequential", "StreamWindowGRN", "ChannelsLast", "inside"]

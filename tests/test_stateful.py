@@ -12,11 +12,17 @@ from torch import nn
 
 from cleancodec.core.codec import CodecConfig, load_codec
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
-from cleancodec.infer.stateful import StatefulStream, stream_layer
+from cleancodec.infer.stateful import END_UNKNOWN, StatefulStream, stream_layer
 from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
-from cleancodec.infer.stream_layers import StreamConv1d, StreamConvTranspose1d
+from cleancodec.infer.stream_layers import (
+    At,
+    StepLayer,
+    StreamConv1d,
+    StreamConvTranspose1d,
+    StreamWindowGRN,
+)
 from cleancodec.infer.streamio import StreamOptions, open_stream, stream_file
-from cleancodec.trainer.models import Denoiser
+from cleancodec.trainer.models import Denoiser, GlobalResponseNorm
 from cleancodec.trainer.seed import SeedDenoiser
 from tests.helpers import TINY_CODEC as TINY
 from tests.helpers import local_denoiser, speechlike
@@ -64,16 +70,41 @@ def run(stream: StreamDenoiser, x: np.ndarray, sizes: list[int]) -> list[np.ndar
 # --- single layers ----------------------------------------------------------------------------
 
 
+def run_layer(layer: StepLayer, x: torch.Tensor, sizes: list[int], unit: int) -> torch.Tensor:
+    """Stream ``x[B x C x T]`` through ``layer`` in steps cycling through ``sizes`` (× ``unit``
+    samples), end it with zeros and the signal's length, and put the outputs back on the
+    offline time axis (positions before 0 or past the end dropped)."""
+    layer.bind(0)
+    state = [torch.zeros(shape) for shape in layer.state_shapes(x.shape[0])]
+    got: dict[int, torch.Tensor] = {}
+    pos, total = 0, x.shape[-1]
+
+    def step(chunk: torch.Tensor, end: int) -> int:
+        nonlocal state
+        new: list[torch.Tensor] = []
+        y, at = layer.step(chunk, At(pos, end), iter(state), new)
+        state = new
+        for j in range(y.shape[-1]):
+            if 0 <= at.pos + j:
+                got[at.pos + j] = y[..., j]
+        return at.end
+
+    for n in pieces(total, [s * unit for s in sizes]):
+        step(x[..., pos:pos + n], END_UNKNOWN)
+        pos += n
+    for _ in range(4):  # the tail: zeros, with the length known
+        end = step(torch.zeros(x.shape[0], x.shape[1], 8 * unit), total)
+        pos += 8 * unit
+    return torch.stack([got[i] for i in range(end)], dim=-1)
+
+
 @pytest.mark.parametrize("k, s, d, p", [(7, 1, 1, 3), (7, 1, 9, 27), (4, 2, 1, 1), (10, 5, 1, 3),
                                         (16, 8, 1, 4), (3, 1, 1, 1), (1, 1, 1, 0), (5, 3, 2, 0)])
 def test_streamed_conv_equals_the_module(k, s, d, p):
     torch.manual_seed(0)
     conv = nn.Conv1d(3, 4, k, stride=s, dilation=d, padding=p)
-    x = torch.randn(2, 3, 613)
-    layer = StreamConv1d(conv)
-    outs = [layer.step(x[..., i:i + n]) for i, n in
-            zip(np.cumsum([0] + pieces(613, [1, 5, 37, 2])), pieces(613, [1, 5, 37, 2]))]
-    y = torch.cat([o for o in outs + [layer.finish()] if o is not None], dim=-1)
+    x = torch.randn(2, 3, 41 * s)
+    y = run_layer(StreamConv1d(conv), x, [1, 5, 3], s)
     torch.testing.assert_close(y, conv(x), atol=LAYER_ATOL, rtol=0)
 
 
@@ -83,12 +114,20 @@ def test_streamed_transposed_conv_equals_the_module(s):
     torch.manual_seed(1)
     conv = nn.ConvTranspose1d(3, 2, 2 * s, stride=s, padding=-(-s // 2))
     x = torch.randn(1, 3, 41)
-    layer = StreamConvTranspose1d(conv)
-    sizes = pieces(41, [1, 3, 10])
-    starts = np.cumsum([0] + sizes)
-    outs = [layer.step(x[..., a:a + n]) for a, n in zip(starts, sizes)]
-    y = torch.cat([o for o in outs + [layer.finish()] if o is not None], dim=-1)
+    y = run_layer(StreamConvTranspose1d(conv), x, [1, 3, 10], 1)
     torch.testing.assert_close(y, conv(x), atol=LAYER_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("window", [1, 3, 9])
+def test_streamed_window_grn_equals_the_module(window):
+    """The window statistics near both edges count only the frames inside the signal."""
+    torch.manual_seed(2)
+    grn = GlobalResponseNorm(6, kind="window", window=window)
+    nn.init.normal_(grn.gamma), nn.init.normal_(grn.beta)
+    x = torch.randn(2, 6, 30)
+    y = run_layer(StreamWindowGRN(grn, 6), x, [1, 3, 7], 1)
+    torch.testing.assert_close(y, grn(x.transpose(1, 2)).transpose(1, 2), atol=LAYER_ATOL,
+                               rtol=0)
 
 
 def test_unknown_layers_are_refused():

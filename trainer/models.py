@@ -70,13 +70,22 @@ class GlobalResponseNorm(nn.Module):
         if self.kind == "none":
             return x
         if self.kind == "global":
-            g = torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True)   # [B, 1, C]
-        else:  # RMS over the window (the window's length cancels in g / mean(g))
-            power = torch.nn.functional.avg_pool1d(
-                x.float().pow(2).transpose(1, 2), self.window, stride=1,
-                padding=self.window // 2, count_include_pad=False)
-            # floor at eps^2: sqrt's gradient is infinite at 0 (a silent channel)
-            g = power.clamp_min(self.eps ** 2).sqrt().transpose(1, 2).to(x.dtype)  # [B, F, C]
+            return self._scale(x, torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True))
+        # RMS over the window (the window's length cancels in g / mean(g))
+        power = torch.nn.functional.avg_pool1d(
+            x.float().pow(2).transpose(1, 2), self.window, stride=1,
+            padding=self.window // 2, count_include_pad=False)
+        return self.respond(x, power.transpose(1, 2))
+
+    def respond(self, x: Tensor, power: Tensor) -> Tensor:
+        """The ``window`` kind given each frame's mean power over its window: ``x[B x F x C]``,
+        ``power[B x F x C]`` (float32) → ``[B x F x C]`` (the streamed layer computes
+        ``power`` from the frames it keeps)."""
+        # floor at eps^2: sqrt's gradient is infinite at 0 (a silent channel)
+        return self._scale(x, power.clamp_min(self.eps ** 2).sqrt().to(x.dtype))  # [B, F, C]
+
+    def _scale(self, x: Tensor, g: Tensor) -> Tensor:
+        """``x`` scaled by its responses ``g`` (``[B x 1 x C]`` or ``[B x F x C]``)."""
         n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
         return self.gamma * (x * n) + self.beta + x
 
