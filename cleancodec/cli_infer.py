@@ -145,6 +145,10 @@ def _denoise_stream(input_path: str, output_path: str, conf: str | None, items: 
               help="The whole 16 kHz graph (DAC encoder → denoiser → quantizer → decoder, "
                    "dynamic length in whole 20 ms frames) for `denoise --engine onnx`; "
                    "default: the denoiser alone (raw latents, dynamic frame axis).")
+@click.option("--streaming", is_flag=True,
+              help="With --full: the graph as one streaming step, its layer state as inputs "
+                   "and outputs (stateful `denoise --stream --engine onnx`; also denoises "
+                   "files). Needs a denoiser with grn none or window.")
 @click.option("--conf", type=click.Path(dir_okay=False), default=None,
               help="--full: profile with a `codec` section (the codec the checkpoint was "
                    "trained on).")
@@ -153,8 +157,8 @@ def _denoise_stream(input_path: str, output_path: str, conf: str | None, items: 
               help="--full: use a checkpoint trained on another codec's latents.")
 @click.argument("overrides", nargs=-1, metavar="[codec|denoise.KEY=VALUE]...")
 @fails_cleanly(*STAGE_ERRORS)
-def export_command(checkpoint, output, full, conf, codec, codec_weights, allow_codec_mismatch,
-                   overrides):
+def export_command(checkpoint, output, full, streaming, conf, codec, codec_weights,
+                   allow_codec_mismatch, overrides):
     """Export CHECKPOINT's denoiser (or with --full the whole enhancement graph) to ONNX.
 
     The file is checked with onnxruntime against torch before it is renamed into place; the
@@ -166,7 +170,7 @@ def export_command(checkpoint, output, full, conf, codec, codec_weights, allow_c
     items = [*option_overrides("codec", {"weights": resolve_codec_choice(codec, codec_weights)}),
              *option_overrides("denoise", {"allow_codec_mismatch": allow_codec_mismatch})]
     check_overrides(overrides, ("codec", "denoise"), "export")
-    report = run_export(checkpoint, output, full, conf, [*items, *overrides])
+    report = run_export(checkpoint, output, full, conf, [*items, *overrides], streaming)
     click.echo("\n".join(report.lines()))
 
 

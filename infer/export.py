@@ -8,14 +8,20 @@
   ``infer.onnx_engine.OnnxEnhancer`` pads to. The graph's metadata carries the sample rate, hop,
   codec identity and receptive field, so the engine streams and chunks without torch models.
 
-Both use torch's dynamo exporter (``onnxscript``) on the models as they are. Rewriting layers
+- :func:`export_streaming`: the same chain as one streaming step with its layer state as
+  explicit inputs and outputs (:class:`infer.stateful.StepGraph`), for stateful streaming in
+  onnxruntime (``infer.onnx_engine.OnnxStepChain``); a single step over a whole signal is
+  offline enhancement, so the engine also denoises files with it.
+
+All use torch's dynamo exporter (``onnxscript``) on the models as they are. Rewriting layers
 into forms meant to suit onnxruntime (2-D convolutions, polyphase upsampling, a polynomial
 Snake, residual runs split over the time axis) gained less than 10 % end to end against this
 plain export, so there are none (``BENCHMARKS.md``, "ONNX layer forms against the plain
 export"; the forms and their benchmark are in commit 755de29). Every export is
 written to a temporary file beside the target, run with onnxruntime against the
-torch model at two lengths (and batch 2), and renamed over the target only when they agree
-(denoiser: max abs difference ≤ :data:`DENOISER_MAX_ABS`; full graph: SNR ≥
+torch model at two lengths (and batch 2; the streaming step over a 10 s stream, step by step),
+and renamed over the target only when they agree (denoiser and each streaming step: max abs
+difference ≤ :data:`DENOISER_MAX_ABS` / :data:`STREAM_MAX_ABS`; full graph: SNR ≥
 :data:`FULL_MIN_SNR_DB`, since a rounding difference may flip a nearest-code choice of the
 quantizer); otherwise :class:`ExportError` says by how much they differ.
 """
@@ -43,7 +49,10 @@ log = logging.getLogger(__name__)
 
 DENOISER_INPUT, DENOISER_OUTPUT = "latents", "denoised"
 FULL_INPUT, FULL_OUTPUT = "wave", "enhanced"
-KIND_DENOISER, KIND_FULL = "denoiser", "full"
+STREAM_POSITION, STREAM_END = "position", "end"  # a streaming step's int64 scalar inputs
+STREAM_STATE_IN, STREAM_STATE_OUT = "state_in_{}", "state_out_{}"
+BATCH_AXIS = "batch"  # the batch axis in the state shapes of the metadata
+KIND_DENOISER, KIND_FULL, KIND_STREAM = "denoiser", "full", "stream"
 META_PREFIX = "cleancodec."
 DENOISER_MAX_ABS = 1e-4  # goal for the denoiser on raw latents
 FULL_MIN_SNR_DB = 60.0  # agreement the full graph must reach (float rounding is ≥ 100 dB)
@@ -52,6 +61,9 @@ VERIFY_FRAMES = (37, 150)  # two lengths: the dynamic axis really is dynamic
 VERIFY_AMPLITUDE = 0.1  # scale of the random test waves
 VERIFY_SEED = 0
 EXPORT_FRAMES = 20  # length of the example input traced by the exporter
+STREAM_MAX_ABS = 1e-4  # a streaming step's onnxruntime output against torch's, every step
+VERIFY_STREAM_S = 10.0  # length of the stream a streaming export is checked on
+VERIFY_STEP_HOPS = (1, 7, 10, 3)  # hops per verification step, cycled (n is dynamic)
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis
 
 
@@ -113,15 +125,15 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _export(module: nn.Module, example: Tensor, names: tuple[str, str],
-            dynamic: dict[int, Any], metadata: dict[str, Any], tmp: Path, path: Path) -> None:
-    """Trace ``module`` on ``example`` and save the ONNX graph (one file) at ``tmp``
-    (``path``: the target, named in errors)."""
+def _export(module: nn.Module, args: tuple, names: tuple[Sequence[str], Sequence[str]],
+            dynamic: tuple, metadata: dict[str, Any], tmp: Path, path: Path) -> None:
+    """Trace ``module`` on ``args`` and save the ONNX graph (one file) at ``tmp``
+    (``names``: input and output names; ``path``: the target, named in errors)."""
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
-                module.eval(), (example,), dynamo=True, verbose=False, input_names=[names[0]],
-                output_names=[names[1]], dynamic_shapes=(dynamic,))
+                module.eval(), args, dynamo=True, verbose=False, input_names=list(names[0]),
+                output_names=list(names[1]), dynamic_shapes=dynamic)
     except Exception as exc:  # the exporter raises many types; report them as one
         raise ExportError(f"{path}: torch could not export the graph "
                           f"({type(exc).__name__}: {exc})") from exc
@@ -195,7 +207,19 @@ def _provenance(info: dict[str, Any] | None, checkpoint: str | Path | None) -> d
             "ema": bool(info.get("ema")), "torch_version": torch.__version__}
 
 
-# --- the two exports --------------------------------------------------------------------------
+def _chain_metadata(kind: str, codec, denoiser: nn.Module | None, chain: ChainField | None,
+                    info: dict[str, Any] | None, checkpoint: str | Path | None) -> dict[str, Any]:
+    """What an engine needs to know of a whole-chain graph (``kind`` full or stream)."""
+    chain = chain or codec_chain_field(codec, denoiser)
+    return {"kind": kind, "sample_rate": codec.sample_rate, "hop": codec.hop_length,
+            "n_codebooks": codec.n_codebooks, "codec_identity": codec.identity,
+            "codec_random_init": codec.is_random, "chain_field": chain.to_dict(),
+            "bypass": denoiser is None,
+            "model_args": denoiser.model_args if denoiser is not None else None,
+            **_provenance(info, checkpoint)}
+
+
+# --- the exports --------------------------------------------------------------------------
 
 
 def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] | None = None,
@@ -224,7 +248,8 @@ def export_denoiser(denoiser: nn.Module, path: str | Path, info: dict[str, Any] 
                               f"{report.max_abs_diff:.3g} (max abs, goal ≤ {DENOISER_MAX_ABS})")
 
     def write(tmp: Path) -> None:
-        _export(denoiser, example, names, dynamic, meta, tmp, Path(path))
+        _export(denoiser, (example,), ([names[0]], [names[1]]), (dynamic,), meta, tmp,
+                Path(path))
 
     return _publish_checked(path, KIND_DENOISER, write, check)
 
@@ -245,13 +270,7 @@ def export_full(codec, denoiser: nn.Module | None, path: str | Path,
     example = torch.from_numpy(inputs[0][:, :EXPORT_FRAMES * hop].copy())
     frames = torch.export.Dim("frames", min=1)
     dynamic = {0: torch.export.Dim("batch", max=MAX_BATCH), 1: hop * frames}
-    chain = chain or codec_chain_field(codec, denoiser)
-    meta = {"kind": KIND_FULL, "sample_rate": codec.sample_rate, "hop": hop,
-            "n_codebooks": codec.n_codebooks, "codec_identity": codec.identity,
-            "codec_random_init": codec.is_random, "chain_field": chain.to_dict(),
-            "bypass": denoiser is None,
-            "model_args": denoiser.model_args if denoiser is not None else None,
-            **_provenance(info, checkpoint)}
+    meta = _chain_metadata(KIND_FULL, codec, denoiser, chain, info, checkpoint)
     names = (FULL_INPUT, FULL_OUTPUT)
 
     def check(tmp: Path, report: ExportReport) -> None:
@@ -262,19 +281,107 @@ def export_full(codec, denoiser: nn.Module | None, path: str | Path,
                               f"abs difference {report.max_abs_diff:.3g})")
 
     def write(tmp: Path) -> None:
-        _export(graph, example, names, dynamic, meta, tmp, Path(path))
+        _export(graph, (example,), ([names[0]], [names[1]]), (dynamic,), meta, tmp, Path(path))
 
     return _publish_checked(path, KIND_FULL, write, check)
+
+
+def stream_feed(position: int, end: int, wave: np.ndarray,
+                 state: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """onnxruntime's inputs for one step of a streaming graph."""
+    return {FULL_INPUT: wave, STREAM_POSITION: np.array(position, np.int64),
+            STREAM_END: np.array(end, np.int64),
+            **{STREAM_STATE_IN.format(i): s for i, s in enumerate(state)}}
+
+
+def export_streaming(codec, denoiser: nn.Module | None, path: str | Path,
+                     info: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
+                     chain: ChainField | None = None) -> ExportReport:
+    """Export the whole chain as one streaming step (:class:`infer.stateful.StepGraph`):
+    inputs ``wave[B x n]`` (n a multiple of the hop), ``position`` and ``end`` (int64 scalars)
+    and the state tensors ``state_in_<i>``; outputs ``enhanced[B x n]`` and ``state_out_<i>``.
+    The metadata lists the state tensors with their shapes (``"batch"`` for the batch axis),
+    the step's lag and the value of ``end`` while the length is unknown.
+
+    Verified block by block against torch over a :data:`VERIFY_STREAM_S` s stream in steps of
+    :data:`VERIFY_STEP_HOPS` hops and its end: every step's output must agree to
+    :data:`STREAM_MAX_ABS` (max abs).
+    """
+    from cleancodec.infer.stateful import END_UNKNOWN, StepGraph
+
+    if codec.device.type != "cpu":
+        raise ExportError("export the streaming graph from a CPU codec (--device cpu)")
+    denoiser = denoiser.float().cpu().eval() if denoiser is not None else None
+    graph = StepGraph(codec.model, denoiser, codec.n_codebooks).eval()
+    hop = codec.hop_length
+    shapes = graph.state_shapes(VERIFY_BATCH)
+    names_in = [FULL_INPUT, STREAM_POSITION, STREAM_END,
+                *(STREAM_STATE_IN.format(i) for i in range(len(shapes)))]
+    names_out = [FULL_OUTPUT, *(STREAM_STATE_OUT.format(i) for i in range(len(shapes)))]
+    meta = {**_chain_metadata(KIND_STREAM, codec, denoiser, chain, info, checkpoint),
+            "stream_lag": graph.lag, "end_unknown": END_UNKNOWN,
+            "stream_states": [{"input": STREAM_STATE_IN.format(i),
+                               "output": STREAM_STATE_OUT.format(i),
+                               "shape": [BATCH_AXIS, *shape[1:]]}
+                              for i, shape in enumerate(shapes)]}
+    rng = np.random.default_rng(VERIFY_SEED)
+    wave = (VERIFY_AMPLITUDE * rng.standard_normal(
+        (VERIFY_BATCH, round(VERIFY_STREAM_S * codec.sample_rate) // hop * hop))
+            ).astype(np.float32)
+    batch = torch.export.Dim("batch", max=MAX_BATCH)
+    dynamic = ({0: batch, 1: hop * torch.export.Dim("frames", min=1)}, None, None,
+               tuple({0: batch} for _ in shapes))
+    args = (torch.from_numpy(wave[:, :EXPORT_FRAMES * hop].copy()), torch.tensor(0),
+            torch.tensor(END_UNKNOWN), *graph.initial_state(VERIFY_BATCH))
+
+    def steps() -> Iterator[tuple[np.ndarray, int, int]]:
+        """(wave, position, end) of each verification step: the stream, then its end."""
+        position, i = 0, 0
+        while position < wave.shape[1]:
+            n = VERIFY_STEP_HOPS[i % len(VERIFY_STEP_HOPS)] * hop
+            yield wave[:, position:position + n], position, END_UNKNOWN
+            position, i = position + min(n, wave.shape[1] - position), i + 1
+        tail = -(-graph.lag // hop) * hop
+        yield np.zeros((VERIFY_BATCH, tail), np.float32), position, wave.shape[1]
+
+    def check(tmp: Path, report: ExportReport) -> None:
+        session = onnx_session(tmp)
+        torch_state = graph.initial_state(VERIFY_BATCH)
+        onnx_state = [t.numpy() for t in torch_state]
+        worst, snr, count = 0.0, float("inf"), 0
+        for x, position, end in steps():
+            with torch.no_grad():
+                ref, *torch_state = graph(torch.from_numpy(x), position, end, *torch_state)
+            got, *onnx_state = session.run(names_out, stream_feed(position, end, x,
+                                                                   onnx_state))
+            ref = ref.numpy()
+            diff = float(np.max(np.abs(got - ref)))
+            if not diff <= STREAM_MAX_ABS:
+                raise ExportError(f"{path}: onnxruntime differs from torch by {diff:.3g} (max "
+                                  f"abs, goal ≤ {STREAM_MAX_ABS}) in the step at sample "
+                                  f"{position}")
+            worst, snr, count = max(worst, diff), min(snr, snr_db(ref, got)), count + 1
+        report.max_abs_diff, report.snr_db = worst, snr
+        report.checks.append(f"{count} steps over a {VERIFY_STREAM_S:g} s stream and its end")
+
+    def write(tmp: Path) -> None:
+        _export(graph, args, (names_in, names_out), dynamic, meta, tmp, Path(path))
+
+    return _publish_checked(path, KIND_STREAM, write, check)
 
 
 # --- the stage as the command line runs it ----------------------------------------------------
 
 
 def run_export(checkpoint: str | Path, output: str | Path, full: bool = False,
-               conf: str | Path | None = None, overrides: Sequence[str] = ()) -> ExportReport:
+               conf: str | Path | None = None, overrides: Sequence[str] = (),
+               streaming: bool = False) -> ExportReport:
     """``cleancodec export``: the checkpoint's denoiser, or with ``full`` the whole graph with
     the codec of the profile's ``codec`` section (``overrides``: ``codec.key=value`` /
-    ``denoise.key=value`` items)."""
+    ``denoise.key=value`` items); ``streaming`` (with ``full``) writes it as a streaming step
+    (:func:`export_streaming`)."""
+    if streaming and not full:
+        raise ExportError("--streaming exports the whole chain: add --full")
     from cleancodec.core.codec import CodecConfig
     from cleancodec.core.config import load_section
     from cleancodec.infer.denoise import DenoiseConfig, load_enhancer
@@ -290,8 +397,10 @@ def run_export(checkpoint: str | Path, output: str | Path, full: bool = False,
     cfg = load_section(conf, "denoise", DenoiseConfig, overrides)
     cfg.checkpoint, cfg.bypass = str(checkpoint), False
     enhancer = load_enhancer(cfg, codec_cfg)
-    return export_full(enhancer.codec, enhancer.denoiser, output, enhancer.info, checkpoint)
+    export = export_streaming if streaming else export_full
+    return export(enhancer.codec, enhancer.denoiser, output, enhancer.info, checkpoint)
 
 
 __all__ = ["DENOISER_MAX_ABS", "EnhanceGraph", "ExportError", "ExportReport", "FULL_MIN_SNR_DB",
-           "export_denoiser", "export_full", "onnx_session", "read_metadata", "run_export"]
+           "STREAM_MAX_ABS", "export_denoiser", "export_full", "export_streaming",
+           "onnx_session", "read_metadata", "run_export", "stream_feed"]

@@ -3,7 +3,10 @@
 :class:`OnnxEnhancer` stands in for the torch :class:`~cleancodec.infer.denoise.Enhancer`
 wherever one is used: chunked file denoising (``infer.run``) and streaming (``infer.stream``).
 It maps float32 ``[B x T]`` 16 kHz waves to ``[B x T]``, padding ``T`` to a multiple of the hop
-(the graph's sample axis is dynamic in whole frames) and trimming the output back. Sample rate,
+(the graph's sample axis is dynamic in whole frames) and trimming the output back. A graph
+written with ``--streaming`` (a step with its layer state as inputs and outputs) does the same
+in one step over the whole signal, and streams statefully (:class:`OnnxStepChain`, used by
+``infer.stateful.StatefulStream``); a plain full graph streams windowed. Sample rate,
 hop, codec identity and receptive field come from the graph's metadata, so neither torch
 models nor the codec weights are loaded. ``infer.engines.load_engine`` picks the torch or the
 ONNX engine for ``cleancodec denoise --engine`` and imports this module only for the latter.
@@ -22,14 +25,19 @@ import torch
 from cleancodec.core.codec import RANDOM_INIT_BANNER, CodecConfig
 from cleancodec.infer.denoise import Enhancer
 from cleancodec.infer.export import (
+    BATCH_AXIS,
     FULL_INPUT,
     FULL_OUTPUT,
     KIND_FULL,
+    KIND_STREAM,
     ExportError,
     onnx_session,
     read_metadata,
+    stream_feed,
 )
 from cleancodec.infer.receptive import ChainField
+from cleancodec.infer.stateful import END_UNKNOWN, StepChain
+from cleancodec.infer.stream import StreamError
 
 REQUIRED_KEYS = ("kind", "sample_rate", "hop", "chain_field", "codec_identity")
 
@@ -59,10 +67,10 @@ class OnnxEnhancer(Enhancer):
         self.session = onnx_session(path, threads, device)
         meta = read_metadata(self.session)
         missing = [k for k in REQUIRED_KEYS if k not in meta]
-        if meta.get("kind", KIND_FULL) != KIND_FULL:
+        if meta.get("kind", KIND_FULL) not in (KIND_FULL, KIND_STREAM):
             raise ExportError(f"{path}: holds the denoiser alone (kind {meta['kind']!r}); "
                               "`--engine onnx` needs the whole graph: cleancodec export "
-                              "--full CHECKPOINT OUT.onnx")
+                              "--full [--streaming] CHECKPOINT OUT.onnx")
         if missing:
             raise ExportError(f"{path}: not a graph written by `cleancodec export --full` "
                               f"(metadata lacks {', '.join(missing)})")
@@ -79,6 +87,11 @@ class OnnxEnhancer(Enhancer):
         self.info = {"step": json.loads(meta.get("step", "null")),
                      "ema": bool(json.loads(meta.get("ema", "false"))), "onnx": str(path)}
         self.checkpoint = meta.get("checkpoint") or None
+        self.streaming = meta.get("kind") == KIND_STREAM
+        if self.streaming:
+            self.lag = int(meta["stream_lag"])
+            self.end_unknown = int(meta["end_unknown"])
+            self.state_specs = json.loads(meta["stream_states"])
 
     @property
     def bypass(self) -> bool:
@@ -93,12 +106,50 @@ class OnnxEnhancer(Enhancer):
         pad = (-length) % self.hop
         if pad or length == 0:
             x = np.pad(x, ((0, 0), (0, pad if length else self.hop)))
-        y = self.session.run([FULL_OUTPUT], {FULL_INPUT: x})[0]
+        if self.streaming:  # one step over the whole signal, run on past its end
+            end = x.shape[1]
+            x = np.pad(x, ((0, 0), (0, -(-self.lag // self.hop) * self.hop)))
+            y = self.session.run([FULL_OUTPUT], stream_feed(
+                0, end, x, self.initial_state(x.shape[0])))[0][:, self.lag:]
+        else:
+            y = self.session.run([FULL_OUTPUT], {FULL_INPUT: x})[0]
         return np.ascontiguousarray(y[:, :length], dtype=np.float32)
+
+    def initial_state(self, batch: int) -> list[np.ndarray]:
+        """A streaming graph's state at the start of a stream: zeros."""
+        return [np.zeros([batch if d == BATCH_AXIS else d for d in spec["shape"]], np.float32)
+                for spec in self.state_specs]
+
+    def step_chain(self) -> OnnxStepChain:
+        """The graph run step by step with its state (``--streaming`` exports only)."""
+        if not self.streaming:
+            raise StreamError(f"{self.path}: a whole-signal graph, without layer state; for "
+                              "stateful streaming export it with `cleancodec export --full "
+                              "--streaming`")
+        return OnnxStepChain(self)
 
     def describe(self) -> dict[str, Any]:
         """Provenance (for the run report)."""
         return {**super().describe(), "engine": "onnxruntime", "onnx": str(self.path)}
+
+
+class OnnxStepChain(StepChain):
+    """:class:`~infer.stateful.StepChain` run by onnxruntime: a graph written by
+    ``cleancodec export --full --streaming``, its state fed back from step to step."""
+
+    def __init__(self, engine: OnnxEnhancer):
+        self.engine = engine
+        self.outputs = [FULL_OUTPUT, *(spec["output"] for spec in engine.state_specs)]
+        super().__init__(engine.lag, engine.hop)
+
+    def _run(self, waves, position, end):
+        if self.state is None:
+            self.state = self.engine.initial_state(waves.shape[0])
+        if end == END_UNKNOWN:  # as the graph spells it
+            end = self.engine.end_unknown
+        y, *self.state = self.engine.session.run(
+            self.outputs, stream_feed(position, end, waves, self.state))
+        return y
 
 
 def load_onnx_engine(onnx: str | Path, codec_cfg: CodecConfig) -> OnnxEnhancer:
@@ -112,4 +163,4 @@ def load_onnx_engine(onnx: str | Path, codec_cfg: CodecConfig) -> OnnxEnhancer:
     return loaded
 
 
-__all__ = ["GraphCodec", "OnnxEnhancer", "load_onnx_engine"]
+__all__ = ["GraphCodec", "OnnxEnhancer", "OnnxStepChain", "load_onnx_engine"]

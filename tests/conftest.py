@@ -70,6 +70,20 @@ def tiny_full_graph(tmp_path_factory):
     return codec, model, path, report
 
 
+@pytest.fixture(scope="session")
+def tiny_stream_graph(tmp_path_factory):
+    """``(codec, denoiser, path, report)``: the same models as :func:`tiny_full_graph`
+    exported as one streaming step by ``infer.export.export_streaming`` (checked step by step
+    against torch over a 10 s stream), shared by every test after the first."""
+    from bench.stream import SMOKE, bench_models
+    from cleancodec.infer.export import export_streaming
+
+    codec, model, _ = bench_models(SMOKE["arch"])
+    path = tmp_path_factory.mktemp("onnx") / "step.onnx"
+    report = export_streaming(codec, model, path, {"step": 5}, "runs/x/best.pt")
+    return codec, model, path, report
+
+
 # --- pipeline.build: a small synthetic corpus and its reference cache ------------------------
 
 
