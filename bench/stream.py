@@ -1,5 +1,7 @@
-"""Streaming benchmark: latency per block size; per-block compute time (p50 / p99) and
-real-time factor with 1 and 2 CPU threads, torch and onnxruntime side by side.
+"""Streaming benchmark: latency per block size; per-block compute time (p50 / p99) of the
+windowed and the stateful stream, torch and onnxruntime side by side, with 1 and 2 CPU threads,
+against the offline cost of the same audio; the end-to-end cost of ``denoise --stream`` and
+the memory of a long stream (``bench/stream_long.py``).
 
 Runs the real DAC-16k architecture at RANDOM INIT (pretrained weights cannot be downloaded on
 the benchmark machine): compute times are those of the real networks; the audio is
@@ -7,22 +9,29 @@ meaningless. The denoiser is a small random-init ``trainer.models.Denoiser`` (wi
 depth 2, ``grn: none``: ±6 frames), with its zero-initialised head randomised.
 
 For each block size the latency is ``block + lookahead`` (``infer.stream``; the lookahead is
-the chain's receptive field rounded up to whole 20 ms frames). Timing: two streams, the torch
-``Enhancer`` and the exported full graph run by onnxruntime (``infer.onnx_engine``), are fed
-the same noisy speech one block at a time, alternating (so a drift in the machine's load falls
-on both), after enough input that every window is full length; the time of each ``push`` that
-emits one block is recorded. Each push comes after a pause of ``PARK_S``: the worker threads
-of the engine that ran before keep spinning for a while after their last parallel region
-(torch's libgomp workers, onnxruntime's pool), and without the pause onnxruntime took 12 % and
-torch 5 % longer per block than when each ran alone (2 threads, 1 s blocks, 2026-12-01); with
-it, both are within the run-to-run spread of running alone. A configuration is real-time when
-its p99 stays below the block's duration.
+the chain's receptive field rounded up to whole 20 ms frames), the same for both streams.
+Engines: the windowed stream (``infer.stream``: the whole chain over ``context + block +
+lookahead`` for each block) of the torch ``Enhancer`` and of the exported full graph
+(``export --full``); the stateful stream (``infer.stateful``: layer state, the chain over the
+block's own samples) of the torch modules and of the exported streaming step (``export --full
+--streaming``). Timing: the engines are fed the same noisy speech one block at a time,
+alternating (so a drift in the machine's load falls on all), after enough input that every
+window is full length; the time of each ``push`` that emits one block is recorded. Each push
+comes after a pause of ``PARK_S``: the worker threads of the engine that ran before keep
+spinning for a while after their last parallel region (torch's libgomp workers, onnxruntime's
+pool), and without the pause onnxruntime took 12 % and torch 5 % longer per block than when
+each ran alone (2 threads, 1 s blocks, 2026-12-01). The windowed streams run at
+:data:`SIDE_BY_SIDE_FRAMES` only (seconds per block below that). The offline cost is one
+forward of each engine over :data:`OFFLINE_SECONDS` of the same speech, before and after the
+rows (mean): "÷ offline" divides a block's p50 by that engine's offline cost for the block's
+duration. A configuration is real-time when its p99 stays below the block's duration.
 
 Usage: ``python bench/stream.py [--blocks 16] [--device cuda] [--smoke] [--onnx GRAPH]
-[--no-append]``; prints a Markdown table and appends it to BENCHMARKS.md (``--smoke``: the tiny
-codec, two block sizes, a few blocks, never appended: a check that the benchmark runs;
-``--onnx``: a graph already exported from :func:`bench_models`' models, checked and used
-instead of exporting one).
+[--onnx-step GRAPH] [--memory-arch tiny] [--memory-seconds 600] [--no-append]``; prints a
+Markdown table and appends it to BENCHMARKS.md (``--smoke``: the tiny codec, a few block
+sizes and blocks, short end-to-end and memory runs, never appended: a check that the benchmark
+runs; ``--onnx`` / ``--onnx-step``: graphs already exported from :func:`bench_models`' models,
+checked and used instead of exporting them).
 """
 from __future__ import annotations
 
@@ -51,14 +60,22 @@ from cleancodec.core.codec import (  # noqa: E402
     load_codec,
 )
 from cleancodec.infer.denoise import Enhancer, snr_db  # noqa: E402
-from cleancodec.infer.export import ExportReport, export_full  # noqa: E402
+from cleancodec.infer.export import (  # noqa: E402
+    KIND_FULL,
+    KIND_STREAM,
+    ExportReport,
+    export_full,
+    export_streaming,
+)
 from cleancodec.infer.onnx_engine import OnnxEnhancer  # noqa: E402
 from cleancodec.infer.receptive import codec_chain_field  # noqa: E402
+from cleancodec.infer.stateful import StatefulStream  # noqa: E402
 from cleancodec.infer.stream import StreamDenoiser, StreamGeometry  # noqa: E402
 from cleancodec.trainer.models import Denoiser  # noqa: E402
 
 LATENCY_FRAMES = (1, 2, 5, 10, 25, 50)  # block sizes of the latency table (20 ms frames)
-TIMED_FRAMES = (5, 25, 35, 50)  # block sizes timed (100 ms … 1 s)
+SIDE_BY_SIDE_FRAMES = (5, 10, 25, 50)  # 100 ms … 1 s: all four engines, alternating
+STATEFUL_FRAMES = (1, 2, 3)  # 20, 40, 60 ms: the stateful engines alone
 THREADS = (1, 2)
 DENOISER = {"width": 256, "depth": 2, "grn": "none"}
 HEAD_STD = 0.02  # randomised head: the denoiser changes the latents, as a trained one does
@@ -67,19 +84,24 @@ PARK_S = 0.2  # pause before each push: the other engine's worker threads stop s
 # timed blocks per row: with 8, the two engines' p50 ratio moved by about ±12 % between runs
 # on these shared cores (2026-12-01); 16 halve the weight of a stretch of host load
 DEFAULT_BLOCKS = 16
-SMOKE = {"arch": "tiny", "timed": (2, 5), "latency": (1, 5), "blocks": 2, "threads": (1,)}
+OFFLINE_SECONDS = 10.0  # audio of the offline reference forward
+SMOKE = {"arch": "tiny", "side_by_side": (2, 5), "stateful": (1,), "latency": (1, 5),
+         "blocks": 2, "threads": (1,), "e2e_seconds": 2.0, "memory_seconds": 20.0}
 MS_PER_S = 1000.0
 PERCENTILES = (50, 99)
 SPEECH_SECONDS, SPEECH_SEED = 30.0, 4  # the noisy speech streamed
 STATS_SECONDS = 5  # seconds of it whose latents give the denoiser its statistics
 CHECK_FRAMES, CHECK_AMPLITUDE = 40, 0.1  # --onnx: the random wave checked against torch
+STREAMS = {"windowed": StreamDenoiser, "stateful": StatefulStream}
+ENGINES = ("torch", "onnxruntime")
 
 
 @dataclass
 class Timing:
-    """Per-block compute times of one engine at one block size and thread count."""
+    """Per-block compute times of one engine and stream at one block size and thread count."""
 
     engine: str
+    stream: str
     threads: int | str
     geometry: StreamGeometry
     seconds: list[float]
@@ -105,7 +127,7 @@ def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray,
                 n_blocks: int) -> tuple[dict[str, list[float]], float]:
     """Feed every stream the same input one block at a time, alternating, each push after a
     pause of :data:`PARK_S`; per-block push times of the ``n_blocks`` blocks after the
-    warm-up, and the SNR between the first two streams' outputs."""
+    warm-up, and the worst SNR between the first stream's output and each other's."""
     g = next(iter(streams.values())).geometry
     fill = (-(-g.context // g.block) + 1) * g.block + g.lookahead  # every later window is full
     need = fill + (WARMUP_BLOCKS + n_blocks) * g.block
@@ -125,7 +147,7 @@ def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray,
             if i >= WARMUP_BLOCKS:
                 times[name].append(elapsed)
     joined = [np.concatenate(v) for v in outs.values()]
-    agreement = snr_db(joined[0], joined[1]) if len(joined) > 1 else float("nan")
+    agreement = min((snr_db(joined[0], y) for y in joined[1:]), default=float("nan"))
     return times, agreement
 
 
@@ -139,33 +161,52 @@ def bench_models(arch: str, threads: int = 1) -> tuple[Codec, Denoiser, np.ndarr
     return codec, model, x
 
 
-def given_graph(path: Path, codec: Codec, model: Denoiser) -> ExportReport:
-    """An exported full graph of ``codec`` and ``model`` (``--onnx``), checked by its metadata
-    and against torch on one batch; its report as if just exported."""
+def given_graph(path: Path, kind: str, codec: Codec, model: Denoiser) -> ExportReport:
+    """An exported graph (``kind`` full or stream) of ``codec`` and ``model`` (``--onnx`` /
+    ``--onnx-step``), checked by its metadata and against torch on one batch; its report as if
+    just exported."""
     engine = OnnxEnhancer(path)
     meta = engine.meta
-    same = json.loads(json.dumps([codec.identity, model.model_args]))
-    if [engine.codec.identity, json.loads(meta.get("model_args", "null"))] != same:
-        raise SystemExit(f"{path}: not the graph of this benchmark's codec and denoiser "
-                         "(export it with bench.stream.bench_models, or omit --onnx)")
+    same = json.loads(json.dumps([kind, codec.identity, model.model_args]))
+    if [meta["kind"], engine.codec.identity, json.loads(meta.get("model_args", "null"))] != same:
+        raise SystemExit(f"{path}: not the {kind} graph of this benchmark's codec and denoiser "
+                         "(export it from bench.stream.bench_models, or omit the option)")
     rng = np.random.default_rng(0)
     x = (CHECK_AMPLITUDE * rng.standard_normal((1, CHECK_FRAMES * codec.hop_length))
          ).astype(np.float32)
     ref, got = Enhancer(codec, model)(x), engine(x)
-    return ExportReport(path, "full", float(np.max(np.abs(ref - got))), snr_db(ref, got),
+    return ExportReport(path, kind, float(np.max(np.abs(ref - got))), snr_db(ref, got),
                         size_bytes=path.stat().st_size)
 
 
-def run(arch: str, device: str, timed: tuple[int, ...], threads: tuple[int, ...],
-        n_blocks: int, tmp: Path, onnx: Path | None = None) -> tuple[list[Timing], dict]:
+def offline_ms_per_s(engine: Enhancer, x: np.ndarray) -> float:
+    """Milliseconds of one offline forward per second of audio (after one warm-up)."""
+    n = int(OFFLINE_SECONDS * engine.sample_rate)
+    engine(x[None, : engine.sample_rate])
+    start = time.perf_counter()
+    engine(x[None, :n])
+    return (time.perf_counter() - start) * MS_PER_S / OFFLINE_SECONDS
+
+
+def _streams(engines: dict[str, dict[str, Enhancer]], frames: int,
+             kinds: tuple[str, ...]) -> dict[tuple[str, str], StreamDenoiser]:
+    return {(name, kind): STREAMS[kind].for_engine(by_kind[kind], block_frames=frames)
+            for kind in kinds for name, by_kind in engines.items() if kind in by_kind}
+
+
+def run(arch: str, device: str, frames: tuple[tuple[int, ...], tuple[int, ...]],
+        threads: tuple[int, ...], n_blocks: int, tmp: Path,
+        graphs: tuple[Path | None, Path | None]) -> tuple[list[Timing], dict]:
+    """Every row: ``frames`` = (side-by-side block sizes, stateful-only block sizes)."""
     codec, model, x = bench_models(arch, max(threads))
-    field = codec_chain_field(codec, model)
-    if onnx is None:
-        onnx_path = tmp / "stream_full.onnx"
-        report = export_full(codec, model, onnx_path)
-    else:
-        onnx_path, report = onnx, given_graph(onnx, codec, model)
-    info = {"field": field, "export": report, "agreement": {}}
+    info = {"field": codec_chain_field(codec, model), "exports": {}, "agreement": {},
+            "offline": {}}
+    paths = {}
+    for kind, given, export in ((KIND_FULL, graphs[0], export_full),
+                                (KIND_STREAM, graphs[1], export_streaming)):
+        paths[kind] = given or tmp / f"{kind}.onnx"
+        info["exports"][kind] = (given_graph(given, kind, codec, model) if given
+                                 else export(codec, model, paths[kind]))
     if device != "cpu":
         codec = load_codec(CodecConfig(weights="random", random_arch=arch, random_seed=0,
                                        device=device))
@@ -174,27 +215,47 @@ def run(arch: str, device: str, timed: tuple[int, ...], threads: tuple[int, ...]
     for n_threads in threads if device == "cpu" else ("gpu",):
         if device == "cpu":
             torch.set_num_threads(n_threads)
-        onnx_engine = OnnxEnhancer(onnx_path, threads=n_threads if device == "cpu" else 0,
-                                   device=device)
-        engines = {"torch": torch_engine}
-        if device == "cpu" or onnx_engine.codec.device.type == "cuda":
-            engines["onnxruntime"] = onnx_engine
-        for frames in timed:
-            streams = {k: StreamDenoiser.for_engine(e, block_frames=frames)
-                       for k, e in engines.items()}
-            times, agreement = time_blocks(streams, x, n_blocks)
-            info["agreement"][(n_threads, frames)] = agreement
-            geometry = next(iter(streams.values())).geometry
-            timings += [Timing(k, n_threads, geometry, v) for k, v in times.items()]
-            print(f"  {n_threads} thread(s), block {geometry.block_ms:.0f} ms: "
-                  + ", ".join(f"{t.engine} p50 {t.percentile(50) * MS_PER_S:.0f} ms"
-                              for t in timings[-len(times):]), file=sys.stderr, flush=True)
+        onnx = {kind: OnnxEnhancer(paths[kind], threads=n_threads if device == "cpu" else 0,
+                                   device=device) for kind in paths}
+        engines = {"torch": {"windowed": torch_engine, "stateful": torch_engine}}
+        if device == "cpu" or onnx[KIND_FULL].codec.device.type == "cuda":
+            engines["onnxruntime"] = {"windowed": onnx[KIND_FULL], "stateful": onnx[KIND_STREAM]}
+        offline = {k: offline_ms_per_s(e["windowed"], x) for k, e in engines.items()}
+        for block_frames, kinds in [*((f, tuple(STREAMS)) for f in frames[0]),
+                                    *((f, ("stateful",)) for f in frames[1])]:
+            streams = _streams(engines, block_frames, kinds)
+            times, info["agreement"][(n_threads, block_frames)] = time_blocks(
+                {f"{e} {k}": s for (e, k), s in streams.items()}, x, n_blocks)
+            rows = [Timing(e, k, n_threads, s.geometry, times[f"{e} {k}"])
+                    for (e, k), s in streams.items()]
+            timings += rows
+            print(f"  {n_threads} thread(s), block {rows[0].geometry.block_ms:.0f} ms: "
+                  + ", ".join(f"{t.engine} {t.stream} p50 {t.percentile(50) * MS_PER_S:.0f} ms"
+                              for t in rows), file=sys.stderr, flush=True)
+        for k, e in engines.items():  # before and after the rows
+            info["offline"][(k, n_threads)] = (offline[k] + offline_ms_per_s(e["windowed"], x)) / 2
     return timings, info
 
 
+def _row(t: Timing, timings: list[Timing], offline: dict) -> str:
+    g = t.geometry
+    block_s = g.block / g.sample_rate
+    p50 = t.percentile(50)
+    windowed = next((w.percentile(50) for w in timings if w.stream == "windowed" and
+                     (w.engine, w.threads, w.geometry.block) == (t.engine, t.threads, g.block)),
+                    None)
+    ratio = f"{p50 / windowed:.3f}" if t.stream == "stateful" and windowed else ""
+    cost = offline.get((t.engine, t.threads))
+    per_offline = f"{p50 * MS_PER_S / (cost * block_s):.2f}" if cost else ""
+    return (f"| {t.engine} | {t.stream} | {t.threads} | {g.block_ms:.0f} | {g.latency_ms:.0f} | "
+            f"{p50 * MS_PER_S:.1f} | {t.percentile(99) * MS_PER_S:.1f} | {per_offline} | "
+            f"{ratio} | {p50 / block_s:.2f} | {'yes' if t.realtime else 'no'} |")
+
+
 def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: list[Timing],
-           info: dict, n_blocks: int, wall: float, load: tuple[str, str]) -> str:
-    field, export = info["field"], info["export"]
+           info: dict, long_runs: list[str], n_blocks: int, wall: float,
+           load: tuple[str, str]) -> str:
+    field, offline = info["field"], info["offline"]
     lines = [
         f"## streaming denoise (`bench/stream.py`), {dt.date.today()}, commit {git_commit()}",
         "",
@@ -203,44 +264,50 @@ def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: lis
         f"random-init one (width {DENOISER['width']}, depth {DENOISER['depth']}, grn "
         f"{DENOISER['grn']}: ±{field.denoiser} frames).",
         "",
-        f"Machine: {_device_name(device)}; 2 CPU cores shared with other jobs (noisy timings), "
-        f"{platform.machine()}, torch {torch.__version__}, onnxruntime "
-        f"{_ort_version()}. Receptive field: {field.describe()}. Whole run "
-        f"{wall / 60:.1f} min; load average {load[0]} at the start, {load[1]} at the end.",
+        f"Machine: {_device_name(device)}; 2 CPU cores shared with other jobs (noisy timings; "
+        f"ratios measured side by side are what count), {platform.machine()}, torch "
+        f"{torch.__version__}, onnxruntime {_ort_version()}. Receptive field: "
+        f"{field.describe()}. Whole run {wall / 60:.1f} min; load average {load[0]} at the "
+        f"start, {load[1]} at the end.",
         "",
-        "| block ms | lookahead ms | latency ms (block + lookahead) | window ms (context + "
-        "block + lookahead) |",
+        "| block ms | lookahead ms | latency ms (block + lookahead) | windowed stream's window "
+        "ms (context + block + lookahead) |",
         "|---:|---:|---:|---:|",
     ]
     for frames in latency_frames:
         g = StreamGeometry.for_field(field, frames)
         lines.append(f"| {g.block_ms:.0f} | {g.ms(g.lookahead):.0f} | {g.latency_ms:.0f} | "
                      f"{g.ms(g.window):.0f} |")
-    lines += ["", f"Per-block compute ({n_blocks} blocks per row after {WARMUP_BLOCKS} warm-up, "
-                  f"the engines alternating block by block with a {PARK_S:g} s pause before "
-                  f"each; p99 of {n_blocks} is about their maximum). RTF = p50 / block "
-                  "duration.", "",
-              "| engine | threads | block ms | latency ms | p50 ms | p99 ms | RTF (p50) | "
-              "real time (p99 < block) |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for t in timings:
-        g = t.geometry
-        lines.append(f"| {t.engine} | {t.threads} | {g.block_ms:.0f} | {g.latency_ms:.0f} | "
-                     f"{t.percentile(50) * MS_PER_S:.0f} | {t.percentile(99) * MS_PER_S:.0f} | "
-                     f"{t.percentile(50) / (g.block / g.sample_rate):.2f} | "
-                     f"{'yes' if t.realtime else 'no'} |")
+    lines += ["", "Offline reference (one forward over "
+              f"{OFFLINE_SECONDS:.0f} s of the speech, mean of before and after the rows): "
+              + ", ".join(f"{e} {n} thread(s) {v:.0f} ms per s of audio"
+                          for (e, n), v in offline.items()) + ".", "",
+              f"Per-block compute ({n_blocks} blocks per row after {WARMUP_BLOCKS} warm-up, "
+              f"the streams of a block size alternating block by block with a {PARK_S:g} s "
+              f"pause before each; p99 of {n_blocks} is about their maximum). ÷ offline = p50 "
+              "/ the same engine's offline cost of the block's audio; RTF = p50 / block "
+              "duration.", "",
+              "| engine | stream | threads | block ms | latency ms | p50 ms | p99 ms | "
+              "÷ offline | stateful ÷ windowed (p50) | RTF | real time (p99 < block) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    order = {k: i for i, k in enumerate(STREAMS)}
+    for t in sorted(timings, key=lambda t: (str(t.threads), t.engine, order[t.stream],
+                                            t.geometry.block)):
+        lines.append(_row(t, timings, offline))
     lines.append("")
-    for key in sorted({(t.engine, t.threads) for t in timings}, key=str):
-        rows = [t for t in timings if (t.engine, t.threads) == key and t.realtime]
+    for key in sorted({(t.engine, t.stream, t.threads) for t in timings}, key=str):
+        rows = [t for t in timings if (t.engine, t.stream, t.threads) == key and t.realtime]
         best = min(rows, key=lambda t: t.geometry.block, default=None)
-        lines.append(f"- smallest real-time block, {key[0]} with {key[1]} thread(s): "
+        lines.append(f"- smallest real-time block, {key[0]} {key[1]} with {key[2]} thread(s): "
                      + (f"{best.geometry.block_ms:.0f} ms (latency {best.geometry.latency_ms:.0f}"
                         " ms)" if best else "none of the blocks measured"))
     worst = min(info["agreement"].values()) if info["agreement"] else float("nan")
-    lines += [f"- exported full graph: {export.size_bytes / 2**20:.0f} MiB, onnxruntime vs torch "
-              f"max abs difference {export.max_abs_diff:.2g} (SNR {export.snr_db:.0f} dB); "
-              f"streamed outputs of the two engines agree to ≥ {worst:.0f} dB SNR", ""]
-    return "\n".join(lines)
+    for kind, export in info["exports"].items():
+        lines.append(f"- exported {kind} graph: {export.size_bytes / 2**20:.0f} MiB, "
+                     f"onnxruntime vs torch max abs difference {export.max_abs_diff:.2g} (SNR "
+                     f"{export.snr_db:.0f} dB)")
+    lines.append(f"- the streams' outputs agree with each other to ≥ {worst:.0f} dB SNR")
+    return "\n".join(lines + long_runs + [""])
 
 
 def _device_name(device: str) -> str:
@@ -256,27 +323,42 @@ def _ort_version() -> str:
 
 
 def main() -> None:
+    from bench import stream_long
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS,
                         help="timed blocks per engine, block size and thread count")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (torch on the GPU; "
                         "onnxruntime too where its CUDA provider is installed)")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny codec, two block sizes, a few blocks; never appended")
+                        help="tiny codec, few block sizes and blocks; never appended")
     parser.add_argument("--onnx", type=Path, default=None,
                         help="a full graph already exported from this benchmark's models "
-                             "(bench_models of the same architecture): skips the export")
+                             "(bench_models of the same architecture): skips that export")
+    parser.add_argument("--onnx-step", type=Path, default=None,
+                        help="the same for the streaming step (export --full --streaming)")
+    parser.add_argument("--memory-arch", default=stream_long.MEMORY_ARCH, help="tiny | dac16k")
+    parser.add_argument("--memory-seconds", type=float, default=stream_long.MEMORY_SECONDS)
     parser.add_argument("--no-append", action="store_true", help="print only")
     args = parser.parse_args()
-    arch, timed, latency, threads, blocks = "dac16k", TIMED_FRAMES, LATENCY_FRAMES, THREADS, \
-        args.blocks
+    arch, frames, latency = "dac16k", (SIDE_BY_SIDE_FRAMES, STATEFUL_FRAMES), LATENCY_FRAMES
+    threads, blocks = THREADS, args.blocks
+    e2e_seconds, memory_seconds = stream_long.E2E_SECONDS, args.memory_seconds
     if args.smoke:
-        arch, timed, latency = SMOKE["arch"], SMOKE["timed"], SMOKE["latency"]
-        threads, blocks = SMOKE["threads"], min(args.blocks, SMOKE["blocks"])
+        arch, frames = SMOKE["arch"], (SMOKE["side_by_side"], SMOKE["stateful"])
+        latency, threads = SMOKE["latency"], SMOKE["threads"]
+        blocks, e2e_seconds = min(args.blocks, SMOKE["blocks"]), SMOKE["e2e_seconds"]
+        memory_seconds = min(memory_seconds, SMOKE["memory_seconds"])
     start, load_start = time.perf_counter(), load_average()
     with tempfile.TemporaryDirectory() as tmp:
-        timings, info = run(arch, args.device, timed, threads, blocks, Path(tmp), args.onnx)
-    text = report(arch, args.device, latency, timings, info, blocks,
+        timings, info = run(arch, args.device, frames, threads, blocks, Path(tmp),
+                            (args.onnx, args.onnx_step))
+        torch.set_num_threads(1)
+        codec, model, x = bench_models(arch)
+        e2e = stream_long.e2e_rows(Enhancer(codec, model), x, arch, e2e_seconds, Path(tmp))
+    memory = stream_long.memory_rows(args.memory_arch, memory_seconds)
+    long_runs = [*stream_long.e2e_lines(e2e), *stream_long.memory_lines(memory)]
+    text = report(arch, args.device, latency, timings, info, long_runs, blocks,
                   time.perf_counter() - start, (load_start, load_average()))
     print(text)
     if not (args.no_append or args.smoke):

@@ -206,9 +206,10 @@ def test_cli_stream_with_the_onnx_engine(codec, full_graph):
 
 
 @pytest.mark.slow
-def test_stream_benchmark_smoke(full_graph):
-    """`python bench/stream.py --smoke` runs end to end on the session's graph (the same
-    models as the benchmark's, so it skips its own export)."""
+def test_stream_benchmark_smoke(full_graph, tiny_stream_graph):
+    """`python bench/stream.py --smoke` runs end to end on the session's graphs (the same
+    models as the benchmark's, so it skips its own exports): windowed and stateful streams of
+    both engines, the offline reference, the end-to-end and memory runs."""
     import subprocess
     import sys
 
@@ -216,8 +217,12 @@ def test_stream_benchmark_smoke(full_graph):
 
     _, path, _ = full_graph
     proc = subprocess.run([sys.executable, "bench/stream.py", "--smoke", "--no-append",
-                           "--onnx", str(path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+                           "--onnx", str(path), "--onnx-step", str(tiny_stream_graph[2])],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "| torch | 1 |" in proc.stdout and "| onnxruntime | 1 |" in proc.stdout
+    for engine in ("torch", "onnxruntime"):
+        for stream in ("windowed", "stateful"):
+            assert f"| {engine} | {stream} | 1 |" in proc.stdout
     assert "smallest real-time block" in proc.stdout and "latency ms" in proc.stdout
+    assert "Offline reference" in proc.stdout and "End to end" in proc.stdout
+    assert "Memory:" in proc.stdout
