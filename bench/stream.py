@@ -252,6 +252,25 @@ def _row(t: Timing, timings: list[Timing], offline: dict) -> str:
             f"{ratio} | {p50 / block_s:.2f} | {'yes' if t.realtime else 'no'} |")
 
 
+def _fixed_costs(timings: list[Timing], offline: dict) -> list[str]:
+    """A least-squares line through each stateful engine's p50 against the block's duration:
+    its intercept is the cost every step pays whatever its length (reading the big layers'
+    weights, calling the layers), its slope the cost per second of audio."""
+    lines = []
+    for engine, threads in sorted({(t.engine, t.threads) for t in timings
+                                   if t.stream == "stateful"}, key=str):
+        rows = [t for t in timings if (t.engine, t.stream, t.threads) ==
+                (engine, "stateful", threads)]
+        if len(rows) < 2:
+            continue
+        block_s = [t.geometry.block / t.geometry.sample_rate for t in rows]
+        slope, intercept = np.polyfit(block_s, [t.percentile(50) * MS_PER_S for t in rows], 1)
+        lines.append(f"- stateful {engine} with {threads} thread(s), p50 ≈ "
+                     f"{intercept:.0f} ms per step + {slope:.0f} ms per s of audio (offline "
+                     f"{offline.get((engine, threads), float('nan')):.0f} ms per s)")
+    return lines
+
+
 def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: list[Timing],
            info: dict, long_runs: list[str], n_blocks: int, wall: float,
            load: tuple[str, str]) -> str:
@@ -301,6 +320,7 @@ def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: lis
         lines.append(f"- smallest real-time block, {key[0]} {key[1]} with {key[2]} thread(s): "
                      + (f"{best.geometry.block_ms:.0f} ms (latency {best.geometry.latency_ms:.0f}"
                         " ms)" if best else "none of the blocks measured"))
+    lines += _fixed_costs(timings, offline)
     worst = min(info["agreement"].values()) if info["agreement"] else float("nan")
     for kind, export in info["exports"].items():
         lines.append(f"- exported {kind} graph: {export.size_bytes / 2**20:.0f} MiB, "

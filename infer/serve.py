@@ -6,8 +6,9 @@ format, so the file it offers for download equals the command line's), and shows
 denoised and codec-alone (``--bypass``) versions side by side: audio players, spectrograms on
 one colour scale (``infer.evaluate.plot_spectrograms``) and DNSMOS (``infer.metrics.dnsmos``).
 A checkpoint picker lists the newest ``best.pt`` of each run under ``denoise.runs_dir``. A live
-tab denoises the microphone through ``infer.stream.StreamDenoiser`` where one block is computed
-faster than it lasts (measured when the app starts).
+tab denoises the microphone through a stream with layer state (``infer.stateful``; windowed,
+``infer.stream``, for global-statistics denoisers) where one block is computed faster than it
+lasts (measured when the app starts).
 
 Everything the page does, bar the widgets, is in :class:`DenoiseService` (no Gradio import), so
 tests call it directly; :mod:`cleancodec.infer.serve_app` lays out the page and launches it.
@@ -44,7 +45,7 @@ from cleancodec.infer.denoise import (
 from cleancodec.infer.fileio import DENOISED_SUFFIX, Resampler
 from cleancodec.infer.metrics import COLUMNS, DNSMOS_KEYS, SAMPLE_RATE, dnsmos
 from cleancodec.infer.run import denoise_path
-from cleancodec.infer.stream import DEFAULT_BLOCK_MS, StreamDenoiser
+from cleancodec.infer.stream import DEFAULT_BLOCK_MS, StreamDenoiser, block_frames_for
 
 log = logging.getLogger(__name__)
 
@@ -311,19 +312,25 @@ class DenoiseService:
 
     # live --------------------------------------------------------------------------------
     def live_stream(self, checkpoint: str | None) -> StreamDenoiser:
-        """A fresh aligned mono stream over ``checkpoint``'s enhancer."""
-        return StreamDenoiser.for_engine(self.enhancer(checkpoint),
-                                         block_ms=self.serve.live_block_ms)
+        """A fresh aligned mono stream over ``checkpoint``'s enhancer: with layer state where
+        the denoiser allows it, windowed otherwise (``infer.streamio.open_stream``)."""
+        from cleancodec.infer.streamio import open_stream
+
+        enhancer = self.enhancer(checkpoint)
+        frames = block_frames_for(self.serve.live_block_ms, enhancer.sample_rate,
+                                  enhancer.hop)
+        return open_stream(enhancer, frames)
 
     def time_live_block(self, checkpoint: str | None = None) -> LiveTiming:
-        """Compute time of one steady-state live block (the best of a few runs)."""
+        """Compute time of one steady-state live block: the best of a few pushes of one block
+        each into a stream that has its lookahead (the first push, a warm-up, not counted)."""
         stream = self.live_stream(checkpoint)
         g = stream.geometry
-        window = np.zeros((1, g.window), np.float32)
+        stream.push(np.zeros(g.block + g.lookahead, np.float32))
         times = []
         for _ in range(LIVE_TIMING_RUNS):
             t0 = time.perf_counter()
-            stream.engine(window)
+            stream.push(np.zeros(g.block, np.float32))
             times.append(time.perf_counter() - t0)
         return LiveTiming(min(times[1:]), g.block / g.sample_rate, g.latency_ms,
                           self.serve.live_headroom)

@@ -107,8 +107,9 @@ def build_app(service: DenoiseService, timing: LiveTiming | None = None) -> Any:
 
 
 def _live_tab(gr: Any, service: DenoiseService, timing: LiveTiming | None, picker: Any) -> None:
-    """The live tab: microphone → ``StreamDenoiser`` over the picked checkpoint → a streamed
-    player (with ffmpeg) and the whole denoised take when recording stops."""
+    """The live tab: microphone → a stream (``DenoiseService.live_stream``) over the picked
+    checkpoint → a streamed player (with ffmpeg) and the whole denoised take when recording
+    stops."""
     if timing is None:
         gr.Markdown("Live denoising was not measured on this machine.")
         return

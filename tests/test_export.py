@@ -28,6 +28,9 @@ from cleancodec.trainer.models import Denoiser
 from tests.helpers import TINY_CODEC as TINY
 from tests.helpers import local_denoiser, save_checkpoint, speechlike
 
+# the session's exported graphs are built once, on the worker that runs these tests
+pytestmark = pytest.mark.xdist_group("onnx_graphs")
+
 SR = 16000
 ONNX_VS_TORCH_SNR_DB = 60.0  # measured ≈ 126 dB on the tiny codec (float rounding)
 

@@ -23,6 +23,7 @@ from cleancodec.infer.serve import (  # noqa: E402
     ServeError,
     run_checkpoints,
 )
+from cleancodec.infer.stateful import StatefulStream  # noqa: E402
 from cleancodec.infer.stream import stream_signal  # noqa: E402
 from tests.helpers import (  # noqa: E402
     SR,
@@ -128,6 +129,7 @@ def test_live_session_equals_whole_stream(service):
     """48 kHz int16 microphone chunks → 16 kHz denoised = the stream run on the resampled
     signal (the session only resamples and accumulates)."""
     mic = (speechlike(2.0, seed=4, sr=48000) * 20000).astype(np.int16)
+    assert isinstance(service.live_stream(None), StatefulStream)  # grn none: layer state
     session = LiveSession(service.live_stream(None), None)
     pieces = [session.push(48000, mic[i:i + 9600]) for i in range(0, len(mic), 9600)]
     last, take = session.finish()

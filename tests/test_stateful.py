@@ -262,7 +262,7 @@ def test_stream_file_uses_the_stateful_engine(tmp_path, enhancers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block_ms, push", [(20, 317), (200, 3 * SR)])
+@pytest.mark.parametrize("block_ms, push", [(20, 317), (100, 1), (200, 3 * SR), (1000, 317)])
 def test_dac16k_streamed_equals_whole_signal(block_ms, push):
     """The real architecture (random weights): 1536-channel decoder, 64-dim encoder."""
     codec = load_codec(CodecConfig(weights="random", random_arch="dac16k", num_threads=1))
