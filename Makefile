@@ -135,10 +135,10 @@ demo:
 
 # tests run in TEST_WORKERS processes (pytest-xdist; "auto": one per core, 0: in this process)
 test:
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast:
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check .

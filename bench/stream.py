@@ -27,7 +27,8 @@ rows (mean): "÷ offline" divides a block's p50 by that engine's offline cost fo
 duration. A configuration is real-time when its p99 stays below the block's duration.
 
 Usage: ``python bench/stream.py [--blocks 16] [--device cuda] [--smoke] [--onnx GRAPH]
-[--onnx-step GRAPH] [--memory-arch tiny] [--memory-seconds 600] [--no-append]``; prints a
+[--onnx-step GRAPH] [--block-ms 100,200] [--no-long] [--memory-arch tiny] [--memory-seconds 600]
+[--no-append]``; prints a
 Markdown table and appends it to BENCHMARKS.md (``--smoke``: the tiny codec, a few block
 sizes and blocks, short end-to-end and memory runs, never appended: a check that the benchmark
 runs; ``--onnx`` / ``--onnx-step``: graphs already exported from :func:`bench_models`' models,
@@ -86,8 +87,10 @@ PARK_S = 0.2  # pause before each push: the other engine's worker threads stop s
 DEFAULT_BLOCKS = 16
 OFFLINE_SECONDS = 10.0  # audio of the offline reference forward
 SMOKE = {"arch": "tiny", "side_by_side": (2, 5), "stateful": (1,), "latency": (1, 5),
-         "blocks": 2, "threads": (1,), "e2e_seconds": 2.0, "memory_seconds": 20.0}
+         "blocks": 2, "threads": (1,), "e2e_seconds": 2.0, "e2e_repeats": 1,
+         "memory_seconds": 20.0}
 MS_PER_S = 1000.0
+HOP_MS = 20.0  # one latent frame of the 16 kHz codecs (--block-ms is given in ms)
 PERCENTILES = (50, 99)
 SPEECH_SECONDS, SPEECH_SEED = 30.0, 4  # the noisy speech streamed
 STATS_SECONDS = 5  # seconds of it whose latents give the denoiser its statistics
@@ -359,25 +362,39 @@ def main() -> None:
                         help="the same for the streaming step (export --full --streaming)")
     parser.add_argument("--memory-arch", default=stream_long.MEMORY_ARCH, help="tiny | dac16k")
     parser.add_argument("--memory-seconds", type=float, default=stream_long.MEMORY_SECONDS)
+    parser.add_argument("--block-ms", type=str, default=None,
+                        help="comma-separated block sizes (ms) to time with all four streams, "
+                             "instead of the default set (no stateful-only rows then)")
+    parser.add_argument("--no-long", action="store_true",
+                        help="skip the end-to-end and memory runs")
     parser.add_argument("--no-append", action="store_true", help="print only")
     args = parser.parse_args()
     arch, frames, latency = "dac16k", (SIDE_BY_SIDE_FRAMES, STATEFUL_FRAMES), LATENCY_FRAMES
     threads, blocks = THREADS, args.blocks
     e2e_seconds, memory_seconds = stream_long.E2E_SECONDS, args.memory_seconds
+    e2e_repeats = stream_long.E2E_REPEATS
     if args.smoke:
         arch, frames = SMOKE["arch"], (SMOKE["side_by_side"], SMOKE["stateful"])
         latency, threads = SMOKE["latency"], SMOKE["threads"]
         blocks, e2e_seconds = min(args.blocks, SMOKE["blocks"]), SMOKE["e2e_seconds"]
+        e2e_repeats = SMOKE["e2e_repeats"]
         memory_seconds = min(memory_seconds, SMOKE["memory_seconds"])
+    if args.block_ms:
+        frames = (tuple(int(round(float(v) / HOP_MS)) for v in args.block_ms.split(",")), ())
     start, load_start = time.perf_counter(), load_average()
+    long_runs: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         timings, info = run(arch, args.device, frames, threads, blocks, Path(tmp),
                             (args.onnx, args.onnx_step))
-        torch.set_num_threads(1)
-        codec, model, x = bench_models(arch)
-        e2e = stream_long.e2e_rows(Enhancer(codec, model), x, arch, e2e_seconds, Path(tmp))
-    memory = stream_long.memory_rows(args.memory_arch, memory_seconds)
-    long_runs = [*stream_long.e2e_lines(e2e), *stream_long.memory_lines(memory)]
+        if not args.no_long:
+            torch.set_num_threads(1)
+            codec, model, x = bench_models(arch)
+            e2e = stream_long.e2e_rows(Enhancer(codec, model), x, arch, e2e_seconds, Path(tmp),
+                                       e2e_repeats)
+            long_runs += stream_long.e2e_lines(e2e)
+    if not args.no_long:
+        memory = stream_long.memory_rows(args.memory_arch, memory_seconds)
+        long_runs += stream_long.memory_lines(memory)
     text = report(arch, args.device, latency, timings, info, long_runs, blocks,
                   time.perf_counter() - start, (load_start, load_average()))
     print(text)

@@ -43,9 +43,10 @@ KIB_PER_MIB = 1024
 # --- end to end -------------------------------------------------------------------------------
 
 
-def e2e_rows(enh: Enhancer, x: np.ndarray, arch: str, seconds: float, tmp: Path) -> dict:
+def e2e_rows(enh: Enhancer, x: np.ndarray, arch: str, seconds: float, tmp: Path,
+             repeats: int = E2E_REPEATS) -> dict:
     """Wall seconds of ``cleancodec denoise`` and ``cleancodec denoise --stream`` on one file
-    (one thread each, alternating, :data:`E2E_REPEATS` times)."""
+    (one thread each, alternating, ``repeats`` times)."""
     wav, ckpt = tmp / "e2e.wav", tmp / "best.pt"
     sf.write(wav, np.tile(x, 2)[: int(seconds * enh.sample_rate)], enh.sample_rate,
              subtype="PCM_16")
@@ -60,7 +61,7 @@ def e2e_rows(enh: Enhancer, x: np.ndarray, arch: str, seconds: float, tmp: Path)
                                      *common]}
     walls: dict[str, list[float]] = {k: [] for k in commands}
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    for _ in range(E2E_REPEATS):
+    for _ in range(repeats):
         for name, args in commands.items():
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "cleancodec", *args], cwd=REPO,
@@ -70,7 +71,7 @@ def e2e_rows(enh: Enhancer, x: np.ndarray, arch: str, seconds: float, tmp: Path)
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
             if name.endswith("--stream") and "stateful" not in proc.stderr:
                 raise SystemExit(f"{name} did not use the stateful stream:\n{proc.stderr}")
-    return {"seconds": seconds, "walls": walls}
+    return {"seconds": seconds, "walls": walls, "repeats": repeats}
 
 
 # --- memory -----------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def e2e_lines(e2e: dict) -> list[str]:
     """The report's end-to-end paragraph."""
     walls = {k: float(np.median(v)) for k, v in e2e["walls"].items()}
     return ["", f"End to end, one {e2e['seconds']:.0f} s 16-bit WAV, 1 thread, process start "
-            f"to exit (median of {E2E_REPEATS}, alternating): `cleancodec denoise` "
+            f"to exit (median of {e2e['repeats']}, alternating): `cleancodec denoise` "
             f"{walls['denoise']:.1f} s, `cleancodec denoise --stream` (block "
             f"{DEFAULT_BLOCK_MS:.0f} ms, stateful) {walls['denoise --stream']:.1f} s: ratio "
             f"{walls['denoise --stream'] / walls['denoise']:.2f}."]

@@ -1,10 +1,22 @@
 """Shared, session-scoped fixtures (built once per test session)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config):
+    """An xdist worker computes with one thread (``make test`` starts one worker per core), and
+    so do the processes it starts: more threads than cores only contend."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 
 # --- trainer: small latent caches built by the real pipeline ----------------------------------
 
@@ -54,34 +66,71 @@ def tiny_latent_cache(tmp_path_factory) -> Callable[..., Path]:
 # --- infer: the tiny codec's full ONNX graph, exported once -----------------------------------
 
 
+def _shared_export(tmp_path_factory, name: str, export) -> tuple:
+    """``(codec, denoiser, path, report)``: ``bench.stream.bench_models``' smoke models
+    exported once per test run by ``export(codec, denoiser, path)``. Under pytest-xdist the
+    workers share the file: the first one exports it under a lock (with its report beside it),
+    the others wait and read it."""
+    import dataclasses
+    import json
+    import os
+
+    from filelock import FileLock
+
+    from bench.stream import SMOKE, bench_models
+    from cleancodec.infer.export import ExportReport
+
+    codec, model, _ = bench_models(SMOKE["arch"])
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    path, saved = root / name, root / f"{name}.report.json"
+    with FileLock(str(path) + ".lock"):
+        if saved.exists():
+            fields = json.loads(saved.read_text())
+            report = ExportReport(**{**fields, "path": Path(fields["path"])})
+        else:
+            report = export(codec, model, path)
+            saved.write_text(json.dumps(dataclasses.asdict(report), default=str))
+    return codec, model, path, report
+
+
+# under pytest-xdist, the worker that exports each shared graph before its first test
+EARLY_EXPORTS = {"gw0": "tiny_full_graph", "gw1": "tiny_stream_graph"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _export_graphs_early(request):
+    """Under xdist, the first two workers each export one of the shared graphs at the start, in
+    parallel, when the run has tests that need it: no worker then waits for another's export in
+    the middle of the run."""
+    name = EARLY_EXPORTS.get(os.environ.get("PYTEST_XDIST_WORKER", ""))
+    if name and any(name in item.fixturenames for item in request.session.items):
+        request.getfixturevalue(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_full_graph(tmp_path_factory):
     """``(codec, denoiser, path, report)``: ``bench/stream.py``'s smoke models (the tiny
     random-init codec and the benchmark's small denoiser, ``bench.stream.bench_models``)
     exported as one full graph by ``infer.export.export_full``, with provenance step 5 and
-    checkpoint ``runs/x/best.pt``. Exported on first use, shared by every test after it (and
-    passed to ``bench/stream.py --smoke --onnx``, which then skips its own export)."""
-    from bench.stream import SMOKE, bench_models
+    checkpoint ``runs/x/best.pt``, once per run (passed to ``bench/stream.py --smoke --onnx``,
+    which then skips its own export)."""
     from cleancodec.infer.export import export_full
 
-    codec, model, _ = bench_models(SMOKE["arch"])
-    path = tmp_path_factory.mktemp("onnx") / "full.onnx"
-    report = export_full(codec, model, path, {"step": 5}, "runs/x/best.pt")
-    return codec, model, path, report
+    return _shared_export(tmp_path_factory, "full.onnx", lambda codec, model, path: export_full(
+        codec, model, path, {"step": 5}, "runs/x/best.pt"))
 
 
 @pytest.fixture(scope="session")
 def tiny_stream_graph(tmp_path_factory):
     """``(codec, denoiser, path, report)``: the same models as :func:`tiny_full_graph`
     exported as one streaming step by ``infer.export.export_streaming`` (checked step by step
-    against torch over a 10 s stream), shared by every test after the first."""
-    from bench.stream import SMOKE, bench_models
+    against torch over a 10 s stream), once per run."""
     from cleancodec.infer.export import export_streaming
 
-    codec, model, _ = bench_models(SMOKE["arch"])
-    path = tmp_path_factory.mktemp("onnx") / "step.onnx"
-    report = export_streaming(codec, model, path, {"step": 5}, "runs/x/best.pt")
-    return codec, model, path, report
+    return _shared_export(tmp_path_factory, "step.onnx", lambda codec, model, path: (
+        export_streaming(codec, model, path, {"step": 5}, "runs/x/best.pt")))
 
 
 # --- pipeline.build: a small synthetic corpus and its reference cache ------------------------

@@ -28,9 +28,6 @@ from cleancodec.trainer.models import Denoiser
 from tests.helpers import TINY_CODEC as TINY
 from tests.helpers import local_denoiser, save_checkpoint, speechlike
 
-# the session's exported graphs are built once, on the worker that runs these tests
-pytestmark = pytest.mark.xdist_group("onnx_graphs")
-
 SR = 16000
 ONNX_VS_TORCH_SNR_DB = 60.0  # measured ≈ 126 dB on the tiny codec (float rounding)
 
@@ -212,7 +209,8 @@ def test_cli_stream_with_the_onnx_engine(codec, full_graph):
 def test_stream_benchmark_smoke(full_graph, tiny_stream_graph):
     """`python bench/stream.py --smoke` runs end to end on the session's graphs (the same
     models as the benchmark's, so it skips its own exports): windowed and stateful streams of
-    both engines, the offline reference, the end-to-end and memory runs."""
+    both engines, the offline reference and the fixed cost per step (``--no-long``: without
+    the end-to-end and memory runs, which ``test_stream_long_runs`` covers)."""
     import subprocess
     import sys
 
@@ -220,12 +218,12 @@ def test_stream_benchmark_smoke(full_graph, tiny_stream_graph):
 
     _, path, _ = full_graph
     proc = subprocess.run([sys.executable, "bench/stream.py", "--smoke", "--no-append",
-                           "--onnx", str(path), "--onnx-step", str(tiny_stream_graph[2])],
+                           "--onnx", str(path), "--onnx-step", str(tiny_stream_graph[2]),
+                           "--no-long"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for engine in ("torch", "onnxruntime"):
         for stream in ("windowed", "stateful"):
             assert f"| {engine} | {stream} | 1 |" in proc.stdout
     assert "smallest real-time block" in proc.stdout and "latency ms" in proc.stdout
-    assert "Offline reference" in proc.stdout and "End to end" in proc.stdout
-    assert "Memory:" in proc.stdout
+    assert "Offline reference" in proc.stdout and "per step +" in proc.stdout

@@ -261,14 +261,20 @@ def test_stream_file_uses_the_stateful_engine(tmp_path, enhancers):
 # --- whole chain: DAC 16 kHz ------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("block_ms, push", [(20, 317), (100, 1), (200, 3 * SR), (1000, 317)])
-def test_dac16k_streamed_equals_whole_signal(block_ms, push):
-    """The real architecture (random weights): 1536-channel decoder, 64-dim encoder."""
+@pytest.fixture(scope="module")
+def dac16k():
+    """The real architecture (random weights, 1536-channel decoder, 64-dim encoder) with a
+    ``window`` denoiser, 2.1 s of speech and its offline enhancement."""
     codec = load_codec(CodecConfig(weights="random", random_arch="dac16k", num_threads=1))
     enh = Enhancer(codec, local_denoiser(codec, "window", 3))
     x = speechlike(2.1, 14)
-    whole = enhance_whole(enh, x)
+    return enh, x, enhance_whole(enh, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block_ms, push", [(20, 317), (100, 1), (200, 3 * SR), (1000, 317)])
+def test_dac16k_streamed_equals_whole_signal(dac16k, block_ms, push):
+    enh, x, whole = dac16k
     stream = StatefulStream.for_engine(enh, block_ms=block_ms)
     outs = run(stream, x, [push])
     y = np.concatenate(outs)

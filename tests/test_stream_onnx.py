@@ -22,9 +22,6 @@ from cleancodec.infer.streamio import open_stream
 from cleancodec.trainer.models import Denoiser
 from tests.helpers import speechlike
 
-# the session's exported graphs are built once, on the worker that runs these tests
-pytestmark = pytest.mark.xdist_group("onnx_graphs")
-
 SR = 16000
 SNR_DB = 100.0  # streamed vs whole signal (float rounding)
 STREAM_S = 10.0  # the stream compared block by block
