@@ -22,6 +22,8 @@ from cleancodec.infer.streamio import open_stream
 from cleancodec.trainer.models import Denoiser
 from tests.helpers import speechlike
 
+pytestmark = pytest.mark.slow  # the session's streaming export takes about a minute
+
 SR = 16000
 SNR_DB = 100.0  # streamed vs whole signal (float rounding)
 STREAM_S = 10.0  # the stream compared block by block
