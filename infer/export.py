@@ -307,7 +307,7 @@ def export_streaming(codec, denoiser: nn.Module | None, path: str | Path,
     :data:`VERIFY_STEP_HOPS` hops and its end: every step's output must agree to
     :data:`STREAM_MAX_ABS` (max abs).
     """
-    from cleancodec.infer.stateful import END_UNKNOWN, StepGraph
+    from cleancodec.infer.stateful import END_UNKNOWN, StepGraph, tail_samples
 
     if codec.device.type != "cpu":
         raise ExportError("export the streaming graph from a CPU codec (--device cpu)")
@@ -341,8 +341,8 @@ def export_streaming(codec, denoiser: nn.Module | None, path: str | Path,
             n = VERIFY_STEP_HOPS[i % len(VERIFY_STEP_HOPS)] * hop
             yield wave[:, position:position + n], position, END_UNKNOWN
             position, i = position + min(n, wave.shape[1] - position), i + 1
-        tail = -(-graph.lag // hop) * hop
-        yield np.zeros((VERIFY_BATCH, tail), np.float32), position, wave.shape[1]
+        yield (np.zeros((VERIFY_BATCH, tail_samples(graph.lag, hop)), np.float32), position,
+               wave.shape[1])
 
     def check(tmp: Path, report: ExportReport) -> None:
         session = onnx_session(tmp)

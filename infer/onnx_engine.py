@@ -36,7 +36,7 @@ from cleancodec.infer.export import (
     stream_feed,
 )
 from cleancodec.infer.receptive import ChainField
-from cleancodec.infer.stateful import END_UNKNOWN, StepChain
+from cleancodec.infer.stateful import END_UNKNOWN, StepChain, tail_samples
 from cleancodec.infer.stream import StreamError
 
 REQUIRED_KEYS = ("kind", "sample_rate", "hop", "chain_field", "codec_identity")
@@ -108,7 +108,7 @@ class OnnxEnhancer(Enhancer):
             x = np.pad(x, ((0, 0), (0, pad if length else self.hop)))
         if self.streaming:  # one step over the whole signal, run on past its end
             end = x.shape[1]
-            x = np.pad(x, ((0, 0), (0, -(-self.lag // self.hop) * self.hop)))
+            x = np.pad(x, ((0, 0), (0, tail_samples(self.lag, self.hop))))
             y = self.session.run([FULL_OUTPUT], stream_feed(
                 0, end, x, self.initial_state(x.shape[0])))[0][:, self.lag:]
         else:

@@ -241,6 +241,12 @@ class StepGraph(nn.Module):
         return (inside(y, at)[:, 0], *new_state)  # offline decoding pads its end with zeros
 
 
+def tail_samples(lag: int, hop: int) -> int:
+    """Zeros to run through a step graph after a signal's end (whole hops covering its
+    ``lag``) so that every output sample up to the end comes out."""
+    return -(-lag // hop) * hop
+
+
 # --- running a step graph block by block ------------------------------------------------------
 
 
@@ -283,7 +289,7 @@ class StepChain:
         end = self.position
         if not end:
             return np.zeros((rows, 0), np.float32)
-        zeros = np.zeros((rows, -(-self.lag // self.hop) * self.hop), np.float32)
+        zeros = np.zeros((rows, tail_samples(self.lag, self.hop)), np.float32)
         return self._take(zeros, end, self.lag)  # outputs up to the signal's end
 
 
@@ -320,7 +326,7 @@ def step_chain(engine: Engine) -> StepChain:
 class StatefulStream(StreamDenoiser):
     """:class:`~infer.stream.StreamDenoiser`'s API and timing (blocks, latency ``block +
     lookahead``, aligned or fixed-delay output, ``push`` / ``flush`` / ``reset``), computed by
-    a :class:`StatefulChain`: the chain runs once per block on the block's new samples.
+    a :class:`StepChain`: the chain runs once per block on the block's new samples.
 
     Input is run through the chain in whole hops; a block is returned once ``lookahead``
     samples past its end have been pushed (by then the chain has emitted it).
@@ -392,4 +398,4 @@ class StatefulStream(StreamDenoiser):
 
 
 __all__ = ["END_UNKNOWN", "StatefulStream", "StepChain", "StepGraph", "TorchStepChain",
-           "step_chain", "stream_denoiser", "stream_layer"]
+           "step_chain", "stream_denoiser", "stream_layer", "tail_samples"]

@@ -161,3 +161,21 @@ def split_arrays(cache: Path, split: str = "train"):
     from cleancodec.trainer.data import open_split, read_split
 
     return read_split(open_split(cache, load_manifest(cache), split))
+
+
+def assert_windowed_fallback(engine, refusal: str, warning: str, caplog) -> None:
+    """``engine`` cannot stream statefully: ``open_stream(kind="stateful")`` raises a
+    StreamError matching ``refusal``, and ``open_stream`` falls back to the windowed stream
+    with a warning containing ``warning`` (``caplog``: pytest's fixture)."""
+    import logging
+
+    import pytest
+
+    from cleancodec.infer.stream import StreamDenoiser, StreamError
+    from cleancodec.infer.streamio import open_stream
+
+    with pytest.raises(StreamError, match=refusal):
+        open_stream(engine, 5, kind="stateful")
+    with caplog.at_level(logging.WARNING):
+        stream = open_stream(engine, 5)
+    assert type(stream) is StreamDenoiser and warning in caplog.text

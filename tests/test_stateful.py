@@ -3,8 +3,6 @@ latency, block by block, for any block size and any push sizes, and each block c
 compute."""
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -21,11 +19,11 @@ from cleancodec.infer.stream_layers import (
     StreamConvTranspose1d,
     StreamWindowGRN,
 )
-from cleancodec.infer.streamio import StreamOptions, open_stream, stream_file
+from cleancodec.infer.streamio import StreamOptions, stream_file
 from cleancodec.trainer.models import Denoiser, GlobalResponseNorm
 from cleancodec.trainer.seed import SeedDenoiser
 from tests.helpers import TINY_CODEC as TINY
-from tests.helpers import local_denoiser, speechlike
+from tests.helpers import assert_windowed_fallback, local_denoiser, speechlike
 
 SR, HOP = 16000, 320
 SNR_DB = 100.0  # streamed vs whole signal, float32 (float rounding: ~125-135 dB)
@@ -238,11 +236,8 @@ def test_global_statistics_are_refused_and_the_cli_falls_back(codec, caplog, tmp
         enh = Enhancer(codec, model.eval())
         with pytest.raises(StreamError, match=f"{name}.*whole sequence.*grn: none"):
             StatefulStream.for_engine(enh, block_frames=5)
-        with pytest.raises(StreamError, match="whole sequence"):
-            open_stream(enh, 5, kind="stateful")
-        with caplog.at_level(logging.WARNING):
-            stream = open_stream(enh, 5)
-        assert type(stream) is StreamDenoiser and "windowed stream" in caplog.text
+        assert_windowed_fallback(enh, "whole sequence", "windowed stream", caplog)
+        caplog.clear()
 
 
 def test_stream_file_uses_the_stateful_engine(tmp_path, enhancers):

@@ -4,7 +4,6 @@ and ``--engine onnx`` streams with it (and denoises files with it)."""
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -17,10 +16,9 @@ from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
 from cleancodec.infer.export import STREAM_MAX_ABS, export_streaming, read_metadata
 from cleancodec.infer.onnx_engine import OnnxEnhancer, OnnxStepChain
 from cleancodec.infer.stateful import StatefulStream, TorchStepChain
-from cleancodec.infer.stream import StreamDenoiser, StreamError
-from cleancodec.infer.streamio import open_stream
+from cleancodec.infer.stream import StreamError
 from cleancodec.trainer.models import Denoiser
-from tests.helpers import speechlike
+from tests.helpers import assert_windowed_fallback, speechlike
 
 pytestmark = pytest.mark.slow  # the session's streaming export takes about a minute
 
@@ -102,12 +100,8 @@ def test_cli_streams_statefully_with_the_onnx_engine(engines, tiny_stream_graph,
 
 
 def test_a_whole_signal_graph_streams_windowed(tiny_full_graph, caplog):
-    full = OnnxEnhancer(tiny_full_graph[2])
-    with pytest.raises(StreamError, match="--streaming"):
-        open_stream(full, 5, kind="stateful")
-    with caplog.at_level(logging.WARNING):
-        stream = open_stream(full, 5)
-    assert type(stream) is StreamDenoiser and "--streaming" in caplog.text
+    assert_windowed_fallback(OnnxEnhancer(tiny_full_graph[2]), "--streaming", "--streaming",
+                             caplog)
 
 
 def test_streaming_export_refusals(tiny_stream_graph, tmp_path):
