@@ -19,6 +19,7 @@ then skipped where every sample is inside the signal) and int64 scalars in an ex
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -29,10 +30,12 @@ from torch import Tensor, nn
 from cleancodec.infer.stream import StreamError
 
 TIME = -1  # the time axis of every streamed tensor ([B x C x T])
-# Eager torch computes a convolution with at most this many outputs as one matrix product over
-# its unfolded input: for the few frames of a short block, F.conv1d took 2-7x longer on
-# DAC-16k's wide layers (1 thread, 2026-12-02: 1024→1536 channels, kernel 7, 5 outputs: 19 ms
-# against 5.6 ms; equal around 100-400 outputs by width). Exported graphs keep the convolution.
+# Eager torch computes a convolution with at most this many outputs as one matrix product,
+# weight [C_out x C_in·k] @ unfolded input: for the few frames of a short block, F.conv1d took
+# 2-7x longer on DAC-16k's wide layers (1 thread, 2026-12-02: 1024→1536 channels, kernel 7, 5
+# outputs: 19 ms against 5.6 ms; equal around 100-400 outputs by width), and MKL reads the
+# weight faster in this orientation than as input @ weightᵀ (same layer: 6.1 against 8.6 ms).
+# Exported graphs keep the convolution.
 MATMUL_MAX_OUTPUTS = 128
 Index = int | Tensor  # a position on a time axis: Python int (eager) or int64 scalar (export)
 
@@ -159,26 +162,32 @@ class StreamConv1d(StepLayer):
         end = _floor_div(at.end + 2 * self.pad - self.span, self.stride) + 1
         return y, At(pos, end)
 
-
     def _matmul(self, x: Tensor, outputs: int) -> Tensor:
-        """The convolution (groups 1) as ``[B·outputs x C_in·k] @ [C_in·k x C_out]``."""
+        """The convolution (groups 1) as ``[C_out x C_in·k] @ [C_in·k x B·outputs]``."""
         w = self.conv.weight
+        b = x.shape[0]
         cols = x.unfold(TIME, self.span, self.stride)[..., ::self.dilation]  # [B x C x m x k]
-        cols = cols.permute(0, 2, 1, 3).reshape(x.shape[0] * outputs, -1)
-        weight = w.reshape(w.shape[0], -1).t()
-        y = cols @ weight if self.conv.bias is None else torch.addmm(self.conv.bias, cols, weight)
-        return y.view(x.shape[0], outputs, -1).transpose(1, 2)
+        cols = cols.permute(1, 3, 0, 2).reshape(-1, b * outputs)  # [C·k x B·m]
+        weight = w.reshape(w.shape[0], -1)
+        y = (weight @ cols if self.conv.bias is None
+             else torch.addmm(self.conv.bias[:, None], weight, cols))  # [C_out x B·m]
+        return y.view(-1, b, outputs).transpose(0, 1)
 
 
 class StreamConvTranspose1d(StepLayer):
-    """A ``ConvTranspose1d`` (groups 1, dilation 1) as one matrix product per step and an
-    overlap-add state.
+    """A ``ConvTranspose1d`` (groups 1, dilation 1) as a convolution over its input frames
+    (polyphase form): one matrix product per step, the last ``overlap`` input frames as state.
 
-    Input frame i writes full-output positions ``i·s … i·s + k − 1``: its ``k`` columns are
-    ``xᵢᵀ W`` (W the module's weight seen as ``[C_in x C_out·k]``). Positions before
-    ``(i + 1)·s`` are final once frame i is in; the partial sums of the next ``k − s``
-    positions (``overlap`` blocks of s) are the state. The module's output is the full output
-    without its first and last ``p`` positions.
+    Input frame i writes full-output positions ``i·s … i·s + k − 1``, so output block j
+    (positions ``j·s … j·s + s − 1``) is a sum over frames ``j − o … j`` (o = ``overlap``,
+    the later blocks of s a frame writes) and is final once frame j is in. With the kernel
+    zero-padded to ``(o + 1)·s`` and cut into blocks of s, block j is
+    ``G @ [x_{j−o}; …; x_j]`` for one matrix ``G [C_out·s x C_in·(o + 1)]``: the module's
+    weight rearranged once (:func:`polyphase_weight`). For the few frames of a short block the
+    product is bound by reading the weight, and MKL reads G about 1.5 times as fast as the
+    weight as stored (DAC-16k's first upsampling, 5 frames, 1 and 2 threads, 2026-12-02:
+    19 → 13 ms and 13 → 8.6 ms). The module's output is the full output without its first and
+    last ``p`` positions.
     """
 
     def __init__(self, conv: nn.ConvTranspose1d):
@@ -195,36 +204,51 @@ class StreamConvTranspose1d(StepLayer):
             raise StreamError(f"ConvTranspose1d (kernel {self.kernel}, stride {self.stride}, "
                               f"padding {self.pad}): streaming needs kernel ≥ stride and "
                               "padding ≤ kernel − stride")
-        self.overlap = -(-self.kernel // self.stride) - 1  # later blocks of s a frame writes
+        self.overlap = -(-self.kernel // self.stride) - 1
+        self.register_buffer("polyphase", polyphase_weight(conv), persistent=False)
 
     def bind(self, lag: int) -> int:
         self.lag_in, self.lag_out = lag, lag * self.stride + self.pad
         return self.lag_out
 
     def state_shapes(self, batch):
-        return ([(batch, self.overlap, self.conv.out_channels, self.stride)]
-                if self.overlap else [])
+        return [(batch, self.conv.in_channels, self.overlap)] if self.overlap else []
 
     def step(self, x, at, state, new_state):
-        w, s, k, o = self.conv.weight, self.stride, self.kernel, self.overlap
+        s, o = self.stride, self.overlap
         b, n = x.shape[0], x.shape[TIME]
-        cols = torch.matmul(inside(x, at).transpose(1, 2), w.reshape(w.shape[0], -1))
-        cols = F.pad(cols.reshape(b, n, w.shape[1], k), (0, (o + 1) * s - k))
-        cols = cols.reshape(b, n, w.shape[1], o + 1, s)  # [B x n x C_out x blocks x s]
-        acc = cols[..., 0, :]
-        if o:  # block r of frame i lands in output block i + r
-            acc = F.pad(acc, (0, 0, 0, 0, 0, o))
-            for r in range(1, o + 1):
-                acc = acc + F.pad(cols[..., r, :], (0, 0, 0, 0, r, o - r))
-            acc = acc + F.pad(next(state).to(acc.dtype), (0, 0, 0, 0, 0, n))
-            new_state.append(acc[:, n:])
-            acc = acc[:, :n]
-        y = acc.permute(0, 2, 1, 3).reshape(b, w.shape[1], n * s)
+        x = inside(x, at)
+        if o:
+            x = torch.cat([next(state).to(x.dtype), x], dim=TIME)
+            new_state.append(x[..., x.shape[TIME] - o:])
+        cols = x.unfold(TIME, o + 1, 1).permute(1, 3, 0, 2).reshape(-1, b * n)
+        y = self.polyphase @ cols  # [C_out·s x B·n]: block j of output channel c
+        y = y.view(-1, s, b, n).permute(2, 0, 3, 1).reshape(b, -1, n * s)
         if self.conv.bias is not None:
             y = y + self.conv.bias[:, None]
         pos = (at.pos + self.lag_in) * s - self.lag_out
-        end = (at.end - 1) * s + k - 2 * self.pad
+        end = (at.end - 1) * s + self.kernel - 2 * self.pad
         return y, At(pos, end)
+
+
+_POLYPHASE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def polyphase_weight(conv: nn.ConvTranspose1d) -> Tensor:
+    """``conv``'s weight ``[C_in x C_out x k]`` as ``G [C_out·s x C_in·(o + 1)]`` with
+    ``G[(c, t), (i, r)] = w[i, c, (o − r)·s + t]`` (zero past k): column block r multiplies
+    the frame ``o − r`` frames back. One copy per module and weight version, shared by every
+    stream built from it."""
+    w = conv.weight.detach()
+    key = (w.data_ptr(), w._version, w.dtype, w.device)
+    cached = _POLYPHASE.get(conv)
+    if cached is None or cached[0] != key:
+        s, k = conv.stride[0], conv.kernel_size[0]
+        o = -(-k // s) - 1
+        blocks = F.pad(w, (0, (o + 1) * s - k)).view(w.shape[0], w.shape[1], o + 1, s)
+        g = blocks.flip(2).permute(1, 3, 0, 2).reshape(w.shape[1] * s, -1).contiguous()
+        _POLYPHASE[conv] = cached = (key, g)
+    return cached[1]
 
 
 class StreamSequential(StepLayer):
