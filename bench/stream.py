@@ -14,16 +14,21 @@ Engines: the windowed stream (``infer.stream``: the whole chain over ``context +
 lookahead`` for each block) of the torch ``Enhancer`` and of the exported full graph
 (``export --full``); the stateful stream (``infer.stateful``: layer state, the chain over the
 block's own samples) of the torch modules and of the exported streaming step (``export --full
---streaming``). Timing: the engines are fed the same noisy speech one block at a time,
-alternating (so a drift in the machine's load falls on all), after enough input that every
-window is full length; the time of each ``push`` that emits one block is recorded. Each push
-comes after a pause of ``PARK_S``: the worker threads of the engine that ran before keep
-spinning for a while after their last parallel region (torch's libgomp workers, onnxruntime's
-pool), and without the pause onnxruntime took 12 % and torch 5 % longer per block than when
-each ran alone (2 threads, 1 s blocks, 2026-12-01). The windowed streams run at
-:data:`SIDE_BY_SIDE_FRAMES` only (seconds per block below that). The offline cost is one
-forward of each engine over :data:`OFFLINE_SECONDS` of the same speech, before and after the
-rows (mean): "÷ offline" divides a block's p50 by that engine's offline cost for the block's
+--streaming``). Timing, as a live source feeds a stream: the engines get the same noisy
+speech, after enough input that every window is full length, in runs of blocks pushed at the
+real-time rate (block k at k block durations after the run's start, at once when the previous
+push ran late); each stream's blocks come in :data:`ROUNDS` runs, the streams' runs
+alternating (so a drift in the machine's load falls on all); the time of each ``push`` that
+emits one block is recorded. Each run starts after a pause of ``PARK_S`` (the worker threads
+of the engine that ran before keep spinning for a while after their last parallel region:
+torch's libgomp workers, onnxruntime's pool) and an untimed push: after an idle pause the
+first step of DAC-16k took up to 37 % longer with 2 threads (2026-12-02), a wake-up cost that
+a stream fed at the real-time rate pays only when it runs faster than real time. (Until
+2026-12-02 every block came after such a pause, alternating block by block: that timed the
+wake-up of every step.) The windowed streams run at :data:`SIDE_BY_SIDE_FRAMES` only (seconds
+per block below that). The offline cost is one forward of each engine over
+:data:`OFFLINE_SECONDS` of the same speech just before and just after each block size's rows
+(mean): "÷ offline" divides a block's p50 by that engine's offline cost for the block's
 duration. A configuration is real-time when its p99 stays below the block's duration.
 
 Usage: ``python bench/stream.py [--blocks 16] [--device cuda] [--smoke] [--onnx GRAPH]
@@ -80,12 +85,13 @@ STATEFUL_FRAMES = (1, 2, 3)  # 20, 40, 60 ms: the stateful engines alone
 THREADS = (1, 2)
 DENOISER = {"width": 256, "depth": 2, "grn": "none"}
 HEAD_STD = 0.02  # randomised head: the denoiser changes the latents, as a trained one does
-WARMUP_BLOCKS = 2  # timed pushes discarded (first full-size window: kernel set-up)
-PARK_S = 0.2  # pause before each push: the other engine's worker threads stop spinning
+ROUNDS = 2  # runs per stream and block size; the streams' runs alternate
+WARMUP_BLOCKS = 1  # pushes at the start of each run, not timed (wake-up after the pause)
+PARK_S = 0.2  # pause before each run: the other engine's worker threads stop spinning
 # timed blocks per row: with 8, the two engines' p50 ratio moved by about ±12 % between runs
 # on these shared cores (2026-12-01); 16 halve the weight of a stretch of host load
 DEFAULT_BLOCKS = 16
-OFFLINE_SECONDS = 10.0  # audio of the offline reference forward
+OFFLINE_SECONDS = 5.0  # audio of the offline reference forward (one chunk)
 SMOKE = {"arch": "tiny", "side_by_side": (2, 5), "stateful": (1,), "latency": (1, 5),
          "blocks": 2, "threads": (1,), "e2e_seconds": 2.0, "e2e_repeats": 1,
          "memory_seconds": 20.0}
@@ -108,6 +114,7 @@ class Timing:
     threads: int | str
     geometry: StreamGeometry
     seconds: list[float]
+    offline_ms_per_s: float  # the engine's offline cost, measured just before and after
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.seconds, q))
@@ -128,30 +135,41 @@ def small_denoiser(latent_dim: int, stats_from: torch.Tensor) -> Denoiser:
 
 def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray,
                 n_blocks: int) -> tuple[dict[str, list[float]], float]:
-    """Feed every stream the same input one block at a time, alternating, each push after a
-    pause of :data:`PARK_S`; per-block push times of the ``n_blocks`` blocks after the
-    warm-up, and the worst SNR between the first stream's output and each other's."""
+    """Feed every stream the same input as a live source would and time each push that emits
+    a block: per stream :data:`ROUNDS` runs of blocks, the streams' runs alternating (a drift
+    in the machine's load falls on all); each run starts after a pause of :data:`PARK_S` with
+    :data:`WARMUP_BLOCKS` untimed pushes, then pushes block k at ``k · block`` seconds after
+    the run's start (at once when the previous push ran late), as blocks of a live source
+    arrive. Returns the ``n_blocks`` times per stream and the worst SNR between the first
+    stream's output and each other's."""
     g = next(iter(streams.values())).geometry
+    block_s = g.block / g.sample_rate
     fill = (-(-g.context // g.block) + 1) * g.block + g.lookahead  # every later window is full
-    need = fill + (WARMUP_BLOCKS + n_blocks) * g.block
+    per_run = -(-n_blocks // ROUNDS)
+    need = fill + ROUNDS * (WARMUP_BLOCKS + per_run) * g.block
     if need > len(x):
         x = np.tile(x, -(-need // len(x)))
     outs: dict[str, list[np.ndarray]] = {k: [s.push(x[:fill])] for k, s in streams.items()}
     times: dict[str, list[float]] = {k: [] for k in streams}
-    for i in range(WARMUP_BLOCKS + n_blocks):
-        block = x[fill + i * g.block: fill + (i + 1) * g.block]
+    cursor = dict.fromkeys(streams, fill)
+    for _ in range(ROUNDS):
         for name, stream in streams.items():
             time.sleep(PARK_S)
-            start = time.perf_counter()
-            y = stream.push(block)
-            elapsed = time.perf_counter() - start
-            assert y.shape[0] == g.block, "one push of a block emits one block"
-            outs[name].append(y)
-            if i >= WARMUP_BLOCKS:
-                times[name].append(elapsed)
+            run_start = time.perf_counter()
+            for i in range(WARMUP_BLOCKS + per_run):
+                time.sleep(max(0.0, run_start + i * block_s - time.perf_counter()))
+                block = x[cursor[name]: cursor[name] + g.block]
+                cursor[name] += g.block
+                start = time.perf_counter()
+                y = stream.push(block)
+                elapsed = time.perf_counter() - start
+                assert y.shape[0] == g.block, "one push of a block emits one block"
+                outs[name].append(y)
+                if i >= WARMUP_BLOCKS:
+                    times[name].append(elapsed)
     joined = [np.concatenate(v) for v in outs.values()]
     agreement = min((snr_db(joined[0], y) for y in joined[1:]), default=float("nan"))
-    return times, agreement
+    return {k: v[:n_blocks] for k, v in times.items()}, agreement
 
 
 def bench_models(arch: str, threads: int = 1) -> tuple[Codec, Denoiser, np.ndarray]:
@@ -229,18 +247,21 @@ def run(arch: str, device: str, frames: tuple[tuple[int, ...], tuple[int, ...]],
             streams = _streams(engines, block_frames, kinds)
             times, info["agreement"][(n_threads, block_frames)] = time_blocks(
                 {f"{e} {k}": s for (e, k), s in streams.items()}, x, n_blocks)
-            rows = [Timing(e, k, n_threads, s.geometry, times[f"{e} {k}"])
-                    for (e, k), s in streams.items()]
+            before, offline = offline, {k: offline_ms_per_s(e["windowed"], x)
+                                        for k, e in engines.items()}
+            rows = [Timing(e, k, n_threads, s.geometry, times[f"{e} {k}"],
+                           (before[e] + offline[e]) / 2) for (e, k), s in streams.items()]
             timings += rows
             print(f"  {n_threads} thread(s), block {rows[0].geometry.block_ms:.0f} ms: "
                   + ", ".join(f"{t.engine} {t.stream} p50 {t.percentile(50) * MS_PER_S:.0f} ms"
                               for t in rows), file=sys.stderr, flush=True)
-        for k, e in engines.items():  # before and after the rows
-            info["offline"][(k, n_threads)] = (offline[k] + offline_ms_per_s(e["windowed"], x)) / 2
+        for k in engines:
+            info["offline"][(k, n_threads)] = [t.offline_ms_per_s for t in timings
+                                               if (t.engine, t.threads) == (k, n_threads)]
     return timings, info
 
 
-def _row(t: Timing, timings: list[Timing], offline: dict) -> str:
+def _row(t: Timing, timings: list[Timing]) -> str:
     g = t.geometry
     block_s = g.block / g.sample_rate
     p50 = t.percentile(50)
@@ -248,8 +269,7 @@ def _row(t: Timing, timings: list[Timing], offline: dict) -> str:
                      (w.engine, w.threads, w.geometry.block) == (t.engine, t.threads, g.block)),
                     None)
     ratio = f"{p50 / windowed:.3f}" if t.stream == "stateful" and windowed else ""
-    cost = offline.get((t.engine, t.threads))
-    per_offline = f"{p50 * MS_PER_S / (cost * block_s):.2f}" if cost else ""
+    per_offline = f"{p50 * MS_PER_S / (t.offline_ms_per_s * block_s):.2f}"
     return (f"| {t.engine} | {t.stream} | {t.threads} | {g.block_ms:.0f} | {g.latency_ms:.0f} | "
             f"{p50 * MS_PER_S:.1f} | {t.percentile(99) * MS_PER_S:.1f} | {per_offline} | "
             f"{ratio} | {p50 / block_s:.2f} | {'yes' if t.realtime else 'no'} |")
@@ -270,7 +290,7 @@ def _fixed_costs(timings: list[Timing], offline: dict) -> list[str]:
         slope, intercept = np.polyfit(block_s, [t.percentile(50) * MS_PER_S for t in rows], 1)
         lines.append(f"- stateful {engine} with {threads} thread(s), p50 ≈ "
                      f"{intercept:.0f} ms per step + {slope:.0f} ms per s of audio (offline "
-                     f"{offline.get((engine, threads), float('nan')):.0f} ms per s)")
+                     f"{np.mean(offline.get((engine, threads), [np.nan])):.0f} ms per s)")
     return lines
 
 
@@ -301,21 +321,23 @@ def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: lis
         lines.append(f"| {g.block_ms:.0f} | {g.ms(g.lookahead):.0f} | {g.latency_ms:.0f} | "
                      f"{g.ms(g.window):.0f} |")
     lines += ["", "Offline reference (one forward over "
-              f"{OFFLINE_SECONDS:.0f} s of the speech, mean of before and after the rows): "
-              + ", ".join(f"{e} {n} thread(s) {v:.0f} ms per s of audio"
+              f"{OFFLINE_SECONDS:.0f} s of the speech before and after each block size's rows; "
+              "a row's reference is the mean of the two): "
+              + ", ".join(f"{e} {n} thread(s) {min(v):.0f}–{max(v):.0f} ms per s of audio"
                           for (e, n), v in offline.items()) + ".", "",
-              f"Per-block compute ({n_blocks} blocks per row after {WARMUP_BLOCKS} warm-up, "
-              f"the streams of a block size alternating block by block with a {PARK_S:g} s "
-              f"pause before each; p99 of {n_blocks} is about their maximum). ÷ offline = p50 "
-              "/ the same engine's offline cost of the block's audio; RTF = p50 / block "
-              "duration.", "",
+              f"Per-block compute ({n_blocks} blocks per row, paced as a live source: in "
+              f"{ROUNDS} runs per stream, the streams' runs alternating, each run after a "
+              f"{PARK_S:g} s pause and {WARMUP_BLOCKS} untimed push, block k pushed k block "
+              "durations after the run's start or at once when the previous push ran late; "
+              f"p99 of {n_blocks} is about their maximum). ÷ offline = p50 / the same engine's "
+              "offline cost of the block's audio; RTF = p50 / block duration.", "",
               "| engine | stream | threads | block ms | latency ms | p50 ms | p99 ms | "
               "÷ offline | stateful ÷ windowed (p50) | RTF | real time (p99 < block) |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     order = {k: i for i, k in enumerate(STREAMS)}
     for t in sorted(timings, key=lambda t: (str(t.threads), t.engine, order[t.stream],
                                             t.geometry.block)):
-        lines.append(_row(t, timings, offline))
+        lines.append(_row(t, timings))
     lines.append("")
     for key in sorted({(t.engine, t.stream, t.threads) for t in timings}, key=str):
         rows = [t for t in timings if (t.engine, t.stream, t.threads) == key and t.realtime]
