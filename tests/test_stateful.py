@@ -106,13 +106,29 @@ def test_streamed_conv_equals_the_module(k, s, d, p):
     torch.testing.assert_close(y, conv(x), atol=LAYER_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("s", [2, 4, 5, 8])
-def test_streamed_transposed_conv_equals_the_module(s):
-    """DAC's upsampling layers: kernel 2s, padding ceil(s/2) (stride 5 drops one sample)."""
+@pytest.mark.parametrize("k, s, p", [(4, 2, 1), (8, 4, 2), (10, 5, 3), (16, 8, 4), (7, 3, 2),
+                                     (3, 3, 0)])
+def test_streamed_transposed_conv_equals_the_module(k, s, p):
+    """DAC's upsampling layers (kernel 2s, padding ceil(s/2): stride 5 drops one sample), a
+    kernel that is not a multiple of the stride, and one without overlap (no state)."""
     torch.manual_seed(1)
-    conv = nn.ConvTranspose1d(3, 2, 2 * s, stride=s, padding=-(-s // 2))
-    x = torch.randn(1, 3, 41)
+    conv = nn.ConvTranspose1d(3, 2, k, stride=s, padding=p)
+    x = torch.randn(2, 3, 41)
     y = run_layer(StreamConvTranspose1d(conv), x, [1, 3, 10], 1)
+    torch.testing.assert_close(y, conv(x), atol=LAYER_ATOL, rtol=0)
+
+
+def test_transposed_conv_weight_is_rearranged_once_and_follows_changes():
+    """Streams of one module share its rearranged weight; a change to the weight gives later
+    streams the new one."""
+    torch.manual_seed(3)
+    conv = nn.ConvTranspose1d(3, 2, 8, stride=4, padding=2)
+    first, second = StreamConvTranspose1d(conv), StreamConvTranspose1d(conv)
+    assert first.polyphase.data_ptr() == second.polyphase.data_ptr()
+    with torch.no_grad():
+        conv.weight.mul_(-2.0)
+    x = torch.randn(1, 3, 20)
+    y = run_layer(StreamConvTranspose1d(conv), x, [2, 5], 1)
     torch.testing.assert_close(y, conv(x), atol=LAYER_ATOL, rtol=0)
 
 
