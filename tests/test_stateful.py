@@ -3,12 +3,15 @@ latency, block by block, for any block size and any push sizes, and each block c
 compute."""
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from cleancodec.core.codec import CodecConfig, load_codec
+from cleancodec.infer import stream_layers
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
 from cleancodec.infer.stateful import END_UNKNOWN, StatefulStream, stream_layer
 from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
@@ -130,6 +133,29 @@ def test_transposed_conv_weight_is_rearranged_once_and_follows_changes():
     x = torch.randn(1, 3, 20)
     y = run_layer(StreamConvTranspose1d(conv), x, [2, 5], 1)
     torch.testing.assert_close(y, conv(x), atol=LAYER_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("layer", ["conv", "transposed"])
+def test_wide_layers_equal_the_module_on_every_product_path(layer):
+    """A weight over BLOCKED_MIN_BYTES: steps of 1 column (one product), 2 … 48 columns (row
+    blocks, batched), more (one product) and more than MATMUL_MAX_OUTPUTS (F.conv1d)."""
+    torch.manual_seed(4)
+    if layer == "conv":
+        module, make = nn.Conv1d(256, 256, 7, padding=3), StreamConv1d
+    else:
+        module, make = nn.ConvTranspose1d(128, 256, 16, stride=8, padding=4), \
+            StreamConvTranspose1d
+    streamed = make(module)
+    rows = (streamed.polyphase if layer == "transposed" else module.weight).shape[0]
+    assert (module.weight.numel() * 4 >= stream_layers.BLOCKED_MIN_BYTES
+            and rows % stream_layers.BLOCKED_ROWS == 0)
+    sizes = [1, 5, stream_layers.BLOCKED_MAX_COLUMNS, 60, stream_layers.MATMUL_MAX_OUTPUTS + 9]
+    x = torch.randn(1, module.in_channels, 1400)
+    with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm, \
+            mock.patch.object(torch, "baddbmm", wraps=torch.baddbmm) as baddbmm:
+        y = run_layer(streamed, x, sizes, 1)
+    assert bmm.call_count + baddbmm.call_count >= 2  # the 5- and 48-column steps
+    torch.testing.assert_close(y, module(x), atol=LAYER_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("window", [1, 3, 9])
