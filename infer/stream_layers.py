@@ -184,12 +184,14 @@ class StreamConv1d(StepLayer):
         return y.view(-1, b, outputs).transpose(0, 1)
 
 
-def weight_product(weight: Tensor, cols: Tensor, bias: Tensor | None = None) -> Tensor:
+def weight_product(weight: Tensor, cols: Tensor, bias: Tensor | None = None,
+                   blocked: bool = True) -> Tensor:
     """``weight [M x K] @ cols [K x N] (+ bias [M])`` → ``[M x N]``; for a few columns and a
-    large weight, in blocks of :data:`BLOCKED_ROWS` rows (see there)."""
+    large weight, in blocks of :data:`BLOCKED_ROWS` rows (see there) when ``blocked`` (eager
+    torch: an exported graph would keep the block layout of the traced column count)."""
     m, k = weight.shape
     n = cols.shape[1]
-    if (2 <= n <= BLOCKED_MAX_COLUMNS and m % BLOCKED_ROWS == 0
+    if (blocked and 2 <= n <= BLOCKED_MAX_COLUMNS and m % BLOCKED_ROWS == 0
             and weight.numel() * weight.element_size() >= BLOCKED_MIN_BYTES):
         blocks = m // BLOCKED_ROWS
         w = weight.reshape(blocks, BLOCKED_ROWS, k)
@@ -248,7 +250,8 @@ class StreamConvTranspose1d(StepLayer):
             x = torch.cat([next(state).to(x.dtype), x], dim=TIME)
             new_state.append(x[..., x.shape[TIME] - o:])
         cols = x.unfold(TIME, o + 1, 1).permute(1, 3, 0, 2).reshape(-1, b * n)
-        y = weight_product(self.polyphase, cols)  # [C_out·s x B·n]: block j of channel c
+        # [C_out·s x B·n]: block j of output channel c
+        y = weight_product(self.polyphase, cols, blocked=isinstance(at.pos, int))
         y = y.view(-1, s, b, n).permute(2, 0, 3, 1).reshape(b, -1, n * s)
         if self.conv.bias is not None:
             y = y + self.conv.bias[:, None]

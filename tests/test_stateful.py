@@ -158,6 +158,24 @@ def test_wide_layers_equal_the_module_on_every_product_path(layer):
     torch.testing.assert_close(y, module(x), atol=LAYER_ATOL, rtol=0)
 
 
+def test_traced_steps_keep_one_product():
+    """With tensor positions (as when exported) the wide transposed convolution stays one
+    matrix product: blocks laid out for the traced column count would be baked into the
+    graph."""
+    torch.manual_seed(5)
+    module = nn.ConvTranspose1d(128, 256, 16, stride=8, padding=4)
+    layer = StreamConvTranspose1d(module)
+    layer.bind(0)
+    state = [torch.zeros(shape) for shape in layer.state_shapes(1)]
+    x = torch.randn(1, 128, 5)
+    with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm:
+        eager, _ = layer.step(x, At(0, END_UNKNOWN), iter(state), [])
+        assert bmm.call_count == 1
+        traced, _ = layer.step(x, At(torch.tensor(0), torch.tensor(END_UNKNOWN)), iter(state), [])
+        assert bmm.call_count == 1
+    torch.testing.assert_close(traced, eager, atol=LAYER_ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("window", [1, 3, 9])
 def test_streamed_window_grn_equals_the_module(window):
     """The window statistics near both edges count only the frames inside the signal."""
