@@ -170,6 +170,9 @@ class StreamConv1d(StepLayer):
             y = self._matmul(x, outputs)
         else:
             y = F.conv1d(x, c.weight, c.bias, self.stride, 0, self.dilation, c.groups)
+        if self.stride == 1:  # one addition each (an exported floor division is four nodes)
+            return y, At(at.pos + (self.lag_in - self.lag_out),
+                         at.end + (2 * self.pad - self.span + 1))
         pos = _floor_div(at.pos + self.lag_in, self.stride) - self.lag_out
         end = _floor_div(at.end + 2 * self.pad - self.span, self.stride) + 1
         return y, At(pos, end)
@@ -203,8 +206,9 @@ def weight_product(weight: Tensor, cols: Tensor, bias: Tensor | None = None,
 
 
 class StreamConvTranspose1d(StepLayer):
-    """A ``ConvTranspose1d`` (groups 1, dilation 1) as a convolution over its input frames
-    (polyphase form): one matrix product per step, the last ``overlap`` input frames as state.
+    """A ``ConvTranspose1d`` (groups 1, dilation 1), the last ``overlap`` input frames as state;
+    in eager torch a convolution over its input frames (polyphase form), one matrix product
+    per step.
 
     Input frame i writes full-output positions ``i·s … i·s + k − 1``, so output block j
     (positions ``j·s … j·s + s − 1``) is a sum over frames ``j − o … j`` (o = ``overlap``,
@@ -216,6 +220,11 @@ class StreamConvTranspose1d(StepLayer):
     weight as stored (DAC-16k's first upsampling, 5 frames, 1 and 2 threads, 2026-12-02:
     19 → 13 ms and 13 → 8.6 ms). The module's output is the full output without its first and
     last ``p`` positions.
+
+    An exported step instead runs the module's own op over the ``o`` kept frames and the block
+    and keeps the blocks that are final: onnxruntime's ``ConvTranspose`` spared the
+    rearrangement of the product's output (a 100 ms step of DAC-16k 4 % faster with 2
+    threads, 3 % with 1; 2026-12-03, 40 interleaved pairs).
     """
 
     def __init__(self, conv: nn.ConvTranspose1d):
@@ -249,12 +258,14 @@ class StreamConvTranspose1d(StepLayer):
         if o:
             x = torch.cat([next(state).to(x.dtype), x], dim=TIME)
             new_state.append(x[..., x.shape[TIME] - o:])
-        cols = x.unfold(TIME, o + 1, 1).permute(1, 3, 0, 2).reshape(-1, b * n)
-        # [C_out·s x B·n]: block j of output channel c
-        y = weight_product(self.polyphase, cols, blocked=isinstance(at.pos, int))
-        y = y.view(-1, s, b, n).permute(2, 0, 3, 1).reshape(b, -1, n * s)
-        if self.conv.bias is not None:
-            y = y + self.conv.bias[:, None]
+        if isinstance(at.pos, int):  # eager
+            cols = x.unfold(TIME, o + 1, 1).permute(1, 3, 0, 2).reshape(-1, b * n)
+            y = weight_product(self.polyphase, cols)  # [C_out·s x B·n]: block j of channel c
+            y = y.view(-1, s, b, n).permute(2, 0, 3, 1).reshape(b, -1, n * s)
+            if self.conv.bias is not None:
+                y = y + self.conv.bias[:, None]
+        else:  # exported: the module's own op over state + block, the blocks that are final
+            y = F.conv_transpose1d(x, self.conv.weight, self.conv.bias, s)[..., o * s:(o + n) * s]
         pos = (at.pos + self.lag_in) * s - self.lag_out
         end = (at.end - 1) * s + self.kernel - 2 * self.pad
         return y, At(pos, end)

@@ -8,6 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cleancodec.core.codec import CodecConfig, load_codec
@@ -158,21 +159,22 @@ def test_wide_layers_equal_the_module_on_every_product_path(layer):
     torch.testing.assert_close(y, module(x), atol=LAYER_ATOL, rtol=0)
 
 
-def test_traced_steps_keep_one_product():
-    """With tensor positions (as when exported) the wide transposed convolution stays one
-    matrix product: blocks laid out for the traced column count would be baked into the
-    graph."""
+def test_traced_transposed_conv_runs_the_module_op():
+    """With tensor positions (as when exported) the wide transposed convolution runs
+    ``conv_transpose1d``, not row blocks laid out for the traced column count, and gives the
+    eager step's output."""
     torch.manual_seed(5)
     module = nn.ConvTranspose1d(128, 256, 16, stride=8, padding=4)
     layer = StreamConvTranspose1d(module)
     layer.bind(0)
     state = [torch.zeros(shape) for shape in layer.state_shapes(1)]
     x = torch.randn(1, 128, 5)
-    with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm:
+    with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm, \
+            mock.patch.object(F, "conv_transpose1d", wraps=F.conv_transpose1d) as module_op:
         eager, _ = layer.step(x, At(0, END_UNKNOWN), iter(state), [])
-        assert bmm.call_count == 1
+        assert (bmm.call_count, module_op.call_count) == (1, 0)
         traced, _ = layer.step(x, At(torch.tensor(0), torch.tensor(END_UNKNOWN)), iter(state), [])
-        assert bmm.call_count == 1
+        assert (bmm.call_count, module_op.call_count) == (1, 1)
     torch.testing.assert_close(traced, eager, atol=LAYER_ATOL, rtol=0)
 
 
