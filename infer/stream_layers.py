@@ -187,14 +187,13 @@ class StreamConv1d(StepLayer):
         return y.view(-1, b, outputs).transpose(0, 1)
 
 
-def weight_product(weight: Tensor, cols: Tensor, bias: Tensor | None = None,
-                   blocked: bool = True) -> Tensor:
+def weight_product(weight: Tensor, cols: Tensor, bias: Tensor | None = None) -> Tensor:
     """``weight [M x K] @ cols [K x N] (+ bias [M])`` → ``[M x N]``; for a few columns and a
-    large weight, in blocks of :data:`BLOCKED_ROWS` rows (see there) when ``blocked`` (eager
-    torch: an exported graph would keep the block layout of the traced column count)."""
+    large weight, in blocks of :data:`BLOCKED_ROWS` rows (see there). Eager torch only: a
+    traced graph would keep the block layout of the traced column count."""
     m, k = weight.shape
     n = cols.shape[1]
-    if (blocked and 2 <= n <= BLOCKED_MAX_COLUMNS and m % BLOCKED_ROWS == 0
+    if (2 <= n <= BLOCKED_MAX_COLUMNS and m % BLOCKED_ROWS == 0
             and weight.numel() * weight.element_size() >= BLOCKED_MIN_BYTES):
         blocks = m // BLOCKED_ROWS
         w = weight.reshape(blocks, BLOCKED_ROWS, k)
