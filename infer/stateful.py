@@ -10,9 +10,10 @@ determine, so each lags by a fixed number of samples:
 - ``Conv1d`` (kernel k, stride s, dilation d, padding p): keeps the inputs that its next outputs
   still read (``d(k − 1) + 1 − s`` samples, up to ``s − 1`` more so that its outputs fall on
   the offline grid); a centred convolution emits output i once input ``i + p`` is in.
-- ``ConvTranspose1d`` (stride s, kernel k): computed as a convolution over its input frames
-  (output block j of s samples is final once frame j is in), it keeps the last ``⌈k / s⌉ − 1``
-  frames; its crop of ``p`` samples is a delay of ``p``.
+- ``ConvTranspose1d`` (stride s, kernel k): output block j of s samples is final once input
+  frame j is in; it keeps the last ``⌈k / s⌉ − 1`` frames (eager torch computes it as a
+  convolution over its input frames, an exported step with ``ConvTranspose`` over the kept
+  frames and the block); its crop of ``p`` samples is a delay of ``p``.
 - DAC residual units (``x + block(x)``) and the denoiser's residuals delay their skip path in a
   FIFO by exactly as much as their block lags.
 - Snake, Tanh, LayerNorm, Linear, GELU, the latent normalisation and the quantizer act on each
