@@ -137,6 +137,8 @@ def _export(module: nn.Module, args: tuple, names: tuple[Sequence[str], Sequence
     except Exception as exc:  # the exporter raises many types; report them as one
         raise ExportError(f"{path}: torch could not export the graph "
                           f"({type(exc).__name__}: {exc})") from exc
+    for node in program.model.graph.all_nodes():
+        node.metadata_props.clear()  # the exporter's stack traces name this machine's paths
     for key, value in metadata.items():
         program.model.metadata_props[META_PREFIX + key] = (
             value if isinstance(value, str) else json.dumps(value))

@@ -84,6 +84,16 @@ def test_denoiser_export_matches_torch(codec, denoiser_graph):
     _check_denoiser_graph(codec, *denoiser_graph)
 
 
+def test_exported_nodes_carry_no_exporter_traces(denoiser_graph):
+    """The exporter's per-node debug metadata (stack traces with this machine's paths) is not
+    written; the graph's own metadata is."""
+    import onnx
+
+    model = onnx.load(str(denoiser_graph[1]))
+    assert model.graph.node and not [p.key for n in model.graph.node for p in n.metadata_props]
+    assert any(p.key.startswith(export_mod.META_PREFIX) for p in model.metadata_props)
+
+
 @pytest.mark.slow  # one export each
 @pytest.mark.parametrize("kind, window", [("window", 5), ("global", 0)])
 def test_denoiser_export_with_normalisation_matches_torch(tmp_path, codec, kind, window):
