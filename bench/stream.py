@@ -27,9 +27,12 @@ a stream fed at the real-time rate pays only when it runs faster than real time.
 2026-12-02 every block came after such a pause, alternating block by block: that timed the
 wake-up of every step.) The windowed streams run at :data:`SIDE_BY_SIDE_FRAMES` only (seconds
 per block below that). The offline cost is one forward of each engine over
-:data:`OFFLINE_SECONDS` of the same speech just before and just after each block size's rows
-(mean): "÷ offline" divides a block's p50 by that engine's offline cost for the block's
-duration. A configuration is real-time when its p99 stays below the block's duration.
+:data:`OFFLINE_SECONDS` of the same speech, measured in the same alternation: just before each
+block size's rows, once per round among the streams' runs (after the same pause) and just
+after; "÷ offline" divides a block's p50 by the median of these for that engine, for the
+block's duration. (Until 2026-12-03 the reference was the mean of the forwards before and after
+alone: between two runs on one host it moved by 19 % while the step's p50 moved by 6 %.)
+A configuration is real-time when its p99 stays below the block's duration.
 
 Usage: ``python bench/stream.py [--blocks 16] [--device cuda] [--smoke] [--onnx GRAPH]
 [--onnx-step GRAPH] [--block-ms 100,200] [--no-long] [--memory-arch tiny] [--memory-seconds 600]
@@ -43,11 +46,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +119,7 @@ class Timing:
     threads: int | str
     geometry: StreamGeometry
     seconds: list[float]
-    offline_ms_per_s: float  # the engine's offline cost, measured just before and after
+    offline_ms_per_s: float  # the engine's offline cost: median of the forwards around the row
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.seconds, q))
@@ -133,15 +138,17 @@ def small_denoiser(latent_dim: int, stats_from: torch.Tensor) -> Denoiser:
     return model.eval()
 
 
-def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray,
-                n_blocks: int) -> tuple[dict[str, list[float]], float]:
+def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray, n_blocks: int,
+                offline: dict[str, Callable[[], float]] | None = None,
+                ) -> tuple[dict[str, list[float]], float, dict[str, list[float]]]:
     """Feed every stream the same input as a live source would and time each push that emits
     a block: per stream :data:`ROUNDS` runs of blocks, the streams' runs alternating (a drift
     in the machine's load falls on all); each run starts after a pause of :data:`PARK_S` with
     :data:`WARMUP_BLOCKS` untimed pushes, then pushes block k at ``k · block`` seconds after
     the run's start (at once when the previous push ran late), as blocks of a live source
-    arrive. Returns the ``n_blocks`` times per stream and the worst SNR between the first
-    stream's output and each other's."""
+    arrive. Each round first calls every ``offline`` measurement (ms per s of audio), after
+    the same pause. Returns the ``n_blocks`` times per stream, the worst SNR between the first
+    stream's output and each other's, and the offline measurements per name."""
     g = next(iter(streams.values())).geometry
     block_s = g.block / g.sample_rate
     fill = (-(-g.context // g.block) + 1) * g.block + g.lookahead  # every later window is full
@@ -152,7 +159,12 @@ def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray,
     outs: dict[str, list[np.ndarray]] = {k: [s.push(x[:fill])] for k, s in streams.items()}
     times: dict[str, list[float]] = {k: [] for k in streams}
     cursor = dict.fromkeys(streams, fill)
+    offline = offline or {}
+    offline_ms: dict[str, list[float]] = {k: [] for k in offline}
     for _ in range(ROUNDS):
+        for name, measure in offline.items():
+            time.sleep(PARK_S)
+            offline_ms[name].append(measure())
         for name, stream in streams.items():
             time.sleep(PARK_S)
             run_start = time.perf_counter()
@@ -169,7 +181,7 @@ def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray,
                     times[name].append(elapsed)
     joined = [np.concatenate(v) for v in outs.values()]
     agreement = min((snr_db(joined[0], y) for y in joined[1:]), default=float("nan"))
-    return {k: v[:n_blocks] for k, v in times.items()}, agreement
+    return {k: v[:n_blocks] for k, v in times.items()}, agreement, offline_ms
 
 
 def bench_models(arch: str, threads: int = 1) -> tuple[Codec, Denoiser, np.ndarray]:
@@ -241,16 +253,18 @@ def run(arch: str, device: str, frames: tuple[tuple[int, ...], tuple[int, ...]],
         engines = {"torch": {"windowed": torch_engine, "stateful": torch_engine}}
         if device == "cpu" or onnx[KIND_FULL].codec.device.type == "cuda":
             engines["onnxruntime"] = {"windowed": onnx[KIND_FULL], "stateful": onnx[KIND_STREAM]}
-        offline = {k: offline_ms_per_s(e["windowed"], x) for k, e in engines.items()}
+        measure = {k: functools.partial(offline_ms_per_s, e["windowed"], x)
+                   for k, e in engines.items()}
+        offline = {k: m() for k, m in measure.items()}
         for block_frames, kinds in [*((f, tuple(STREAMS)) for f in frames[0]),
                                     *((f, ("stateful",)) for f in frames[1])]:
             streams = _streams(engines, block_frames, kinds)
-            times, info["agreement"][(n_threads, block_frames)] = time_blocks(
-                {f"{e} {k}": s for (e, k), s in streams.items()}, x, n_blocks)
-            before, offline = offline, {k: offline_ms_per_s(e["windowed"], x)
-                                        for k, e in engines.items()}
+            times, info["agreement"][(n_threads, block_frames)], during = time_blocks(
+                {f"{e} {k}": s for (e, k), s in streams.items()}, x, n_blocks, measure)
+            before, offline = offline, {k: m() for k, m in measure.items()}
             rows = [Timing(e, k, n_threads, s.geometry, times[f"{e} {k}"],
-                           (before[e] + offline[e]) / 2) for (e, k), s in streams.items()]
+                           float(np.median([before[e], *during[e], offline[e]])))
+                    for (e, k), s in streams.items()]
             timings += rows
             print(f"  {n_threads} thread(s), block {rows[0].geometry.block_ms:.0f} ms: "
                   + ", ".join(f"{t.engine} {t.stream} p50 {t.percentile(50) * MS_PER_S:.0f} ms"
@@ -321,8 +335,9 @@ def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: lis
         lines.append(f"| {g.block_ms:.0f} | {g.ms(g.lookahead):.0f} | {g.latency_ms:.0f} | "
                      f"{g.ms(g.window):.0f} |")
     lines += ["", "Offline reference (one forward over "
-              f"{OFFLINE_SECONDS:.0f} s of the speech before and after each block size's rows; "
-              "a row's reference is the mean of the two): "
+              f"{OFFLINE_SECONDS:.0f} s of the speech before each block size's rows, once per "
+              "round among the streams' runs and after them; a row's reference is their "
+              "median): "
               + ", ".join(f"{e} {n} thread(s) {min(v):.0f}–{max(v):.0f} ms per s of audio"
                           for (e, n), v in offline.items()) + ".", "",
               f"Per-block compute ({n_blocks} blocks per row, paced as a live source: in "
