@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cleancodec.core.codec import is_snake
@@ -136,14 +137,37 @@ class _TimesStd(nn.Module):
 
 
 class _Quantize(nn.Module):
-    """DAC's residual vector quantizer with ``n_codebooks`` codebooks (per frame)."""
+    """DAC's residual vector quantizer with ``n_codebooks`` codebooks (per frame): the ops of
+    its ``forward`` that make the quantized latents, in the same order on the same tensors
+    (equal to ``quantizer(z, n_codebooks)[0]``, tested), without the losses, codes and
+    projected latents it also returns, and with each codebook normalised once (here) instead
+    of at every call. A few frames per step make these small ops the cost: a 100 ms step of
+    DAC-16k took 3 % less with 2 threads (2026-12-03, 47 interleaved pairs, 96 % faster)."""
 
     def __init__(self, quantizer: nn.Module, n_codebooks: int):
         super().__init__()
-        self.quantizer, self.n_codebooks = quantizer, n_codebooks
+        self.quantizers = quantizer.quantizers[:n_codebooks]
+        for i, vq in enumerate(self.quantizers):  # as dac's decode_latents normalises them
+            normalized = F.normalize(vq.codebook.weight.detach())  # [N x d]
+            self.register_buffer(f"codebook_t_{i}", normalized.t(), persistent=False)
+            self.register_buffer(f"codebook_sq_{i}", normalized.pow(2).sum(1, keepdim=True).t(),
+                                 persistent=False)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.quantizer(z, n_quantizers=self.n_codebooks)[0]
+        b, _, n = z.shape
+        zq, residual = None, z
+        for i, vq in enumerate(self.quantizers):
+            z_e = vq.in_proj(residual)  # [B x d x n]
+            encodings = F.normalize(z_e.transpose(1, 2).reshape(b * n, -1))  # [(B·n) x d]
+            dist = (encodings.pow(2).sum(1, keepdim=True)
+                    - 2 * encodings @ getattr(self, f"codebook_t_{i}")
+                    + getattr(self, f"codebook_sq_{i}"))  # [(B·n) x N]
+            codes = F.embedding((-dist).max(1)[1], vq.codebook.weight)  # [(B·n) x d]
+            z_q = codes.view(b, n, -1).transpose(1, 2)
+            z_q = vq.out_proj(z_e + (z_q - z_e))  # dac's straight-through sum, as it computes it
+            zq = z_q if zq is None else zq + z_q
+            residual = residual - z_q
+        return zq
 
 
 def _convnext_block(block: nn.Module) -> StepLayer:

@@ -14,7 +14,7 @@ from torch import nn
 from cleancodec.core.codec import CodecConfig, load_codec
 from cleancodec.infer import stream_layers
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
-from cleancodec.infer.stateful import END_UNKNOWN, StatefulStream, stream_layer
+from cleancodec.infer.stateful import END_UNKNOWN, StatefulStream, _Quantize, stream_layer
 from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
 from cleancodec.infer.stream_layers import (
     At,
@@ -188,6 +188,17 @@ def test_streamed_window_grn_equals_the_module(window):
     y = run_layer(StreamWindowGRN(grn, 6), x, [1, 3, 7], 1)
     torch.testing.assert_close(y, grn(x.transpose(1, 2)).transpose(1, 2), atol=LAYER_ATOL,
                                rtol=0)
+
+
+def test_quantize_step_equals_the_dac_quantizer(codec):
+    """The chain's quantizer stage gives exactly what dac's residual quantizer returns, with
+    some and with all codebooks, for a batch."""
+    torch.manual_seed(6)
+    quantizer = codec.model.quantizer
+    z = 3.0 * torch.randn(2, quantizer.quantizers[0].in_proj.in_channels, 7)
+    with torch.no_grad():
+        for n in (1, codec.n_codebooks):
+            assert torch.equal(_Quantize(quantizer, n)(z), quantizer(z, n_quantizers=n)[0])
 
 
 def test_unknown_layers_are_refused():
