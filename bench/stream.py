@@ -139,7 +139,7 @@ def small_denoiser(latent_dim: int, stats_from: torch.Tensor) -> Denoiser:
 
 
 def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray, n_blocks: int,
-                offline: dict[str, Callable[[], float]] | None = None,
+                offline: dict[str, Callable[[], float]],
                 ) -> tuple[dict[str, list[float]], float, dict[str, list[float]]]:
     """Feed every stream the same input as a live source would and time each push that emits
     a block: per stream :data:`ROUNDS` runs of blocks, the streams' runs alternating (a drift
@@ -159,7 +159,6 @@ def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray, n_blocks: int
     outs: dict[str, list[np.ndarray]] = {k: [s.push(x[:fill])] for k, s in streams.items()}
     times: dict[str, list[float]] = {k: [] for k in streams}
     cursor = dict.fromkeys(streams, fill)
-    offline = offline or {}
     offline_ms: dict[str, list[float]] = {k: [] for k in offline}
     for _ in range(ROUNDS):
         for name, measure in offline.items():
