@@ -13,12 +13,16 @@
   onnxruntime (``infer.onnx_engine.OnnxStepChain``); a single step over a whole signal is
   offline enhancement, so the engine also denoises files with it.
 
-All use torch's dynamo exporter (``onnxscript``) on the models as they are. Rewriting layers
-into forms meant to suit onnxruntime (2-D convolutions, polyphase upsampling, a polynomial
-Snake, residual runs split over the time axis) gained less than 10 % end to end against this
-plain export, so there are none (``BENCHMARKS.md``, "ONNX layer forms against the plain
-export"; the forms and their benchmark are in commit 755de29). Every export is
-written to a temporary file beside the target, run with onnxruntime against the
+All use torch's dynamo exporter (``onnxscript``) on the models as they are, with one rewrite of
+the graphs that hold the codec (:func:`conv1d_as_conv2d`): their wide 1-D convolutions become
+the same 2-D convolutions over ``[B x C x 1 x T]``, which onnxruntime runs in its blocked
+channel layout (its ``NCHWc`` transformer, on at the default optimisation level). That made a
+100 ms streaming step of DAC-16k 13 % faster with 1 and 2 threads and an offline forward 9 % /
+5 % (2026-12-03, interleaved pairs; docs/benchmarks.md). Other layer forms (polyphase
+upsampling, a polynomial Snake, residual runs split over the time axis) gained too little to
+keep (``BENCHMARKS.md``, "ONNX layer forms against the plain export"; commit 755de29).
+
+Every export is written to a temporary file beside the target, run with onnxruntime against the
 torch model at two lengths (and batch 2; the streaming step over a 10 s stream, step by step),
 and renamed over the target only when they agree (denoiser and each streaming step: max abs
 difference ≤ :data:`DENOISER_MAX_ABS` / :data:`STREAM_MAX_ABS`; full graph: SNR ≥
@@ -65,6 +69,12 @@ STREAM_MAX_ABS = 1e-4  # a streaming step's onnxruntime output against torch's, 
 VERIFY_STREAM_S = 10.0  # length of the stream a streaming export is checked on
 VERIFY_STEP_HOPS = (1, 7, 10, 3)  # hops per verification step, cycled (n is dynamic)
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis
+# A Conv with kernel > 1 and at least this many input and output channels is exported as a 2-D
+# convolution (:func:`conv1d_as_conv2d`). onnxruntime's blocked 2-D kernels ran DAC-16k's
+# 96-1536-channel convolutions 17-32 % faster and its 64-channel ones (1,600 samples) 43 %
+# slower; 1 x 1 convolutions gained nothing (one layer at a time, 2 threads, 2026-12-03).
+CONV2D_MIN_CHANNELS = 96
+TIME_AXIS_2D = 2  # the axis of size 1 the 2-D convolutions add: [B x C x 1 x T]
 
 
 class ExportError(RuntimeError):
@@ -125,10 +135,61 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def conv1d_as_conv2d(graph, min_channels: int | None = None) -> int:
+    """Rewrite in place every ``Conv`` of ``graph`` (an ``onnx_ir.Graph``) over ``[B x C x T]``
+    whose weight is a constant ``[C_out x C_in/groups x k]`` with k > 1 and
+    ``min_channels`` (None: :data:`CONV2D_MIN_CHANNELS`) or more input and output channels:
+    ``Unsqueeze`` → the ``Conv`` with a ``1 x k`` kernel (stride, dilation and padding 1 / 0 on
+    the new axis) → ``Squeeze``. The products and sums are the same. Returns the number
+    rewritten."""
+    import onnx_ir as ir
+
+    min_channels = CONV2D_MIN_CHANNELS if min_channels is None else min_channels
+    axes = ir.Value(name="conv2d_axes", const_value=ir.tensor(np.array([TIME_AXIS_2D],
+                                                                        np.int64)))
+    rewritten = 0
+    for node in list(graph):
+        weight = node.inputs[1] if node.op_type == "Conv" and node.domain in ("", "ai.onnx") \
+            else None
+        tensor = weight.const_value if weight is not None else None
+        if tensor is None or len(tensor.shape) != 3:
+            continue
+        attrs = node.attributes
+        c_out, c_in, k = tensor.shape
+        c_in *= attrs.get_int("group", 1)
+        if (k == 1 or min(c_in, c_out) < min_channels
+                or attrs.get_string("auto_pad", "NOTSET") != "NOTSET"):
+            continue
+        if not rewritten:
+            graph.register_initializer(axes)
+        weight_2d = ir.Value(name=f"{weight.name}_2d", const_value=ir.tensor(
+            np.ascontiguousarray(tensor.numpy()[:, :, None, :])))
+        graph.register_initializer(weight_2d)
+        pads = attrs.get_ints("pads", (0, 0))
+        unsqueeze = ir.node("Unsqueeze", [node.inputs[0], axes])
+        conv = ir.node("Conv", [unsqueeze.outputs[0], weight_2d, *node.inputs[2:]], {
+            "kernel_shape": [1, k], "group": attrs.get_int("group", 1),
+            "strides": [1, *attrs.get_ints("strides", (1,))],
+            "dilations": [1, *attrs.get_ints("dilations", (1,))],
+            "pads": [0, pads[0], 0, pads[1]]}, name=node.name)
+        squeeze = ir.node("Squeeze", [conv.outputs[0], axes])
+        graph.insert_before(node, [unsqueeze, conv, squeeze])
+        old = node.outputs[0]
+        ir.convenience.replace_all_uses_with(old, squeeze.outputs[0], replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        squeeze.outputs[0].name = old.name
+        if not weight.uses():
+            graph.initializers.pop(weight.name)
+        rewritten += 1
+    return rewritten
+
+
 def _export(module: nn.Module, args: tuple, names: tuple[Sequence[str], Sequence[str]],
-            dynamic: tuple, metadata: dict[str, Any], tmp: Path, path: Path) -> None:
+            dynamic: tuple, metadata: dict[str, Any], tmp: Path, path: Path,
+            conv2d: bool = False) -> None:
     """Trace ``module`` on ``args`` and save the ONNX graph (one file) at ``tmp``
-    (``names``: input and output names; ``path``: the target, named in errors)."""
+    (``names``: input and output names; ``path``: the target, named in errors; ``conv2d``:
+    rewrite its wide convolutions, :func:`conv1d_as_conv2d`)."""
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -139,6 +200,8 @@ def _export(module: nn.Module, args: tuple, names: tuple[Sequence[str], Sequence
                           f"({type(exc).__name__}: {exc})") from exc
     for node in program.model.graph.all_nodes():
         node.metadata_props.clear()  # the exporter's stack traces name this machine's paths
+    if conv2d:
+        conv1d_as_conv2d(program.model.graph)
     for key, value in metadata.items():
         program.model.metadata_props[META_PREFIX + key] = (
             value if isinstance(value, str) else json.dumps(value))
@@ -283,7 +346,8 @@ def export_full(codec, denoiser: nn.Module | None, path: str | Path,
                               f"abs difference {report.max_abs_diff:.3g})")
 
     def write(tmp: Path) -> None:
-        _export(graph, (example,), ([names[0]], [names[1]]), (dynamic,), meta, tmp, Path(path))
+        _export(graph, (example,), ([names[0]], [names[1]]), (dynamic,), meta, tmp, Path(path),
+                conv2d=True)
 
     return _publish_checked(path, KIND_FULL, write, check)
 
@@ -367,7 +431,8 @@ def export_streaming(codec, denoiser: nn.Module | None, path: str | Path,
         report.checks.append(f"{count} steps over a {VERIFY_STREAM_S:g} s stream and its end")
 
     def write(tmp: Path) -> None:
-        _export(graph, args, (names_in, names_out), dynamic, meta, tmp, Path(path))
+        _export(graph, args, (names_in, names_out), dynamic, meta, tmp, Path(path),
+                conv2d=True)
 
     return _publish_checked(path, KIND_STREAM, write, check)
 
@@ -403,6 +468,7 @@ def run_export(checkpoint: str | Path, output: str | Path, full: bool = False,
     return export(enhancer.codec, enhancer.denoiser, output, enhancer.info, checkpoint)
 
 
-__all__ = ["DENOISER_MAX_ABS", "EnhanceGraph", "ExportError", "ExportReport", "FULL_MIN_SNR_DB",
-           "STREAM_MAX_ABS", "export_denoiser", "export_full", "export_streaming",
-           "onnx_session", "read_metadata", "run_export", "stream_feed"]
+__all__ = ["CONV2D_MIN_CHANNELS", "DENOISER_MAX_ABS", "EnhanceGraph", "ExportError",
+           "ExportReport", "FULL_MIN_SNR_DB", "STREAM_MAX_ABS", "conv1d_as_conv2d",
+           "export_denoiser", "export_full", "export_streaming", "onnx_session", "read_metadata",
+           "run_export", "stream_feed"]

@@ -127,6 +127,66 @@ def test_failed_check_publishes_nothing(tmp_path, codec, denoiser_graph, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+# --- wide convolutions as 2-D convolutions --------------------------------------------------
+
+
+class _Convs(torch.nn.Module):
+    """Every kind of Conv1d the codecs and denoisers hold: dilated, strided, depthwise, 1 x 1,
+    and one narrower than the 2-D threshold."""
+
+    def __init__(self, wide: int, narrow: int):
+        super().__init__()
+        c = torch.nn.Conv1d
+        self.layers = torch.nn.Sequential(
+            c(wide, wide, 7, dilation=3, padding=9), c(wide, wide, 4, stride=2, padding=1),
+            c(wide, wide, 7, padding=3, groups=wide), c(wide, wide, 1), c(wide, narrow, 3),
+            c(narrow, narrow, 7, padding=3), c(narrow, wide, 3, bias=False))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def _conv_weights(path) -> list[tuple[int, ...]]:
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    return [inits[n.input[1]] for n in model.graph.node if n.op_type == "Conv"]
+
+
+def test_wide_convolutions_export_as_2d_with_the_same_output(tmp_path):
+    wide, narrow = export_mod.CONV2D_MIN_CHANNELS, export_mod.CONV2D_MIN_CHANNELS // 2
+    module = _Convs(wide, narrow).eval()
+    x = torch.randn(2, wide, 50)
+    frames = torch.export.Dim("frames", min=30)
+    for conv2d, name in ((False, "plain.onnx"), (True, "conv2d.onnx")):
+        export_mod._export(module, (x,), (["x"], ["y"]), ({2: frames},), {}, tmp_path / name,
+                           tmp_path / name, conv2d=conv2d)
+    plain, rewritten = (_conv_weights(tmp_path / name) for name in ("plain.onnx", "conv2d.onnx"))
+    assert [len(w) for w in plain] == [3] * 7
+    # kernel > 1 and both channel counts ≥ the threshold: 2-D; the 1 x 1 and narrow ones stay
+    assert rewritten == [(wide, wide, 1, 7), (wide, wide, 1, 4), (wide, 1, 1, 7), (wide, wide, 1),
+                         (narrow, wide, 3), (narrow, narrow, 7), (wide, narrow, 3)]
+    for length in (50, 83):
+        x = torch.randn(2, wide, length)
+        with torch.no_grad():
+            ref = module(x).numpy()
+        got = onnx_session(tmp_path / "conv2d.onnx").run(["y"], {"x": x.numpy()})[0]
+        assert got.shape == ref.shape and np.max(np.abs(got - ref)) <= 1e-5
+
+
+def test_exported_graphs_rewrite_only_their_wide_convolutions(tiny_full_graph):
+    """The shared tiny graph: the codec's convolutions (≤ 64 channels) stay 1-D, the small
+    denoiser's depthwise ones (256 channels) are 2-D — so the full-graph and streaming tests
+    run rewritten graphs."""
+    codec, model, path, _ = tiny_full_graph
+    weights = _conv_weights(path)
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)
+                 and m.kernel_size[0] > 1 and m.in_channels >= export_mod.CONV2D_MIN_CHANNELS]
+    assert depthwise and sum(len(w) == 4 for w in weights) == len(depthwise)
+    assert all(len(w) == 3 for w in weights if w[0] < export_mod.CONV2D_MIN_CHANNELS)
+
+
 # --- the full graph ---------------------------------------------------------------------------
 
 
