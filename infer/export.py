@@ -17,8 +17,8 @@ All use torch's dynamo exporter (``onnxscript``) on the models as they are, with
 the graphs that hold the codec (:func:`conv1d_as_conv2d`): their wide 1-D convolutions become
 the same 2-D convolutions over ``[B x C x 1 x T]``, which onnxruntime runs in its blocked
 channel layout (its ``NCHWc`` transformer, on at the default optimisation level). That made a
-100 ms streaming step of DAC-16k 13 % faster with 1 and 2 threads and an offline forward 9 % /
-5 % (2026-12-03, interleaved pairs; docs/benchmarks.md). Other layer forms (polyphase
+100 ms streaming step of DAC-16k 12 % / 13 % faster with 2 / 1 threads and an offline forward
+7 % / 11 % (2026-12-03, interleaved pairs; docs/benchmarks.md). Other layer forms (polyphase
 upsampling, a polynomial Snake, residual runs split over the time axis) gained too little to
 keep (``BENCHMARKS.md``, "ONNX layer forms against the plain export"; commit 755de29).
 
