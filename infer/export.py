@@ -147,7 +147,7 @@ def conv1d_as_conv2d(graph, min_channels: int | None = None) -> int:
     min_channels = CONV2D_MIN_CHANNELS if min_channels is None else min_channels
     axes = ir.Value(name="conv2d_axes", const_value=ir.tensor(np.array([TIME_AXIS_2D],
                                                                         np.int64)))
-    rewritten = 0
+    rewritten, made = 0, {}  # made: the 2-D weight of each 1-D one (a weight may be shared)
     for node in list(graph):
         weight = node.inputs[1] if node.op_type == "Conv" and node.domain in ("", "ai.onnx") \
             else None
@@ -162,9 +162,11 @@ def conv1d_as_conv2d(graph, min_channels: int | None = None) -> int:
             continue
         if not rewritten:
             graph.register_initializer(axes)
-        weight_2d = ir.Value(name=f"{weight.name}_2d", const_value=ir.tensor(
-            np.ascontiguousarray(tensor.numpy()[:, :, None, :])))
-        graph.register_initializer(weight_2d)
+        weight_2d = made.get(weight.name)
+        if weight_2d is None:
+            weight_2d = made[weight.name] = ir.Value(name=f"{weight.name}_2d", const_value=(
+                ir.tensor(np.ascontiguousarray(tensor.numpy()[:, :, None, :]))))
+            graph.register_initializer(weight_2d)
         pads = attrs.get_ints("pads", (0, 0))
         unsqueeze = ir.node("Unsqueeze", [node.inputs[0], axes])
         conv = ir.node("Conv", [unsqueeze.outputs[0], weight_2d, *node.inputs[2:]], {

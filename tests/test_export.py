@@ -175,6 +175,20 @@ def test_wide_convolutions_export_as_2d_with_the_same_output(tmp_path):
         assert got.shape == ref.shape and np.max(np.abs(got - ref)) <= 1e-5
 
 
+def test_a_shared_weight_is_rewritten_once(tmp_path):
+    wide = export_mod.CONV2D_MIN_CHANNELS
+    conv = torch.nn.Conv1d(wide, wide, 3, padding=1)
+    module = torch.nn.Sequential(conv, torch.nn.Tanh(), conv).eval()
+    x = torch.randn(1, wide, 40)
+    export_mod._export(module, (x,), (["x"], ["y"]), ({2: torch.export.Dim("frames", min=8)},),
+                       {}, tmp_path / "g.onnx", tmp_path / "g.onnx", conv2d=True)
+    assert _conv_weights(tmp_path / "g.onnx") == [(wide, wide, 1, 3)] * 2
+    with torch.no_grad():
+        ref = module(x).numpy()
+    got = onnx_session(tmp_path / "g.onnx").run(["y"], {"x": x.numpy()})[0]
+    assert np.max(np.abs(got - ref)) <= 1e-5
+
+
 def test_exported_graphs_rewrite_only_their_wide_convolutions(tiny_full_graph):
     """The shared tiny graph: the codec's convolutions (≤ 64 channels) stay 1-D, the small
     denoiser's depthwise ones (256 channels) are 2-D — so the full-graph and streaming tests
