@@ -189,6 +189,7 @@ def test_a_shared_weight_is_rewritten_once(tmp_path):
     assert np.max(np.abs(got - ref)) <= 1e-5
 
 
+@pytest.mark.slow  # the session's full-graph export
 def test_exported_graphs_rewrite_only_their_wide_convolutions(tiny_full_graph):
     """The shared tiny graph: the codec's convolutions (≤ 64 channels) stay 1-D, the small
     denoiser's depthwise ones (256 channels) are 2-D — so the full-graph and streaming tests
