@@ -155,6 +155,7 @@ def _conv_weights(path) -> list[tuple[int, ...]]:
 
 
 def test_wide_convolutions_export_as_2d_with_the_same_output(tmp_path):
+    torch.manual_seed(0)
     wide, narrow = export_mod.CONV2D_MIN_CHANNELS, export_mod.CONV2D_MIN_CHANNELS // 2
     module = _Convs(wide, narrow).eval()
     x = torch.randn(2, wide, 50)
@@ -176,6 +177,7 @@ def test_wide_convolutions_export_as_2d_with_the_same_output(tmp_path):
 
 
 def test_a_shared_weight_is_rewritten_once(tmp_path):
+    torch.manual_seed(0)
     wide = export_mod.CONV2D_MIN_CHANNELS
     conv = torch.nn.Conv1d(wide, wide, 3, padding=1)
     module = torch.nn.Sequential(conv, torch.nn.Tanh(), conv).eval()
