@@ -135,16 +135,15 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def conv1d_as_conv2d(graph, min_channels: int | None = None) -> int:
+def conv1d_as_conv2d(graph, min_channels: int = CONV2D_MIN_CHANNELS) -> int:
     """Rewrite in place every ``Conv`` of ``graph`` (an ``onnx_ir.Graph``) over ``[B x C x T]``
     whose weight is a constant ``[C_out x C_in/groups x k]`` with k > 1 and
-    ``min_channels`` (None: :data:`CONV2D_MIN_CHANNELS`) or more input and output channels:
+    ``min_channels`` or more input and output channels:
     ``Unsqueeze`` → the ``Conv`` with a ``1 x k`` kernel (stride, dilation and padding 1 / 0 on
     the new axis) → ``Squeeze``. The products and sums are the same. Returns the number
     rewritten."""
     import onnx_ir as ir
 
-    min_channels = CONV2D_MIN_CHANNELS if min_channels is None else min_channels
     axes = ir.Value(name="conv2d_axes", const_value=ir.tensor(np.array([TIME_AXIS_2D],
                                                                         np.int64)))
     rewritten, made = 0, {}  # made: the 2-D weight of each 1-D one (a weight may be shared)

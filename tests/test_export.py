@@ -130,20 +130,14 @@ def test_failed_check_publishes_nothing(tmp_path, codec, denoiser_graph, monkeyp
 # --- wide convolutions as 2-D convolutions --------------------------------------------------
 
 
-class _Convs(torch.nn.Module):
+def _convs(wide: int, narrow: int) -> torch.nn.Sequential:
     """Every kind of Conv1d the codecs and denoisers hold: dilated, strided, depthwise, 1 x 1,
     and one narrower than the 2-D threshold."""
-
-    def __init__(self, wide: int, narrow: int):
-        super().__init__()
-        c = torch.nn.Conv1d
-        self.layers = torch.nn.Sequential(
-            c(wide, wide, 7, dilation=3, padding=9), c(wide, wide, 4, stride=2, padding=1),
-            c(wide, wide, 7, padding=3, groups=wide), c(wide, wide, 1), c(wide, narrow, 3),
-            c(narrow, narrow, 7, padding=3), c(narrow, wide, 3, bias=False))
-
-    def forward(self, x):
-        return self.layers(x)
+    c = torch.nn.Conv1d
+    return torch.nn.Sequential(
+        c(wide, wide, 7, dilation=3, padding=9), c(wide, wide, 4, stride=2, padding=1),
+        c(wide, wide, 7, padding=3, groups=wide), c(wide, wide, 1), c(wide, narrow, 3),
+        c(narrow, narrow, 7, padding=3), c(narrow, wide, 3, bias=False))
 
 
 def _conv_weights(path) -> list[tuple[int, ...]]:
@@ -157,7 +151,7 @@ def _conv_weights(path) -> list[tuple[int, ...]]:
 def test_wide_convolutions_export_as_2d_with_the_same_output(tmp_path):
     torch.manual_seed(0)
     wide, narrow = export_mod.CONV2D_MIN_CHANNELS, export_mod.CONV2D_MIN_CHANNELS // 2
-    module = _Convs(wide, narrow).eval()
+    module = _convs(wide, narrow).eval()
     x = torch.randn(2, wide, 50)
     frames = torch.export.Dim("frames", min=30)
     for conv2d, name in ((False, "plain.onnx"), (True, "conv2d.onnx")):
