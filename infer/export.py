@@ -148,14 +148,16 @@ def conv1d_as_conv2d(graph, min_channels: int = CONV2D_MIN_CHANNELS) -> int:
                                                                         np.int64)))
     rewritten, made = 0, {}  # made: the 2-D weight of each 1-D one (a weight may be shared)
     for node in list(graph):
-        weight = node.inputs[1] if node.op_type == "Conv" and node.domain in ("", "ai.onnx") \
-            else None
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            continue
+        weight = node.inputs[1]
         tensor = weight.const_value if weight is not None else None
         if tensor is None or len(tensor.shape) != 3:
             continue
         attrs = node.attributes
+        groups = attrs.get_int("group", 1)
         c_out, c_in, k = tensor.shape
-        c_in *= attrs.get_int("group", 1)
+        c_in *= groups
         if (k == 1 or min(c_in, c_out) < min_channels
                 or attrs.get_string("auto_pad", "NOTSET") != "NOTSET"):
             continue
@@ -169,7 +171,7 @@ def conv1d_as_conv2d(graph, min_channels: int = CONV2D_MIN_CHANNELS) -> int:
         pads = attrs.get_ints("pads", (0, 0))
         unsqueeze = ir.node("Unsqueeze", [node.inputs[0], axes])
         conv = ir.node("Conv", [unsqueeze.outputs[0], weight_2d, *node.inputs[2:]], {
-            "kernel_shape": [1, k], "group": attrs.get_int("group", 1),
+            "kernel_shape": [1, k], "group": groups,
             "strides": [1, *attrs.get_ints("strides", (1,))],
             "dilations": [1, *attrs.get_ints("dilations", (1,))],
             "pads": [0, pads[0], 0, pads[1]]}, name=node.name)
