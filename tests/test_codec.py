@@ -150,3 +150,15 @@ def test_inference_speed_ups_keep_encode_quantize_decode_equal(codec):
         x.requires_grad_(True)
         reference.encoder(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_importing_dac_shows_no_warnings():
+    """dac's import-time warnings (weight_norm, torch.jit.script) are not the user's concern:
+    with every warning an error, importing it through the codec module still succeeds."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-W", "error", "-c",
+                           "from cleancodec.core.codec import import_dac; import_dac()"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -132,6 +132,7 @@ def import_dac() -> types.ModuleType:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # dac's Snake uses torch.jit.script
         import dac
     return dac
 
