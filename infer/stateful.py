@@ -38,6 +38,9 @@ no finite state reproduces them, and they are refused (:class:`~infer.stream.Str
 from __future__ import annotations
 
 import contextlib
+import threading
+import warnings
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -294,6 +297,9 @@ class StepChain:
         self.position = 0  # samples taken
         self.state: list | None = None
 
+    def prepare(self, samples: int, batch: int) -> None:
+        """Get ready for steps of ``[batch x samples]`` (a stream's block); nothing here."""
+
     def _run(self, waves: np.ndarray, position: int, end: int) -> np.ndarray:
         """One step of the graph on ``waves`` (updates ``self.state``; None: zeros)."""
         raise NotImplementedError
@@ -318,9 +324,65 @@ class StepChain:
         return self._take(zeros, end, self.lag)  # outputs up to the signal's end
 
 
+class _InteriorStep(nn.Module):
+    """``graph`` at one position inside the signal with its end unknown: ``(wave, *state) →
+    (enhanced, *state)``. There no layer masks its input (:func:`~infer.stream_layers.inside`
+    returns it as it is), so the ops do not depend on the position: the form torch traces."""
+
+    def __init__(self, graph: StepGraph, position: int):
+        super().__init__()
+        self.graph, self.position = graph, position
+
+    def forward(self, wave: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        return self.graph(wave, self.position, END_UNKNOWN, *state)
+
+
+class _Compiled:
+    """One engine's step graph and its traced steps, shared by every stream of the engine."""
+
+    def __init__(self, graph: StepGraph, hop: int):
+        self.graph = graph
+        # every layer's input is inside the signal once the chain's output is (delays only
+        # add up along the chain); twice the lag leaves room for the strided layers' rounding
+        # and the window statistics' half window (a trace that meets an edge raises, tested)
+        self.interior_from = 2 * tail_samples(graph.lag, hop)
+        self.traces: dict[tuple[int, int], torch.jit.ScriptModule] = {}
+        self.lock = threading.Lock()
+
+    def trace(self, batch: int, samples: int, device: torch.device) -> torch.jit.ScriptModule:
+        """The step on ``[batch x samples]`` as a frozen TorchScript graph (traced once)."""
+        key = (batch, samples)
+        with self.lock:
+            if key not in self.traces:
+                step = _InteriorStep(self.graph, self.interior_from).eval()
+                example = (torch.zeros(batch, samples, device=device),
+                           *self.graph.initial_state(batch, device))
+                with torch.no_grad(), warnings.catch_warnings():
+                    # the positions are Python ints: that the tracer makes them constants is
+                    # the point; TorchScript's deprecation names torch.compile / torch.export
+                    # instead, which fuse ops (unlike the offline path) or ran slower than eager
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.traces[key] = torch.jit.freeze(
+                        torch.jit.trace(step, example, check_trace=False))
+            return self.traces[key]
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class TorchStepChain(StepChain):
-    """:class:`StepChain` with the torch modules of an ``Enhancer``, run eagerly under the
-    codec's autocast."""
+    """:class:`StepChain` with the torch modules of an ``Enhancer``, under the codec's
+    autocast.
+
+    Steps run eagerly, except steps of a size given to :meth:`prepare` that lie inside the
+    signal (from ``interior_from`` samples on, the end not yet known): those run the same ops
+    as a traced, frozen TorchScript graph, without Python's cost per op. That made a 100 ms
+    step of DAC-16k 11 % faster with 2 threads and 8 % with 1 (2026-12-03, 27 interleaved
+    pairs each, every pair faster), with the same output to the bit. It is run without the
+    TorchScript executor's optimisations (no profiling runs, no fusion): the ops are those of
+    the eager step. bf16 autocast runs eagerly.
+    """
 
     def __init__(self, engine: Engine):
         codec = getattr(engine, "codec", None)
@@ -329,16 +391,33 @@ class TorchStepChain(StepChain):
                               "engine (codec + denoiser modules) or a graph written by "
                               "`cleancodec export --full --streaming`")
         self.device = codec.device
-        self.graph = StepGraph(codec.model, getattr(engine, "denoiser", None),
-                               codec.n_codebooks, codec._autocast)
+        compiled = _COMPILED.get(engine)
+        if compiled is None:
+            graph = StepGraph(codec.model, getattr(engine, "denoiser", None),
+                              codec.n_codebooks, codec._autocast)
+            _COMPILED[engine] = compiled = _Compiled(graph, codec.hop_length)
+        self.compiled, self.graph = compiled, compiled.graph
+        self.traceable = not codec.cfg.bf16
+        self.traced: dict[tuple[int, int], torch.jit.ScriptModule] = {}
         super().__init__(self.graph.lag, codec.hop_length)
+
+    def prepare(self, samples: int, batch: int) -> None:
+        """Trace the step for ``[batch x samples]`` (about a second for DAC-16k, once per
+        engine and size), so that such steps inside the signal run traced."""
+        if self.traceable:
+            self.traced[batch, samples] = self.compiled.trace(batch, samples, self.device)
 
     @torch.inference_mode()
     def _run(self, waves, position, end):
         if self.state is None:
             self.state = self.graph.initial_state(waves.shape[0], self.device)
-        y, *self.state = self.graph(torch.from_numpy(waves).to(self.device), position, end,
-                                    *self.state)
+        x = torch.from_numpy(waves).to(self.device)
+        traced = self.traced.get(waves.shape)
+        if traced is not None and end == END_UNKNOWN and position >= self.compiled.interior_from:
+            with torch.jit.optimized_execution(False):
+                y, *self.state = traced(x, *self.state)
+        else:
+            y, *self.state = self.graph(x, position, end, *self.state)
         return y.cpu().numpy().astype(np.float32, copy=False)
 
 
@@ -361,6 +440,7 @@ class StatefulStream(StreamDenoiser):
                  fixed_delay: bool = False):
         self.chain = step_chain(engine)
         super().__init__(engine, geometry, channels, fixed_delay)
+        self.chain.prepare(geometry.block, channels)
         if self.chain.lag > geometry.lookahead:
             raise StreamError(f"the layers lag {self.chain.lag} samples, more than the "
                               f"receptive lookahead of {geometry.lookahead}")

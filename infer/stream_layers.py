@@ -14,8 +14,9 @@ op.
 Offline processing pads each layer's input with zeros on both sides. A stream starts with
 state of zeros and runs on past the signal's end on zeros, so every layer that reads
 neighbouring samples first zeroes its inputs outside ``[0, end)``: what it then reads is what
-the offline layer reads. ``At`` holds Python ints when torch runs the step eagerly (the check is
-then skipped where every sample is inside the signal) and int64 scalars in an exported graph.
+the offline layer reads. ``At`` holds Python ints when torch runs the step eagerly or traces
+it (the check is then skipped where every sample is inside the signal; a trace refuses to meet
+an edge) and int64 scalars in an exported graph.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ MATMUL_MAX_OUTPUTS = 512
 BLOCKED_ROWS = 16
 BLOCKED_MAX_COLUMNS = 48
 BLOCKED_MIN_BYTES = 2 ** 20
-Index = int | Tensor  # a position on a time axis: Python int (eager) or int64 scalar (export)
+Index = int | Tensor  # a position on a time axis: Python int (eager, traced) or int64 (export)
 
 
 class At(NamedTuple):
@@ -66,8 +67,17 @@ def inside(x: Tensor, at: At) -> Tensor:
     n = x.shape[TIME]
     if isinstance(at.pos, int) and isinstance(at.end, int) and 0 <= at.pos <= at.end - n:
         return x
+    _refuse_traced_edge()
     t = torch.arange(n, device=x.device) + at.pos
     return x * ((t >= 0) & (t < at.end)).to(x.dtype)
+
+
+def _refuse_traced_edge() -> None:
+    """A traced step holds Python-int positions as constants: it is valid at later positions
+    only if none of its layers met the signal's edge."""
+    if torch.jit.is_tracing():
+        raise StreamError("a step traced at an edge of the signal would keep that edge's masks; "
+                          "trace it at a position inside the signal")
 
 
 def _floor_div(a: Index, b: int) -> Index:
@@ -166,7 +176,7 @@ class StreamConv1d(StepLayer):
         elif self.pad:
             x = inside(x, at)
         outputs = (x.shape[TIME] - self.span) // self.stride + 1
-        if isinstance(at.pos, int) and outputs <= self.matmul_max_outputs:  # eager only
+        if isinstance(at.pos, int) and outputs <= self.matmul_max_outputs:  # eager or traced
             y = self._matmul(x, outputs)
         else:
             y = F.conv1d(x, c.weight, c.bias, self.stride, 0, self.dilation, c.groups)
@@ -189,8 +199,9 @@ class StreamConv1d(StepLayer):
 
 def weight_product(weight: Tensor, cols: Tensor, bias: Tensor | None = None) -> Tensor:
     """``weight [M x K] @ cols [K x N] (+ bias [M])`` → ``[M x N]``; for a few columns and a
-    large weight, in blocks of :data:`BLOCKED_ROWS` rows (see there). Eager torch only: a
-    traced graph would keep the block layout of the traced column count."""
+    large weight, in blocks of :data:`BLOCKED_ROWS` rows (see there). Eager torch, or a trace
+    of one block size: an exported graph (any size) would keep the traced column count's
+    block layout."""
     m, k = weight.shape
     n = cols.shape[1]
     if (2 <= n <= BLOCKED_MAX_COLUMNS and m % BLOCKED_ROWS == 0
@@ -257,7 +268,7 @@ class StreamConvTranspose1d(StepLayer):
         if o:
             x = torch.cat([next(state).to(x.dtype), x], dim=TIME)
             new_state.append(x[..., x.shape[TIME] - o:])
-        if isinstance(at.pos, int):  # eager
+        if isinstance(at.pos, int):  # eager or traced
             cols = x.unfold(TIME, o + 1, 1).permute(1, 3, 0, 2).reshape(-1, b * n)
             y = weight_product(self.polyphase, cols)  # [C_out·s x B·n]: block j of channel c
             y = y.view(-1, s, b, n).permute(2, 0, 3, 1).reshape(b, -1, n * s)
@@ -371,6 +382,7 @@ class StreamWindowGRN(StepLayer):
         out = At(at.pos - h, at.end)
         if not isinstance(out.pos, int) or out.pos < h or out.pos + n + h > at.end:
             # near an edge: the mean over the frames inside the signal only
+            _refuse_traced_edge()
             t = torch.arange(n, device=x.device) + out.pos
             count = (torch.clamp(t + h, max=at.end - 1) - torch.clamp(t - h, min=0) + 1)
             power = power * (window / count.clamp_min(1).to(power.dtype))

@@ -3,6 +3,7 @@ latency, block by block, for any block size and any push sizes, and each block c
 compute."""
 from __future__ import annotations
 
+import dataclasses
 from unittest import mock
 
 import numpy as np
@@ -14,7 +15,13 @@ from torch import nn
 from cleancodec.core.codec import CodecConfig, load_codec
 from cleancodec.infer import stream_layers
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
-from cleancodec.infer.stateful import END_UNKNOWN, StatefulStream, _Quantize, stream_layer
+from cleancodec.infer.stateful import (
+    END_UNKNOWN,
+    StatefulStream,
+    _Compiled,
+    _Quantize,
+    stream_layer,
+)
 from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
 from cleancodec.infer.stream_layers import (
     At,
@@ -280,6 +287,48 @@ def test_each_block_runs_the_chain_on_its_own_samples(enhancers):
     g = stream.geometry
     assert sizes[0] == g.block + g.lookahead
     assert set(sizes[1:-1]) == {g.block}
+
+
+def test_block_steps_inside_the_signal_run_traced_with_the_eager_output(enhancers):
+    """A stream traces its block's step once per engine; steps of that size from
+    ``interior_from`` on run the trace, whose output and state equal the eager step's bit for
+    bit; the stream still equals offline processing."""
+    enh = enhancers["window"]
+    stream = StatefulStream.for_engine(enh, block_frames=4)
+    chain, g = stream.chain, stream.geometry
+    trace = chain.traced[1, g.block]
+    assert StatefulStream.for_engine(enh, block_frames=4).chain.traced[1, g.block] is trace
+    calls = []
+    chain.traced[1, g.block] = lambda *a: calls.append(1) or trace(*a)
+    x = speechlike(3.0, 15)
+    y = np.concatenate(run(stream, x, [g.block]))
+    interior_steps = (len(x) - chain.compiled.interior_from) // g.block
+    assert interior_steps - 1 <= len(calls) <= interior_steps + 1
+    assert snr_db(enhance_whole(enh, x), y) >= SNR_DB
+
+    torch.manual_seed(0)
+    graph = chain.graph
+    state = [torch.randn(shape) for shape in graph.state_shapes(1)]
+    wave = torch.randn(1, g.block)
+    for position in (chain.compiled.interior_from, chain.compiled.interior_from + 7 * HOP):
+        with torch.inference_mode():
+            eager = graph(wave, position, END_UNKNOWN, *state)
+            traced = trace(wave, *state)
+        assert all(torch.equal(a, b) for a, b in zip(eager, traced, strict=True))
+
+
+def test_a_step_is_not_traced_at_the_signal_edge_nor_under_bf16(codec, enhancers):
+    chain = StatefulStream.for_engine(enhancers["none"], block_frames=2).chain
+    at_start = _Compiled(chain.graph, HOP)
+    at_start.interior_from = 0
+    with pytest.raises(StreamError, match="edge of the signal"):
+        at_start.trace(1, 2 * HOP, torch.device("cpu"))
+    bf16 = load_codec(CodecConfig(**{**dataclasses.asdict(TINY), "bf16": True}))
+    enh = Enhancer(bf16, local_denoiser(bf16, "none"))
+    stream = StatefulStream.for_engine(enh, block_frames=2)
+    assert stream.chain.traced == {}
+    y = stream_signal(stream, speechlike(1.0, 16), 2 * HOP)  # eager steps throughout
+    assert y.shape == (SR,) and np.isfinite(y).all() and np.any(y)
 
 
 def test_reset_multichannel_and_short_streams(enhancers):
