@@ -464,6 +464,14 @@ class StatefulStream(StreamDenoiser):
             self._ready.put(self.chain.step(self._pending[:, :samples]))
             self._pending = self._pending[:, samples:]
 
+    def _step_samples(self) -> int:
+        """The next step's input: one block when one to two blocks are pending (the size
+        :meth:`StepChain.prepare` readied), else every whole hop pending (one long step costs
+        less than several short ones)."""
+        g = self.geometry
+        hops = self._pending.shape[1] // g.hop * g.hop
+        return g.block if g.block <= hops < 2 * g.block else hops
+
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append samples (``[n]`` or ``[C x n]``); return the enhanced samples now final."""
         if self._closed:
@@ -473,8 +481,8 @@ class StatefulStream(StreamDenoiser):
         self.pushed += x.shape[1]
         g, out = self.geometry, []
         while self.pushed >= self._next + g.block + g.lookahead:
-            if self._ready.size < g.block:
-                self._run(self._pending.shape[1] // g.hop * g.hop)
+            while self._ready.size < g.block and self._pending.shape[1] >= g.hop:
+                self._run(self._step_samples())
             if self._ready.size < g.block:
                 raise RuntimeError(f"stateful stream: the chain emitted {self._ready.size} of "
                                    f"{g.block} samples after {self.pushed} pushed (the "

@@ -289,6 +289,24 @@ def test_each_block_runs_the_chain_on_its_own_samples(enhancers):
     assert set(sizes[1:-1]) == {g.block}
 
 
+def test_a_step_takes_one_block_unless_two_are_pending(enhancers):
+    """Pushes of 1.3 blocks: the chain steps one block at a time (the size a torch stream
+    traces) while one to two blocks are pending, and takes every pending hop otherwise (two
+    blocks or more at once; less than a block when that is all a due block still needs)."""
+    enh = enhancers["window"]
+    stream = StatefulStream.for_engine(enh, block_frames=5)
+    g, steps = stream.geometry, []
+    step = stream.chain.step
+    stream.chain.step = lambda w: steps.append(
+        (w.shape[1], stream._pending.shape[1] // HOP * HOP)) or step(w)
+    x = speechlike(3.0, 17)
+    y = np.concatenate(run(stream, x, [g.block * 13 // 10 + 17]))
+    for n, pending in steps:
+        assert n == (g.block if g.block <= pending < 2 * g.block else pending)
+    assert [n for n, _ in steps].count(g.block) >= 2 * len(steps) // 3
+    assert snr_db(enhance_whole(enh, x), y) >= SNR_DB
+
+
 def test_block_steps_inside_the_signal_run_traced_with_the_eager_output(enhancers):
     """A stream traces its block's step once per engine; steps of that size from
     ``interior_from`` on run the trace, whose output and state equal the eager step's bit for
