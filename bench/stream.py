@@ -35,16 +35,19 @@ alone: between two runs on one host it moved by 19 % while the step's p50 moved 
 A configuration is real-time when its p99 stays below the block's duration.
 
 Usage: ``python bench/stream.py [--blocks 16] [--device cuda] [--smoke] [--onnx GRAPH]
-[--onnx-step GRAPH] [--block-ms 100,200] [--no-long] [--memory-arch tiny] [--memory-seconds 600]
-[--no-append]``; prints a
+[--onnx-step GRAPH] [--block-ms 100,200] [--stateful-only] [--rounds 2] [--no-long]
+[--memory-arch tiny] [--memory-seconds 600] [--no-append]``; prints a
 Markdown table and appends it to BENCHMARKS.md (``--smoke``: the tiny codec, a few block
 sizes and blocks, short end-to-end and memory runs, never appended: a check that the benchmark
 runs; ``--onnx`` / ``--onnx-step``: graphs already exported from :func:`bench_models`' models,
-checked and used instead of exporting them).
+checked and used instead of exporting them; ``--block-ms`` with ``--stateful-only``: the
+stateful streams alone at those sizes; ``--rounds N``: N runs per stream, an offline reference
+in each, and every stateful row's ratio per round).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -120,6 +123,16 @@ class Timing:
     geometry: StreamGeometry
     seconds: list[float]
     offline_ms_per_s: float  # the engine's offline cost: median of the forwards around the row
+    offline_per_round: list[float] = dataclasses.field(default_factory=list)  # each round's
+
+    def per_round_ratios(self) -> list[float]:
+        """Each round's p50 ÷ that round's offline cost of the block's audio."""
+        rounds = len(self.offline_per_round)
+        per_run = -(-len(self.seconds) // rounds) if rounds else 0
+        block_s = self.geometry.block / self.geometry.sample_rate
+        runs = [(self.seconds[i * per_run:(i + 1) * per_run], off)
+                for i, off in enumerate(self.offline_per_round)]
+        return [float(np.median(run)) * MS_PER_S / (off * block_s) for run, off in runs if run]
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.seconds, q))
@@ -139,10 +152,10 @@ def small_denoiser(latent_dim: int, stats_from: torch.Tensor) -> Denoiser:
 
 
 def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray, n_blocks: int,
-                offline: dict[str, Callable[[], float]],
+                offline: dict[str, Callable[[], float]], rounds: int = ROUNDS,
                 ) -> tuple[dict[str, list[float]], float, dict[str, list[float]]]:
     """Feed every stream the same input as a live source would and time each push that emits
-    a block: per stream :data:`ROUNDS` runs of blocks, the streams' runs alternating (a drift
+    a block: per stream ``rounds`` runs of blocks, the streams' runs alternating (a drift
     in the machine's load falls on all); each run starts after a pause of :data:`PARK_S` with
     :data:`WARMUP_BLOCKS` untimed pushes, then pushes block k at ``k · block`` seconds after
     the run's start (at once when the previous push ran late), as blocks of a live source
@@ -152,15 +165,15 @@ def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray, n_blocks: int
     g = next(iter(streams.values())).geometry
     block_s = g.block / g.sample_rate
     fill = (-(-g.context // g.block) + 1) * g.block + g.lookahead  # every later window is full
-    per_run = -(-n_blocks // ROUNDS)
-    need = fill + ROUNDS * (WARMUP_BLOCKS + per_run) * g.block
+    per_run = -(-n_blocks // rounds)
+    need = fill + rounds * (WARMUP_BLOCKS + per_run) * g.block
     if need > len(x):
         x = np.tile(x, -(-need // len(x)))
     outs: dict[str, list[np.ndarray]] = {k: [s.push(x[:fill])] for k, s in streams.items()}
     times: dict[str, list[float]] = {k: [] for k in streams}
     cursor = dict.fromkeys(streams, fill)
     offline_ms: dict[str, list[float]] = {k: [] for k in offline}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, measure in offline.items():
             time.sleep(PARK_S)
             offline_ms[name].append(measure())
@@ -228,7 +241,8 @@ def _streams(engines: dict[str, dict[str, Enhancer]], frames: int,
 
 def run(arch: str, device: str, frames: tuple[tuple[int, ...], tuple[int, ...]],
         threads: tuple[int, ...], n_blocks: int, tmp: Path,
-        graphs: tuple[Path | None, Path | None]) -> tuple[list[Timing], dict]:
+        graphs: tuple[Path | None, Path | None], rounds: int = ROUNDS,
+        ) -> tuple[list[Timing], dict]:
     """Every row: ``frames`` = (side-by-side block sizes, stateful-only block sizes)."""
     codec, model, x = bench_models(arch, max(threads))
     info = {"field": codec_chain_field(codec, model), "exports": {}, "agreement": {},
@@ -259,10 +273,10 @@ def run(arch: str, device: str, frames: tuple[tuple[int, ...], tuple[int, ...]],
                                     *((f, ("stateful",)) for f in frames[1])]:
             streams = _streams(engines, block_frames, kinds)
             times, info["agreement"][(n_threads, block_frames)], during = time_blocks(
-                {f"{e} {k}": s for (e, k), s in streams.items()}, x, n_blocks, measure)
+                {f"{e} {k}": s for (e, k), s in streams.items()}, x, n_blocks, measure, rounds)
             before, offline = offline, {k: m() for k, m in measure.items()}
             rows = [Timing(e, k, n_threads, s.geometry, times[f"{e} {k}"],
-                           float(np.median([before[e], *during[e], offline[e]])))
+                           float(np.median([before[e], *during[e], offline[e]])), during[e])
                     for (e, k), s in streams.items()]
             timings += rows
             print(f"  {n_threads} thread(s), block {rows[0].geometry.block_ms:.0f} ms: "
@@ -309,7 +323,7 @@ def _fixed_costs(timings: list[Timing], offline: dict) -> list[str]:
 
 def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: list[Timing],
            info: dict, long_runs: list[str], n_blocks: int, wall: float,
-           load: tuple[str, str]) -> str:
+           load: tuple[str, str], rounds: int = ROUNDS) -> str:
     field, offline = info["field"], info["offline"]
     lines = [
         f"## streaming denoise (`bench/stream.py`), {dt.date.today()}, commit {git_commit()}",
@@ -340,7 +354,7 @@ def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: lis
               + ", ".join(f"{e} {n} thread(s) {min(v):.0f}–{max(v):.0f} ms per s of audio"
                           for (e, n), v in offline.items()) + ".", "",
               f"Per-block compute ({n_blocks} blocks per row, paced as a live source: in "
-              f"{ROUNDS} runs per stream, the streams' runs alternating, each run after a "
+              f"{rounds} runs per stream, the streams' runs alternating, each run after a "
               f"{PARK_S:g} s pause and {WARMUP_BLOCKS} untimed push, block k pushed k block "
               "durations after the run's start or at once when the previous push ran late; "
               f"p99 of {n_blocks} is about their maximum). ÷ offline = p50 / the same engine's "
@@ -360,6 +374,11 @@ def report(arch: str, device: str, latency_frames: tuple[int, ...], timings: lis
                      + (f"{best.geometry.block_ms:.0f} ms (latency {best.geometry.latency_ms:.0f}"
                         " ms)" if best else "none of the blocks measured"))
     lines += _fixed_costs(timings, offline)
+    if rounds > ROUNDS:
+        lines += [f"- {t.engine} {t.stream}, {t.threads} thread(s), {t.geometry.block_ms:.0f} ms: "
+                  f"÷ offline per round {min(r):.2f}–{max(r):.2f} (median {np.median(r):.2f}, "
+                  f"{len(r)} rounds)" for t in timings if t.stream == "stateful"
+                  for r in [t.per_round_ratios()]]
     worst = min(info["agreement"].values()) if info["agreement"] else float("nan")
     for kind, export in info["exports"].items():
         lines.append(f"- exported {kind} graph: {export.size_bytes / 2**20:.0f} MiB, "
@@ -401,6 +420,11 @@ def main() -> None:
     parser.add_argument("--block-ms", type=str, default=None,
                         help="comma-separated block sizes (ms) to time with all four streams, "
                              "instead of the default set (no stateful-only rows then)")
+    parser.add_argument("--stateful-only", action="store_true",
+                        help="with --block-ms: time only the stateful streams at those sizes")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help="runs per stream and block size (the streams' runs alternate; "
+                             "an offline reference is measured in each round)")
     parser.add_argument("--no-long", action="store_true",
                         help="skip the end-to-end and memory runs")
     parser.add_argument("--no-append", action="store_true", help="print only")
@@ -415,13 +439,16 @@ def main() -> None:
         blocks, e2e_seconds = min(args.blocks, SMOKE["blocks"]), SMOKE["e2e_seconds"]
         e2e_repeats = SMOKE["e2e_repeats"]
         memory_seconds = min(memory_seconds, SMOKE["memory_seconds"])
+    if args.stateful_only and not args.block_ms:
+        parser.error("--stateful-only needs --block-ms")
     if args.block_ms:
-        frames = (tuple(int(round(float(v) / HOP_MS)) for v in args.block_ms.split(",")), ())
+        sizes = tuple(int(round(float(v) / HOP_MS)) for v in args.block_ms.split(","))
+        frames = ((), sizes) if args.stateful_only else (sizes, ())
     start, load_start = time.perf_counter(), load_average()
     long_runs: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         timings, info = run(arch, args.device, frames, threads, blocks, Path(tmp),
-                            (args.onnx, args.onnx_step))
+                            (args.onnx, args.onnx_step), args.rounds)
         if not args.no_long:
             torch.set_num_threads(1)
             codec, model, x = bench_models(arch)
@@ -432,7 +459,7 @@ def main() -> None:
         memory = stream_long.memory_rows(args.memory_arch, memory_seconds)
         long_runs += stream_long.memory_lines(memory)
     text = report(arch, args.device, latency, timings, info, long_runs, blocks,
-                  time.perf_counter() - start, (load_start, load_average()))
+                  time.perf_counter() - start, (load_start, load_average()), args.rounds)
     print(text)
     if not (args.no_append or args.smoke):
         append_benchmarks(text)

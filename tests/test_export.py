@@ -290,8 +290,9 @@ def test_cli_stream_with_the_onnx_engine(codec, full_graph):
 def test_stream_benchmark_smoke(full_graph, tiny_stream_graph):
     """`python bench/stream.py --smoke` runs end to end on the session's graphs (the same
     models as the benchmark's, so it skips its own exports): windowed and stateful streams of
-    both engines, the offline reference and the fixed cost per step (``--no-long``: without
-    the end-to-end and memory runs, which ``test_stream_long_runs`` covers)."""
+    both engines, the offline reference, the fixed cost per step and, with three rounds, each
+    stateful row's ratio per round (``--no-long``: without the end-to-end and memory runs,
+    which ``test_stream_long_runs`` covers)."""
     import subprocess
     import sys
 
@@ -300,7 +301,7 @@ def test_stream_benchmark_smoke(full_graph, tiny_stream_graph):
     _, path, _ = full_graph
     proc = subprocess.run([sys.executable, "bench/stream.py", "--smoke", "--no-append",
                            "--onnx", str(path), "--onnx-step", str(tiny_stream_graph[2]),
-                           "--no-long"],
+                           "--no-long", "--rounds", "3"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for engine in ("torch", "onnxruntime"):
@@ -308,3 +309,6 @@ def test_stream_benchmark_smoke(full_graph, tiny_stream_graph):
             assert f"| {engine} | {stream} | 1 |" in proc.stdout
     assert "smallest real-time block" in proc.stdout and "latency ms" in proc.stdout
     assert "Offline reference" in proc.stdout and "per step +" in proc.stdout
+    assert "in 3 runs per stream" in proc.stdout
+    for engine in ("torch", "onnxruntime"):  # --rounds above the default: ratios per round
+        assert f"- {engine} stateful, 1 thread(s), 20 ms: ÷ offline per round" in proc.stdout
