@@ -378,8 +378,8 @@ class TorchStepChain(StepChain):
     Steps run eagerly, except steps of a size given to :meth:`prepare` that lie inside the
     signal (from ``interior_from`` samples on, the end not yet known): those run the same ops
     as a traced, frozen TorchScript graph, without Python's cost per op. That made a 100 ms
-    step of DAC-16k 11 % faster with 2 threads and 8 % with 1 (2026-12-03, 27 interleaved
-    pairs each, every pair faster), with the same output to the bit. It is run without the
+    step of DAC-16k 11–15 % faster with 2 threads and 8 % with 1 (2026-12-03, 27–37
+    interleaved pairs, 97–100 % of them faster), with the same output to the bit. It is run without the
     TorchScript executor's optimisations (no profiling runs, no fusion): the ops are those of
     the eager step. bf16 autocast runs eagerly.
     """
@@ -440,10 +440,10 @@ class StatefulStream(StreamDenoiser):
                  fixed_delay: bool = False):
         self.chain = step_chain(engine)
         super().__init__(engine, geometry, channels, fixed_delay)
-        self.chain.prepare(geometry.block, channels)
         if self.chain.lag > geometry.lookahead:
             raise StreamError(f"the layers lag {self.chain.lag} samples, more than the "
                               f"receptive lookahead of {geometry.lookahead}")
+        self.chain.prepare(geometry.block, channels)
 
     def reset(self) -> None:
         super().reset()
