@@ -379,9 +379,9 @@ class TorchStepChain(StepChain):
     signal (from ``interior_from`` samples on, the end not yet known): those run the same ops
     as a traced, frozen TorchScript graph, without Python's cost per op. That made a 100 ms
     step of DAC-16k 11–15 % faster with 2 threads and 8 % with 1 (2026-12-03, 27–37
-    interleaved pairs, 97–100 % of them faster), with the same output to the bit. It is run without the
-    TorchScript executor's optimisations (no profiling runs, no fusion): the ops are those of
-    the eager step. bf16 autocast runs eagerly.
+    interleaved pairs, 97–100 % of them faster), with the same output to the bit. It is run
+    without the TorchScript executor's optimisations (no profiling runs, no fusion): the ops
+    are those of the eager step. bf16 autocast runs eagerly.
     """
 
     def __init__(self, engine: Engine):
