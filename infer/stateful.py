@@ -338,10 +338,11 @@ class _InteriorStep(nn.Module):
 
 
 class _Compiled:
-    """One engine's step graph and its traced steps, shared by every stream of the engine."""
+    """One engine's step graph and its traced steps, shared by every stream of the engine
+    while its modules and weights stay the same (``key``)."""
 
-    def __init__(self, graph: StepGraph, hop: int):
-        self.graph = graph
+    def __init__(self, graph: StepGraph, hop: int, key: tuple):
+        self.graph, self.key = graph, key
         # every layer's input is inside the signal once the chain's output is (delays only
         # add up along the chain); twice the lag leaves room for the strided layers' rounding
         # and the window statistics' half window (a trace that meets an edge raises, tested)
@@ -371,6 +372,15 @@ class _Compiled:
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _weights_key(*modules: nn.Module | None) -> tuple:
+    """Which modules, and which in-place version of each of their tensors: a stream opened
+    after a module was swapped or a weight changed (``load_state_dict``) builds a new graph:
+    the quantizer's normalised codebooks are copies, and freezing may fold weights into new
+    constants."""
+    return tuple((id(m), *((id(t), t._version) for t in (*m.parameters(), *m.buffers())))
+                 for m in modules if m is not None)
+
+
 class TorchStepChain(StepChain):
     """:class:`StepChain` with the torch modules of an ``Enhancer``, under the codec's
     autocast.
@@ -391,11 +401,12 @@ class TorchStepChain(StepChain):
                               "engine (codec + denoiser modules) or a graph written by "
                               "`cleancodec export --full --streaming`")
         self.device = codec.device
+        denoiser = getattr(engine, "denoiser", None)
+        key = (codec.n_codebooks, *_weights_key(codec.model, denoiser))
         compiled = _COMPILED.get(engine)
-        if compiled is None:
-            graph = StepGraph(codec.model, getattr(engine, "denoiser", None),
-                              codec.n_codebooks, codec._autocast)
-            _COMPILED[engine] = compiled = _Compiled(graph, codec.hop_length)
+        if compiled is None or compiled.key != key:
+            graph = StepGraph(codec.model, denoiser, codec.n_codebooks, codec._autocast)
+            _COMPILED[engine] = compiled = _Compiled(graph, codec.hop_length, key)
         self.compiled, self.graph = compiled, compiled.graph
         self.traceable = not codec.cfg.bf16
         self.traced: dict[tuple[int, int], torch.jit.ScriptModule] = {}

@@ -335,9 +335,28 @@ def test_block_steps_inside_the_signal_run_traced_with_the_eager_output(enhancer
         assert all(torch.equal(a, b) for a, b in zip(eager, traced, strict=True))
 
 
+def test_a_stream_opened_after_weights_change_uses_the_new_weights():
+    """Streams of one engine share its graph and traces until a weight changes in place (or a
+    module is swapped): then the next stream follows offline processing with the new
+    weights."""
+    codec = load_codec(TINY)  # its own: the weights change
+    enh = Enhancer(codec, local_denoiser(codec, "window", 3))
+    x = speechlike(2.0, 18)
+    first = StatefulStream.for_engine(enh, block_frames=4)
+    assert snr_db(enhance_whole(enh, x), stream_signal(first, x, 4 * HOP)) >= SNR_DB
+    assert StatefulStream.for_engine(enh, block_frames=4).chain.graph is first.chain.graph
+    with torch.no_grad():
+        enh.denoiser.head.weight.mul_(-3.0)
+        codebook = codec.model.quantizer.quantizers[0].codebook.weight
+        codebook.add_(torch.randn(codebook.shape, generator=torch.Generator().manual_seed(0)))
+    again = StatefulStream.for_engine(enh, block_frames=4)
+    assert again.chain.graph is not first.chain.graph
+    assert snr_db(enhance_whole(enh, x), stream_signal(again, x, 4 * HOP)) >= SNR_DB
+
+
 def test_a_step_is_not_traced_at_the_signal_edge_nor_under_bf16(codec, enhancers):
     chain = StatefulStream.for_engine(enhancers["none"], block_frames=2).chain
-    at_start = _Compiled(chain.graph, HOP)
+    at_start = _Compiled(chain.graph, HOP, chain.compiled.key)
     at_start.interior_from = 0
     with pytest.raises(StreamError, match="edge of the signal"):
         at_start.trace(1, 2 * HOP, torch.device("cpu"))
