@@ -9,7 +9,7 @@
   codec identity and receptive field, so the engine streams and chunks without torch models.
 
 - :func:`export_streaming`: the same chain as one streaming step with its layer state as
-  explicit inputs and outputs (:class:`infer.stateful.StepGraph`), for stateful streaming in
+  explicit inputs and outputs (:class:`infer.step_graph.StepGraph`), for stateful streaming in
   onnxruntime (``infer.onnx_engine.OnnxStepChain``); a single step over a whole signal is
   offline enhancement, so the engine also denoises files with it.
 
@@ -366,7 +366,7 @@ def stream_feed(position: int, end: int, wave: np.ndarray,
 def export_streaming(codec, denoiser: nn.Module | None, path: str | Path,
                      info: dict[str, Any] | None = None, checkpoint: str | Path | None = None,
                      chain: ChainField | None = None) -> ExportReport:
-    """Export the whole chain as one streaming step (:class:`infer.stateful.StepGraph`):
+    """Export the whole chain as one streaming step (:class:`infer.step_graph.StepGraph`):
     inputs ``wave[B x n]`` (n a multiple of the hop), ``position`` and ``end`` (int64 scalars)
     and the state tensors ``state_in_<i>``; outputs ``enhanced[B x n]`` and ``state_out_<i>``.
     The metadata lists the state tensors with their shapes (``"batch"`` for the batch axis),
@@ -376,7 +376,7 @@ def export_streaming(codec, denoiser: nn.Module | None, path: str | Path,
     :data:`VERIFY_STEP_HOPS` hops and its end: every step's output must agree to
     :data:`STREAM_MAX_ABS` (max abs).
     """
-    from cleancodec.infer.stateful import END_UNKNOWN, StepGraph, tail_samples
+    from cleancodec.infer.step_graph import END_UNKNOWN, StepGraph, tail_samples
 
     if codec.device.type != "cpu":
         raise ExportError("export the streaming graph from a CPU codec (--device cpu)")

@@ -36,7 +36,8 @@ from cleancodec.infer.export import (
     stream_feed,
 )
 from cleancodec.infer.receptive import ChainField
-from cleancodec.infer.stateful import END_UNKNOWN, StepChain, tail_samples
+from cleancodec.infer.stateful import StepChain
+from cleancodec.infer.step_graph import END_UNKNOWN, tail_samples
 from cleancodec.infer.stream import StreamError
 
 REQUIRED_KEYS = ("kind", "sample_rate", "hop", "chain_field", "codec_identity")

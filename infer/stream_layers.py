@@ -1,5 +1,5 @@
 """The streaming counterparts of single layers, as fixed-lag step functions (see
-:mod:`cleancodec.infer.stateful` for how a chain of them streams and is exported to ONNX).
+:mod:`cleancodec.infer.step_graph` for how a chain of them streams and is exported to ONNX).
 
 Every layer is an ``nn.Module`` whose :meth:`StepLayer.step` takes the next ``n`` samples
 ``x: Tensor[B x C x n]`` of its input (``n`` any whole number of the chain's hops), the layer's

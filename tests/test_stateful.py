@@ -15,13 +15,8 @@ from torch import nn
 from cleancodec.core.codec import CodecConfig, load_codec
 from cleancodec.infer import stream_layers
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
-from cleancodec.infer.stateful import (
-    END_UNKNOWN,
-    StatefulStream,
-    _Compiled,
-    _Quantize,
-    stream_layer,
-)
+from cleancodec.infer.stateful import StatefulStream, _Compiled
+from cleancodec.infer.step_graph import END_UNKNOWN, _Quantize, stream_layer
 from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
 from cleancodec.infer.stream_layers import (
     At,
