@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cleancodec.infer.arena import move_to_huge_pages
 from cleancodec.infer.fileio import Fifo
 from cleancodec.infer.step_graph import END_UNKNOWN, StepGraph, tail_samples
 from cleancodec.infer.stream import Engine, StreamDenoiser, StreamError, StreamGeometry
@@ -152,6 +153,7 @@ class TorchStepChain(StepChain):
         compiled = _COMPILED.get(engine)
         if compiled is None or compiled.key != key:
             graph = StepGraph(codec.model, denoiser, codec.n_codebooks, codec._autocast)
+            move_to_huge_pages(graph)  # the same tensors, their memory moved (see there)
             _COMPILED[engine] = compiled = _Compiled(graph, codec.hop_length, key)
         self.compiled = compiled
         self.traceable = not codec.cfg.bf16

@@ -288,17 +288,17 @@ def polyphase_weight(conv: nn.ConvTranspose1d) -> Tensor:
     """``conv``'s weight ``[C_in x C_out x k]`` as ``G [C_out·s x C_in·(o + 1)]`` with
     ``G[(c, t), (i, r)] = w[i, c, (o − r)·s + t]`` (zero past k): column block r multiplies
     the frame ``o − r`` frames back. One copy per module and weight version, shared by every
-    stream built from it."""
+    stream built from it (moving the weight's memory, :mod:`infer.arena`, keeps the copy)."""
     w = conv.weight.detach()
-    key = (w.data_ptr(), w._version, w.dtype, w.device)
+    key = (w._version, w.dtype, w.device)
     cached = _POLYPHASE.get(conv)
-    if cached is None or cached[0] != key:
+    if cached is None or cached[0]() is not conv.weight or cached[1] != key:
         s, k = conv.stride[0], conv.kernel_size[0]
         o = -(-k // s) - 1
         blocks = F.pad(w, (0, (o + 1) * s - k)).view(w.shape[0], w.shape[1], o + 1, s)
         g = blocks.flip(2).permute(1, 3, 0, 2).reshape(w.shape[1] * s, -1).contiguous()
-        _POLYPHASE[conv] = cached = (key, g)
-    return cached[1]
+        _POLYPHASE[conv] = cached = (weakref.ref(conv.weight), key, g)
+    return cached[2]
 
 
 class StreamSequential(StepLayer):
