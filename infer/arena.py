@@ -4,19 +4,23 @@ A streaming step reads every weight of the chain for a few frames, so on these C
 the whole model from memory at every step (290 MB for DAC-16k, far more than the cache keeps).
 On 4 KiB pages every page of every weight costs a translation miss and a fresh start of the
 hardware prefetcher; on 2 MiB pages a weight of a few MiB is one or two pages. Moved there, a
-100 ms step of DAC-16k took 7 % less with 2 threads and 10 % less with 1 (2026-12-03, traced
-torch step, 56 / 36 interleaved pairs, 89 % / 94 % faster, output identical to the bit), and
-the offline forward over 5 s 3 % less (2 threads, 14 pairs). Linux gives a private anonymous
-mapping huge pages when it is advised to (``madvise(MADV_HUGEPAGE)``; the kernel's setting
-``/sys/kernel/mm/transparent_hugepage/enabled`` must be ``always`` or ``madvise``, the default
-of most distributions); elsewhere :func:`move_to_huge_pages` does nothing.
+100 ms step of DAC-16k took 9–10 % less with 1 thread and 3–7 % less with 2 (2026-12-03,
+traced torch step, 36–56 interleaved pairs per run, output identical to the bit; the smaller
+2-thread figures on a busy host), and the offline forward over 5 s 0–3 % less. Linux gives a
+private anonymous mapping huge pages when it is advised to (``madvise(MADV_HUGEPAGE)``; the
+kernel's setting ``/sys/kernel/mm/transparent_hugepage/enabled`` must be ``always`` or
+``madvise``, the default of most distributions); elsewhere :func:`move_to_huge_pages` does
+nothing.
 
 Each tensor keeps its object, shape, strides, values and version: its storage is replaced
 (``tensor.data = …``), so every module, cache and graph that holds the tensor sees the new
-memory. The block is freed when the last tensor in it is. The memory the tensors leave is
-handed back to the system at once where the C library can (glibc's ``malloc_trim``): glibc
-otherwise keeps most of it, and the process would hold the model twice (DAC-16k: 940 MB
-resident after a stream's first steps and an offline forward, against 840 MB).
+memory. Only tensors that no running computation reads may move (a kernel that holds their old
+memory would read freed memory): ``Enhancer`` moves its modules' when it is made, a stateful
+step graph its own when it is built. The block is freed when the last tensor in it is. The
+memory the tensors leave is handed back to the system at once where the C library can (glibc's
+``malloc_trim``): glibc otherwise keeps much of it, and the process holds the model twice
+(DAC-16k after a stream's first steps and an offline forward: 1,004–1,061 MB resident without
+the trim, 973 MB with it, 942–970 MB with the weights left where they were).
 """
 from __future__ import annotations
 

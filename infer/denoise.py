@@ -35,6 +35,7 @@ from cleancodec.core.codec import (
 )
 from cleancodec.core.config import require
 from cleancodec.core.topology import bf16_autocast
+from cleancodec.infer.arena import move_to_huge_pages
 from cleancodec.infer.chunking import Chunk, ChunkAssembler, ChunkPlanner, ChunkSpec
 from cleancodec.infer.receptive import ChainField, codec_chain_field
 from cleancodec.trainer.checkpoint import BEST, RUN_CONFIG, CheckpointError, load_checkpoint
@@ -104,13 +105,19 @@ class Enhancer:
     """Codec (+ denoiser) applied to batches of 16 kHz waves.
 
     ``denoiser`` maps raw latents ``Tensor[B x D x F]`` to ``Tensor[B x D x F]``; ``None`` runs
-    the codec alone (bypass). ``info`` is the checkpoint's info dict (empty for bypass).
+    the codec alone (bypass). ``info`` is the checkpoint's info dict (empty for bypass). The
+    codec's and the denoiser's weights on the CPU move onto huge pages (:mod:`infer.arena`;
+    same tensors and values).
     """
 
     def __init__(self, codec: Codec, denoiser: torch.nn.Module | None,
                  info: dict[str, Any] | None = None, checkpoint: str | None = None):
         self.codec = codec
         self.denoiser = denoiser.to(codec.device).eval() if denoiser is not None else None
+        # before any forward can read them (a move under a running forward would free its
+        # weights): weights already moved, e.g. a codec shared by enhancers, stay where they are
+        move_to_huge_pages(torch.nn.ModuleList(
+            m for m in (getattr(codec, "model", None), self.denoiser) if m is not None))
         self.info = info or {}
         self.checkpoint = checkpoint
 

@@ -117,6 +117,7 @@ class _Compiled:
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BUILDING = threading.Lock()  # builds one engine's graph at a time
 
 
 def _weights_key(*modules: nn.Module | None) -> tuple:
@@ -138,7 +139,8 @@ class TorchStepChain(StepChain):
     step of DAC-16k 11–15 % faster with 2 threads and 8 % with 1 (2026-12-03, 27–37
     interleaved pairs, 97–100 % of them faster), with the same output to the bit. It is run
     without the TorchScript executor's optimisations (no profiling runs, no fusion): the ops
-    are those of the eager step. bf16 autocast runs eagerly.
+    are those of the eager step. bf16 autocast runs eagerly. The graph's rearranged weights
+    move onto huge pages when it is built, as the engine's own did (:mod:`infer.arena`).
     """
 
     def __init__(self, engine: Engine):
@@ -150,11 +152,14 @@ class TorchStepChain(StepChain):
         self.device = codec.device
         denoiser = getattr(engine, "denoiser", None)
         key = (codec.n_codebooks, *_weights_key(codec.model, denoiser))
-        compiled = _COMPILED.get(engine)
-        if compiled is None or compiled.key != key:
-            graph = StepGraph(codec.model, denoiser, codec.n_codebooks, codec._autocast)
-            move_to_huge_pages(graph)  # the same tensors, their memory moved (see there)
-            _COMPILED[engine] = compiled = _Compiled(graph, codec.hop_length, key)
+        with _BUILDING:
+            compiled = _COMPILED.get(engine)
+            if compiled is None or compiled.key != key:
+                graph = StepGraph(codec.model, denoiser, codec.n_codebooks, codec._autocast)
+                # its own rearranged weights, before any step reads them (the modules' moved
+                # with the engine): one graph at a time, as graphs share the rearranged ones
+                move_to_huge_pages(graph)
+                _COMPILED[engine] = compiled = _Compiled(graph, codec.hop_length, key)
         self.compiled = compiled
         self.traceable = not codec.cfg.bf16
         self.traced: dict[tuple[int, int], torch.jit.ScriptModule] = {}
