@@ -14,7 +14,9 @@ nothing.
 
 Each tensor keeps its object, shape, strides, values and version: its storage is replaced
 (``tensor.data = …``), so every module, cache and graph that holds the tensor sees the new
-memory. Only tensors that no running computation reads may move (a kernel that holds their old
+memory. The block's storage holds exactly the moved tensors, so ``torch.save`` of the module's
+weights (which writes a view's whole storage) writes what it wrote before. Only tensors that
+no running computation reads may move (a kernel that holds their old
 memory would read freed memory): ``Enhancer`` moves its modules' when it is made, a stateful
 step graph its own when it is built. The block is freed when the last tensor in it is. The
 memory the tensors leave is handed back to the system at once where the C library can (glibc's
@@ -73,14 +75,16 @@ def move_to_huge_pages(module: nn.Module) -> int:
         return 0
     block = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     block.madvise(mmap.MADV_HUGEPAGE)
-    memory = torch.frombuffer(block, dtype=torch.uint8)  # keeps the mapping alive
-    start = -memory.data_ptr() % HUGE_PAGE  # the first tensor on a huge page boundary
+    start = -torch.frombuffer(block, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE
+    # the tensors' storage: from the first huge page boundary, exactly their bytes (what
+    # torch.save writes for any of them); it keeps the mapping alive
+    memory = torch.frombuffer(block, dtype=torch.uint8, count=size, offset=start)
     _BLOCKS.add(memory.untyped_storage().data_ptr())
     weakref.finalize(block, _BLOCKS.discard, memory.untyped_storage().data_ptr())
     with torch.no_grad():
         for t, offset in zip(tensors.values(), offsets, strict=True):
             nbytes = _span(t) * t.element_size()
-            region = memory[start + offset:start + offset + nbytes].view(t.dtype)
+            region = memory[offset:offset + nbytes].view(t.dtype)
             moved = region.as_strided(t.shape, t.stride())
             moved.copy_(t)
             t.data = moved

@@ -115,9 +115,11 @@ class Enhancer:
         self.codec = codec
         self.denoiser = denoiser.to(codec.device).eval() if denoiser is not None else None
         # before any forward can read them (a move under a running forward would free its
-        # weights): weights already moved, e.g. a codec shared by enhancers, stay where they are
-        move_to_huge_pages(torch.nn.ModuleList(
-            m for m in (getattr(codec, "model", None), self.denoiser) if m is not None))
+        # weights): weights already moved, e.g. a codec shared by enhancers, stay where they are;
+        # one block per module, so that saving one module's weights writes only its own
+        for module in (getattr(codec, "model", None), self.denoiser):
+            if module is not None:
+                move_to_huge_pages(module)
         self.info = info or {}
         self.checkpoint = checkpoint
 

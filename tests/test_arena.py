@@ -2,6 +2,7 @@
 and versions; the module computes the same; moved tensors are not moved again."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,20 @@ def test_moved_tensors_keep_object_values_layout_and_version():
 
 
 @needs_huge_pages
+def test_saving_a_moved_module_writes_its_own_weights_only():
+    """torch.save writes a view's whole storage: the block holds exactly the moved tensors."""
+    def saved_bytes(module):
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        return buffer.getbuffer().nbytes
+
+    net = nn.Linear(256, 256)
+    before = saved_bytes(net)
+    arena.move_to_huge_pages(net)
+    assert saved_bytes(net) <= before + arena.ALIGN
+
+
+@needs_huge_pages
 @pytest.mark.skipif(not THP_SETTING.exists(), reason="not Linux: no transparent huge pages")
 def test_the_block_is_advised_huge_pages():
     """The kernel marks the block's mapping for huge pages (``hg``) and reports it eligible
@@ -112,8 +127,9 @@ def test_an_engine_moves_its_weights_and_a_stream_its_own_then_both_match_offlin
     """An enhancer moves the codec's and the denoiser's weights when it is made (before any
     forward), its stateful stream the graph's rearranged ones when the graph is built."""
     enh = Enhancer(codec, local_denoiser(codec, "window", 3))
-    for t in (codec.model.decoder.model[0].weight, enh.denoiser.head.weight):
-        assert t.untyped_storage().data_ptr() in arena._BLOCKS
+    blocks = {t.untyped_storage().data_ptr()
+              for t in (codec.model.decoder.model[0].weight, enh.denoiser.head.weight)}
+    assert len(blocks) == 2 and blocks <= arena._BLOCKS  # one block per module
     stream = StatefulStream.for_engine(enh, block_frames=3)
     rearranged = [m.polyphase for m in stream.chain.graph.modules()
                   if isinstance(m, StreamConvTranspose1d)]
