@@ -1,12 +1,12 @@
-"""A module's weights moved into one block of memory on transparent huge pages (CPU, Linux).
+"""A module's weights moved into a block of memory on transparent huge pages (CPU, Linux).
 
 A streaming step reads every weight of the chain for a few frames, so on these CPUs it reads
 the whole model from memory at every step (290 MB for DAC-16k, far more than the cache keeps).
 On 4 KiB pages every page of every weight costs a translation miss and a fresh start of the
 hardware prefetcher; on 2 MiB pages a weight of a few MiB is one or two pages. Moved there, a
-100 ms step of DAC-16k took 9–10 % less with 1 thread and 3–7 % less with 2 (2026-12-03,
-traced torch step, 36–56 interleaved pairs per run, output identical to the bit; the smaller
-2-thread figures on a busy host), and the offline forward over 5 s 0–3 % less. Linux gives a
+100 ms step of DAC-16k took 4–10 % less with 1 thread and 3–7 % less with 2 (2026-12-03,
+traced torch step, 36–56 interleaved pairs or 10 runs of 16 pushes per measurement, output
+identical to the bit; the smaller 2-thread figures on a busy host), and the offline forward over 5 s 0–3 % less. Linux gives a
 private anonymous mapping huge pages when it is advised to (``madvise(MADV_HUGEPAGE)``; the
 kernel's setting ``/sys/kernel/mm/transparent_hugepage/enabled`` must be ``always`` or
 ``madvise``, the default of most distributions); elsewhere :func:`move_to_huge_pages` does
