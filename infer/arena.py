@@ -6,11 +6,11 @@ On 4 KiB pages every page of every weight costs a translation miss and a fresh s
 hardware prefetcher; on 2 MiB pages a weight of a few MiB is one or two pages. Moved there, a
 100 ms step of DAC-16k took 4–10 % less with 1 thread and 3–7 % less with 2 (2026-12-03,
 traced torch step, 36–56 interleaved pairs or 10 runs of 16 pushes per measurement, output
-identical to the bit; the smaller 2-thread figures on a busy host), and the offline forward over 5 s 0–3 % less. Linux gives a
-private anonymous mapping huge pages when it is advised to (``madvise(MADV_HUGEPAGE)``; the
-kernel's setting ``/sys/kernel/mm/transparent_hugepage/enabled`` must be ``always`` or
-``madvise``, the default of most distributions); elsewhere :func:`move_to_huge_pages` does
-nothing.
+identical to the bit; the smaller 2-thread figures on a busy host), and the offline forward
+over 5 s 0–3 % less. Linux gives a private anonymous mapping huge pages when it is advised to
+(``madvise(MADV_HUGEPAGE)``; the kernel's setting
+``/sys/kernel/mm/transparent_hugepage/enabled`` must be ``always`` or ``madvise``, the default
+of most distributions); elsewhere :func:`move_to_huge_pages` does nothing.
 
 Each tensor keeps its object, shape, strides, values and version: its storage is replaced
 (``tensor.data = …``), so every module, cache and graph that holds the tensor sees the new
