@@ -127,8 +127,7 @@ class Timing:
 
     def per_round_ratios(self) -> list[float]:
         """Each round's p50 ÷ that round's offline cost of the block's audio."""
-        rounds = len(self.offline_per_round)
-        per_run = -(-len(self.seconds) // rounds) if rounds else 0
+        per_run = blocks_per_run(len(self.seconds), len(self.offline_per_round))
         block_s = self.geometry.block / self.geometry.sample_rate
         runs = [(self.seconds[i * per_run:(i + 1) * per_run], off)
                 for i, off in enumerate(self.offline_per_round)]
@@ -151,6 +150,11 @@ def small_denoiser(latent_dim: int, stats_from: torch.Tensor) -> Denoiser:
     return model.eval()
 
 
+def blocks_per_run(n_blocks: int, rounds: int) -> int:
+    """Timed blocks in each of a stream's ``rounds`` runs (the last may time fewer)."""
+    return -(-n_blocks // rounds) if rounds else 0
+
+
 def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray, n_blocks: int,
                 offline: dict[str, Callable[[], float]], rounds: int = ROUNDS,
                 ) -> tuple[dict[str, list[float]], float, dict[str, list[float]]]:
@@ -165,7 +169,7 @@ def time_blocks(streams: dict[str, StreamDenoiser], x: np.ndarray, n_blocks: int
     g = next(iter(streams.values())).geometry
     block_s = g.block / g.sample_rate
     fill = (-(-g.context // g.block) + 1) * g.block + g.lookahead  # every later window is full
-    per_run = -(-n_blocks // rounds)
+    per_run = blocks_per_run(n_blocks, rounds)
     need = fill + rounds * (WARMUP_BLOCKS + per_run) * g.block
     if need > len(x):
         x = np.tile(x, -(-need // len(x)))

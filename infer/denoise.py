@@ -117,7 +117,7 @@ class Enhancer:
         # before any forward can read them (a move under a running forward would free its
         # weights): weights already moved, e.g. a codec shared by enhancers, stay where they are;
         # one block per module, so that saving one module's weights writes only its own
-        for module in (getattr(codec, "model", None), self.denoiser):
+        for module in (codec.model, self.denoiser):
             if module is not None:
                 move_to_huge_pages(module)
         self.info = info or {}

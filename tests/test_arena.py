@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from cleancodec.core.codec import load_codec
 from cleancodec.infer import arena
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
 from cleancodec.infer.stateful import StatefulStream
 from cleancodec.infer.stream import stream_signal
 from cleancodec.infer.stream_layers import StreamConvTranspose1d
-from tests.helpers import local_denoiser, speechlike
+from tests.helpers import TINY_CODEC, local_denoiser, speechlike
 
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -33,6 +34,11 @@ class _Net(nn.Module):
 
     def forward(self, x):
         return self.up(self.conv(x)).transpose(1, 2) @ self.table_t + self.steps.sum()
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return load_codec(TINY_CODEC)
 
 
 def _vma_flags(address: int) -> dict[str, str]:
@@ -137,11 +143,3 @@ def test_an_engine_moves_its_weights_and_a_stream_its_own_then_both_match_offlin
                               for t in rearranged)
     x = speechlike(2.0, 21)
     assert snr_db(enhance_whole(enh, x), stream_signal(stream, x, 1000)) >= 100.0
-
-
-@pytest.fixture(scope="module")
-def codec():
-    from cleancodec.core.codec import load_codec
-    from tests.helpers import TINY_CODEC
-
-    return load_codec(TINY_CODEC)
