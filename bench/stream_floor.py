@@ -1,0 +1,212 @@
+"""Where a stateful streaming step's time goes beyond offline denoising (torch): the step's
+layers, each run again and again on its own inputs (weights in cache where they fit), against the
+same layers run once each in the step's order (each weight read from memory, as in a step),
+the time to read the tensors the step reads, and the offline forward of the same audio.
+
+A step of a short block reads every weight of the codec (about 300 MB for DAC-16k) for a few
+frames, while offline denoising reads each once per chunk of seconds. The layers repeated on
+their own inputs keep their weights in cache where they fit; run once each in the step's order,
+they read them from memory as a step does. The difference between the two, against the time
+to read those weights alone, is how much of a step's extra cost over offline is that reading.
+
+Runs the benchmark models of ``bench/stream.py`` (real DAC-16k architecture at RANDOM INIT,
+small denoiser). Layers are timed eagerly (Python between the ops, as in an untraced step);
+the table also gives the traced step that streams run.
+
+Usage: ``python bench/stream_floor.py [--arch dac16k] [--block-ms 100] [--threads 1,2]
+[--repeats 15] [--no-append]``; prints a Markdown table and appends it to BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import git_commit, publish  # noqa: E402
+from bench.denoise import load_average  # noqa: E402
+from bench.stream import MS_PER_S, bench_models, offline_ms_per_s  # noqa: E402
+from cleancodec.infer import stream_layers as sl  # noqa: E402
+from cleancodec.infer.denoise import Enhancer  # noqa: E402
+from cleancodec.infer.stateful import StatefulStream, TorchStepChain  # noqa: E402
+
+DEFAULT_ARCH = "dac16k"
+LEAVES = (sl.StreamConv1d, sl.StreamConvTranspose1d, sl.Pointwise, sl.StreamWindowGRN)
+WARMUP = 3  # untimed runs before each timing
+OFFLINE_REPEATS = 3
+BYTES_PER_GB = 1e9
+
+
+@dataclass
+class Leaf:
+    """One streamed layer with the inputs it got in a step (state: zeros of its shapes)."""
+
+    layer: sl.StepLayer
+    x: Tensor
+    at: sl.At
+    state: list[Tensor]
+
+    def run(self) -> None:
+        self.layer.step(self.x, self.at, iter(self.state), [])
+
+    def tensors_read(self) -> list[Tensor]:
+        """The weights a step of this layer reads (a transposed convolution reads its
+        rearranged weight, not the module's)."""
+        if isinstance(self.layer, sl.StreamConvTranspose1d):
+            bias = self.layer.conv.bias
+            return [self.layer.polyphase, *([] if bias is None else [bias])]
+        return [*self.layer.parameters(), *self.layer.buffers()]
+
+
+def capture(chain: TorchStepChain, x: np.ndarray, block: int, steps: int = 4) -> list[Leaf]:
+    """The leaf layers of ``chain``'s graph in the order a step runs them, with the inputs of
+    its ``steps``-th step of ``block`` samples."""
+    leaves: list[Leaf] = []
+    layers = [m for m in chain.graph.modules() if isinstance(m, LEAVES)]
+
+    def recorder(layer: sl.StepLayer) -> Callable:
+        def step(x, at, state, new_state):
+            leaves.append(Leaf(layer, x, at, [torch.zeros(s) for s in layer.state_shapes(1)]))
+            return type(layer).step(layer, x, at, state, new_state)
+        return step
+
+    for i in range(steps - 1):
+        chain.step(x[None, i * block:(i + 1) * block])
+    for layer in layers:  # an instance attribute, removed after the step
+        layer.step = recorder(layer)
+    try:
+        chain.step(x[None, (steps - 1) * block:steps * block])
+    finally:
+        for layer in layers:
+            del layer.step
+    return leaves
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * MS_PER_S
+
+
+def in_order_ms(leaves: list[Leaf], fns: list[Callable[[], object]], repeats: int,
+                ) -> list[float]:
+    """Each of ``fns`` (one per leaf) timed when all run once in turn, ``repeats`` times:
+    the median per leaf, in ms."""
+    times = np.zeros((repeats + WARMUP, len(fns)))
+    for r in range(repeats + WARMUP):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[r, i] = time.perf_counter() - start
+    return list(np.median(times[WARMUP:], axis=0) * MS_PER_S)
+
+
+def read_all(tensors: list[Tensor]) -> Callable[[], object]:
+    return lambda: [t.sum() for t in tensors]
+
+
+@dataclass
+class Floor:
+    threads: int
+    block_ms: float
+    offline: float  # ms of offline forward per block of audio
+    step: float  # eager step p50
+    traced: float  # traced step p50 (what streams run)
+    in_order: float  # sum of the leaves run once each in the step's order
+    warm: float  # sum of each leaf's median when repeated on its own
+    read_mb: float
+    read: float  # sum of each leaf's reading time in the step's order
+
+
+def measure(threads: int, block_ms: float, repeats: int, arch: str = DEFAULT_ARCH) -> Floor:
+    """Every column of the table for ``threads`` and ``block_ms`` (medians of ``repeats``)."""
+    torch.set_num_threads(threads)
+    codec, model, x = bench_models(arch, threads)
+    engine = Enhancer(codec, model)
+    block = int(block_ms * codec.sample_rate / MS_PER_S)
+    with torch.inference_mode():
+        chain = TorchStepChain(engine)
+        leaves = capture(chain, x, block)
+        warm = [median_ms(leaf.run, repeats) for leaf in leaves]
+        in_order = in_order_ms(leaves, [leaf.run for leaf in leaves], repeats)
+        reads = in_order_ms(leaves, [read_all(leaf.tensors_read()) for leaf in leaves], repeats)
+        read_bytes = sum(t.numel() * t.element_size() for leaf in leaves
+                         for t in leaf.tensors_read())
+        pos = [0]
+
+        def push(fn: Callable[[np.ndarray], object]) -> Callable[[], object]:
+            def run():
+                pos[0] = (pos[0] + block) % (len(x) - 2 * block)
+                return fn(x[pos[0]:pos[0] + block])
+            return run
+
+        step = median_ms(push(lambda b: chain.step(b[None])), repeats)
+    stream = StatefulStream.for_engine(engine, block_ms=block_ms)
+    stream.push(x[:stream.geometry.lookahead + block])
+    traced = median_ms(push(stream.push), repeats)
+    offline = float(np.median([offline_ms_per_s(engine, x) for _ in range(OFFLINE_REPEATS)]))
+    return Floor(threads, block_ms, offline * block_ms / MS_PER_S, step, traced, sum(in_order),
+                 sum(warm), read_bytes / 1e6, sum(reads))
+
+
+def report(rows: list[Floor], load: tuple[str, str], arch: str = DEFAULT_ARCH) -> str:
+    def cell(ms: float, f: Floor) -> str:
+        return f"{ms:.1f} ({ms / f.offline:.2f})"
+
+    lines = [
+        f"## stateful step against offline, layer by layer (`bench/stream_floor.py`), "
+        f"{dt.date.today().isoformat()}, commit {git_commit()}",
+        "",
+        f"**RANDOM-INIT CODEC** ({arch} architecture, small denoiser; the models of "
+        f"`bench/stream.py`). CPU, torch {torch.__version__}, 2 shared cores; load average "
+        f"{load[0]} at the start, {load[1]} at the end. Milliseconds per block, "
+        "÷ the offline forward's cost of the block's audio in brackets. Layers: the step's "
+        "streamed layers (convolutions, pointwise modules, the quantizer) timed eagerly; "
+        "*in order*: each run once in the step's order (weights come from memory, as in a "
+        "step); *repeated*: each run again and again on its own inputs (weights in cache where "
+        "they fit); *read*: summing the tensors each layer reads, in the step's order.",
+        "",
+        "| threads | block | offline | step (eager) | step (traced) | layers in order | "
+        "layers repeated | in order − repeated | weights read |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in rows:
+        lines.append(
+            f"| {f.threads} | {f.block_ms:.0f} ms | {f.offline:.1f} | {cell(f.step, f)} | "
+            f"{cell(f.traced, f)} | {cell(f.in_order, f)} | {cell(f.warm, f)} | "
+            f"{f.in_order - f.warm:.1f} | {f.read_mb:.0f} MB in {f.read:.1f} ms "
+            f"({f.read_mb / 1e3 / (f.read / MS_PER_S):.0f} GB/s) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default=DEFAULT_ARCH, help="dac16k | tiny")
+    parser.add_argument("--block-ms", type=float, default=100.0)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement")
+    parser.add_argument("--no-append", action="store_true", help="print only")
+    args = parser.parse_args()
+    start_load = load_average()
+    rows = [measure(int(t), args.block_ms, args.repeats, args.arch)
+            for t in args.threads.split(",")]
+    publish(report(rows, (start_load, load_average()), args.arch), append=not args.no_append)
+
+
+if __name__ == "__main__":
+    main()
