@@ -44,7 +44,7 @@ DEFAULT_ARCH = "dac16k"
 LEAVES = (sl.StreamConv1d, sl.StreamConvTranspose1d, sl.Pointwise, sl.StreamWindowGRN)
 WARMUP = 3  # untimed runs before each timing
 OFFLINE_REPEATS = 3
-BYTES_PER_GB = 1e9
+BYTES_PER_MB, MB_PER_GB = 1e6, 1e3
 
 
 @dataclass
@@ -161,7 +161,7 @@ def measure(threads: int, block_ms: float, repeats: int, arch: str = DEFAULT_ARC
     traced = median_ms(push(stream.push), repeats)
     offline = float(np.median([offline_ms_per_s(engine, x) for _ in range(OFFLINE_REPEATS)]))
     return Floor(threads, block_ms, offline * block_ms / MS_PER_S, step, traced, sum(in_order),
-                 sum(warm), read_bytes / 1e6, sum(reads))
+                 sum(warm), read_bytes / BYTES_PER_MB, sum(reads))
 
 
 def report(rows: list[Floor], load: tuple[str, str], arch: str = DEFAULT_ARCH) -> str:
@@ -190,7 +190,7 @@ def report(rows: list[Floor], load: tuple[str, str], arch: str = DEFAULT_ARCH) -
             f"| {f.threads} | {f.block_ms:.0f} ms | {f.offline:.1f} | {cell(f.step, f)} | "
             f"{cell(f.traced, f)} | {cell(f.in_order, f)} | {cell(f.warm, f)} | "
             f"{f.in_order - f.warm:.1f} | {f.read_mb:.0f} MB in {f.read:.1f} ms "
-            f"({f.read_mb / 1e3 / (f.read / MS_PER_S):.0f} GB/s) |")
+            f"({f.read_mb / MB_PER_GB / (f.read / MS_PER_S):.0f} GB/s) |")
     return "\n".join(lines)
 
 
