@@ -92,21 +92,9 @@ def capture(chain: TorchStepChain, x: np.ndarray, block: int, steps: int = 4) ->
     return leaves
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * MS_PER_S
-
-
-def in_order_ms(leaves: list[Leaf], fns: list[Callable[[], object]], repeats: int,
-                ) -> list[float]:
-    """Each of ``fns`` (one per leaf) timed when all run once in turn, ``repeats`` times:
-    the median per leaf, in ms."""
+def in_order_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Each of ``fns`` timed when all run once in turn, ``repeats`` times (after
+    :data:`WARMUP` untimed turns): the median of each, in ms."""
     times = np.zeros((repeats + WARMUP, len(fns)))
     for r in range(repeats + WARMUP):
         for i, fn in enumerate(fns):
@@ -114,6 +102,11 @@ def in_order_ms(leaves: list[Leaf], fns: list[Callable[[], object]], repeats: in
             fn()
             times[r, i] = time.perf_counter() - start
     return list(np.median(times[WARMUP:], axis=0) * MS_PER_S)
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    """``fn`` run on its own again and again: the median, in ms."""
+    return in_order_ms([fn], repeats)[0]
 
 
 def read_all(tensors: list[Tensor]) -> Callable[[], object]:
@@ -143,10 +136,10 @@ def measure(threads: int, block_ms: float, repeats: int, arch: str = DEFAULT_ARC
         chain = TorchStepChain(engine)
         leaves = capture(chain, x, block)
         warm = [median_ms(leaf.run, repeats) for leaf in leaves]
-        in_order = in_order_ms(leaves, [leaf.run for leaf in leaves], repeats)
-        reads = in_order_ms(leaves, [read_all(leaf.tensors_read()) for leaf in leaves], repeats)
-        read_bytes = sum(t.numel() * t.element_size() for leaf in leaves
-                         for t in leaf.tensors_read())
+        in_order = in_order_ms([leaf.run for leaf in leaves], repeats)
+        weights = [leaf.tensors_read() for leaf in leaves]
+        reads = in_order_ms([read_all(tensors) for tensors in weights], repeats)
+        read_bytes = sum(t.numel() * t.element_size() for tensors in weights for t in tensors)
         pos = [0]
 
         def push(fn: Callable[[np.ndarray], object]) -> Callable[[], object]:
