@@ -155,7 +155,8 @@ class TorchStepChain(StepChain):
         with _BUILDING:
             compiled = _COMPILED.get(engine)
             if compiled is None or compiled.key != key:
-                graph = StepGraph(codec.model, denoiser, codec.n_codebooks, codec._autocast)
+                graph = StepGraph(codec.model, denoiser, codec.n_codebooks, codec._autocast,
+                                  fold=not codec.cfg.bf16)
                 # its own rearranged weights, before any step reads them (the modules' moved
                 # with the engine): one graph at a time, as graphs share the rearranged ones
                 move_to_huge_pages(graph)

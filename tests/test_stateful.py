@@ -16,7 +16,13 @@ from cleancodec.core.codec import CodecConfig, load_codec
 from cleancodec.infer import stream_layers
 from cleancodec.infer.denoise import Enhancer, enhance_whole, snr_db
 from cleancodec.infer.stateful import StatefulStream, _Compiled
-from cleancodec.infer.step_graph import END_UNKNOWN, _Quantize, stream_layer
+from cleancodec.infer.step_graph import (
+    END_UNKNOWN,
+    StepGraph,
+    _Quantize,
+    fold_projections,
+    stream_layer,
+)
 from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
 from cleancodec.infer.stream_layers import (
     At,
@@ -203,6 +209,35 @@ def test_quantize_step_equals_the_dac_quantizer(codec):
             assert torch.equal(_Quantize(quantizer, n)(z), quantizer(z, n_quantizers=n)[0])
 
 
+def test_projections_fold_into_the_decoders_first_convolution(codec):
+    """The quantizer stage's out-projection inputs through the folded convolution give the
+    decoder's first convolution of the quantized latents, edges (zero padding) included."""
+    torch.manual_seed(7)
+    quantizer, conv = codec.model.quantizer, codec.model.decoder.model[0]
+    z = 3.0 * torch.randn(2, quantizer.quantizers[0].in_proj.in_channels, 9)
+    with torch.no_grad():
+        for n in (1, codec.n_codebooks):
+            stage = _Quantize(quantizer, n, projections=True)
+            v = stage(z)
+            assert v.shape == (2, n * quantizer.quantizers[0].codebook.weight.shape[1] + 1, 9)
+            folded = fold_projections(conv, stage.quantizers)
+            torch.testing.assert_close(folded(v), conv(quantizer(z, n_quantizers=n)[0]),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_the_step_graph_folds_the_projections_unless_told_not_to(codec):
+    folded = StepGraph(codec.model, None, codec.n_codebooks)
+    plain = StepGraph(codec.model, None, codec.n_codebooks, fold=False)
+    first = [g.chain.layers[-1].layer.layers[0].conv for g in (folded, plain)]
+    d = codec.model.quantizer.quantizers[0].codebook.weight.shape[1]
+    assert first[0].in_channels == d * codec.n_codebooks + 1
+    assert first[1] is codec.model.decoder.model[0]
+    x = torch.from_numpy(speechlike(0.5, 3))[None]
+    with torch.no_grad():
+        y = [g(x, 0, x.shape[1], *g.initial_state(1))[0] for g in (folded, plain)]
+    assert snr_db(y[1].numpy(), y[0].numpy()) >= SNR_DB
+
+
 def test_unknown_layers_are_refused():
     with pytest.raises(StreamError, match="no streaming counterpart for layer ReLU"):
         stream_layer(nn.Sequential(nn.Conv1d(1, 1, 3, padding=1), nn.ReLU()))
@@ -359,6 +394,7 @@ def test_a_step_is_not_traced_at_the_signal_edge_nor_under_bf16(codec, enhancers
     enh = Enhancer(bf16, local_denoiser(bf16, "none"))
     stream = StatefulStream.for_engine(enh, block_frames=2)
     assert stream.chain.traced == {}
+    assert stream.chain.graph.chain.layers[-1].layer.layers[0].conv is bf16.model.decoder.model[0]
     y = stream_signal(stream, speechlike(1.0, 16), 2 * HOP)  # eager steps throughout
     assert y.shape == (SR,) and np.isfinite(y).all() and np.any(y)
 
