@@ -1,7 +1,7 @@
 """A module's weights moved into a block of memory on transparent huge pages (CPU, Linux).
 
 A streaming step reads every weight of the chain for a few frames, so on these CPUs it reads
-the whole model from memory at every step (290 MB for DAC-16k, far more than the cache keeps).
+the whole model from memory at every step (about 265 MB for DAC-16k, far more than the cache keeps).
 On 4 KiB pages every page of every weight costs a translation miss and a fresh start of the
 hardware prefetcher; on 2 MiB pages a weight of a few MiB is one or two pages. Moved there, a
 100 ms step of DAC-16k took 4–10 % less with 1 thread and 3–7 % less with 2 (2026-12-03,
