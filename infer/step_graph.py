@@ -284,7 +284,8 @@ class StepGraph(nn.Module):
         decoder = stream_layer(codec_model.decoder)
         first = decoder.layers[0] if isinstance(decoder, StreamSequential) else None
         fold = (fold and isinstance(first, StreamConv1d) and first.conv.groups == 1
-                and all(vq.out_proj.bias is not None for vq in codec_model.quantizer.quantizers))
+                and all(vq.out_proj.kernel_size == (1,) and vq.out_proj.bias is not None
+                        for vq in codec_model.quantizer.quantizers))
         quantize = _Quantize(codec_model.quantizer, n_codebooks, projections=fold)
         if fold:
             decoder.layers[0] = StreamConv1d(fold_projections(first.conv, quantize.quantizers))
