@@ -160,6 +160,7 @@ class _Quantize(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         b, _, n = z.shape
         zq, residual, inputs = None, z, []
+        last = len(self.quantizers) - 1
         for i, vq in enumerate(self.quantizers):
             z_e = vq.in_proj(residual)  # [B x d x n]
             encodings = F.normalize(z_e.transpose(1, 2).reshape(b * n, -1))  # [(B·n) x d]
@@ -171,10 +172,11 @@ class _Quantize(nn.Module):
             v = z_e + (z_q - z_e)  # dac's straight-through sum, as it computes it
             if self.projections:
                 inputs.append(v)
-                if i == len(self.quantizers) - 1:  # the last residual is not needed
+                if i == last:  # the last residual is not needed
                     break
             z_q = vq.out_proj(v)
-            zq = z_q if zq is None else zq + z_q
+            if not self.projections:  # the folded convolution sums the projections itself
+                zq = z_q if zq is None else zq + z_q
             residual = residual - z_q
         if self.projections:
             return torch.cat([*inputs, torch.ones_like(z[:, :1])], dim=1)

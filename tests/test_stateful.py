@@ -225,10 +225,15 @@ def test_projections_fold_into_the_decoders_first_convolution(codec):
                                        rtol=1e-5, atol=1e-5)
 
 
+def decoder_input_conv(graph: StepGraph) -> nn.Conv1d:
+    """The convolution of the graph's first decoder layer."""
+    return graph.chain.layers[-1].layer.layers[0].conv
+
+
 def test_the_step_graph_folds_the_projections_unless_told_not_to(codec):
     folded = StepGraph(codec.model, None, codec.n_codebooks)
     plain = StepGraph(codec.model, None, codec.n_codebooks, fold=False)
-    first = [g.chain.layers[-1].layer.layers[0].conv for g in (folded, plain)]
+    first = [decoder_input_conv(g) for g in (folded, plain)]
     d = codec.model.quantizer.quantizers[0].codebook.weight.shape[1]
     assert first[0].in_channels == d * codec.n_codebooks + 1
     assert first[1] is codec.model.decoder.model[0]
@@ -394,7 +399,7 @@ def test_a_step_is_not_traced_at_the_signal_edge_nor_under_bf16(codec, enhancers
     enh = Enhancer(bf16, local_denoiser(bf16, "none"))
     stream = StatefulStream.for_engine(enh, block_frames=2)
     assert stream.chain.traced == {}
-    assert stream.chain.graph.chain.layers[-1].layer.layers[0].conv is bf16.model.decoder.model[0]
+    assert decoder_input_conv(stream.chain.graph) is bf16.model.decoder.model[0]
     y = stream_signal(stream, speechlike(1.0, 16), 2 * HOP)  # eager steps throughout
     assert y.shape == (SR,) and np.isfinite(y).all() and np.any(y)
 
