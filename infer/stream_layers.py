@@ -21,7 +21,7 @@ an edge) and int64 scalars in an exported graph.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -323,14 +323,13 @@ class StreamSequential(StepLayer):
 
 
 class StreamResidual(StepLayer):
-    """``combine(x, block(x))`` for a length-preserving ``block``: the skip path waits in a
-    FIFO of ``delay`` samples (the block's lag) until the block's output for the same samples
-    comes out."""
+    """``x + block(x)`` for a length-preserving ``block``: the skip path waits in a FIFO of
+    ``delay`` samples (the block's lag) until the block's output for the same samples comes
+    out."""
 
-    def __init__(self, block: StepLayer, channels: int,
-                 combine: Callable[[Tensor, Tensor], Tensor] = torch.add):
+    def __init__(self, block: StepLayer, channels: int):
         super().__init__()
-        self.block, self.channels, self.combine = block, channels, combine
+        self.block, self.channels = block, channels
         self.delay = 0
 
     def bind(self, lag: int) -> int:
@@ -345,16 +344,39 @@ class StreamResidual(StepLayer):
         return own + self.block.state_shapes(batch)
 
     def step(self, x, at, state, new_state):
-        skip = x
-        if self.delay:  # [kept | x] splits into the skip path's samples and the next kept ones
-            # (one ``Split`` in an exported step: onnxruntime's two ``Slice`` copies cost 4 %
-            # more of a 100 ms DAC-16k step with 2 threads, 3 % with 1; 2026-12-03, 77 / 27
-            # interleaved pairs)
-            skip, kept = torch.split(torch.cat([next(state).to(x.dtype), x], dim=TIME),
-                                     [x.shape[TIME], self.delay], dim=TIME)
-            new_state.append(kept)
+        if not self.delay:
+            y, out = self.block.step(x, at, state, new_state)
+            return x + y, out
+        kept = next(state).to(x.dtype)
+        if isinstance(at.pos, int):  # eager or traced
+            return self._add_in_place(x, kept, at, state, new_state)
+        # exported: [kept | x] splits into the skip path's samples and the next kept ones (one
+        # ``Split``: onnxruntime's two ``Slice`` copies cost 4 % more of a 100 ms DAC-16k step
+        # with 2 threads, 3 % with 1; 2026-12-03, 77 / 27 interleaved pairs)
+        skip, kept = torch.split(torch.cat([kept, x], dim=TIME), [x.shape[TIME], self.delay],
+                                 dim=TIME)
+        new_state.append(kept)
         y, out = self.block.step(x, at, state, new_state)
-        return self.combine(skip, y), out
+        return skip + y, out
+
+    def _add_in_place(self, x: Tensor, kept: Tensor, at: At, state: Iterator[Tensor],
+                      new_state: list[Tensor]) -> tuple[Tensor, At]:
+        """The skip samples ``[kept | x][:n]`` added into the block's output where they fall,
+        without joining them into one tensor first: a 100 ms step of DAC-16k took 1.6 % less
+        with 2 threads (2026-12-04, 100 interleaved pairs, 80 % faster), with the same output
+        to the bit. The block's output is its own new tensor (a convolution's, a linear
+        layer's); the next kept samples are a view of ``x``, which nothing changes later."""
+        n, d = x.shape[TIME], self.delay
+        new_state.append(x[..., n - d:] if n >= d else torch.cat([kept[..., n:], x], dim=TIME))
+        y, out = self.block.step(x, at, state, new_state)
+        if y.dtype != x.dtype:  # under autocast: the sum in x's type, as offline adds them
+            return torch.cat([kept, x], dim=TIME)[..., :n] + y, out
+        if n >= d:
+            y[..., :d] += kept
+            y[..., d:] += x[..., :n - d]
+        else:
+            y += kept[..., :n]
+        return y, out
 
 
 class StreamWindowGRN(StepLayer):

@@ -26,9 +26,12 @@ from cleancodec.infer.step_graph import (
 from cleancodec.infer.stream import StreamDenoiser, StreamError, stream_signal
 from cleancodec.infer.stream_layers import (
     At,
+    Pointwise,
     StepLayer,
     StreamConv1d,
     StreamConvTranspose1d,
+    StreamResidual,
+    StreamSequential,
     StreamWindowGRN,
 )
 from cleancodec.infer.streamio import StreamOptions, stream_file
@@ -184,6 +187,42 @@ def test_traced_transposed_conv_runs_the_module_op():
         traced, _ = layer.step(x, At(torch.tensor(0), torch.tensor(END_UNKNOWN)), iter(state), [])
         assert (bmm.call_count, module_op.call_count) == (1, 1)
     torch.testing.assert_close(traced, eager, atol=LAYER_ATOL, rtol=0)
+
+
+class _TensorPositions(StepLayer):
+    """``layer`` given its positions as int64 tensors, as in an exported step."""
+
+    def __init__(self, layer: StepLayer):
+        super().__init__()
+        self.layer = layer
+
+    def bind(self, lag):
+        return self.layer.bind(lag)
+
+    def state_shapes(self, batch):
+        return self.layer.state_shapes(batch)
+
+    def step(self, x, at, state, new_state):
+        y, out = self.layer.step(x, At(torch.tensor(at.pos), torch.tensor(at.end)), state,
+                                 new_state)
+        return y, At(int(out.pos), int(out.end))
+
+
+@pytest.mark.parametrize("positions", ["int", "tensor"])
+def test_streamed_residual_unit_equals_the_module(positions):
+    """DAC's residual unit ``x + conv1(snake(conv7(snake(x))))`` with dilation 9 (its skip path
+    waits 27 samples): steps shorter and longer than the wait, eager (the skip samples added
+    in place) and with tensor positions (the exported form)."""
+    torch.manual_seed(6)
+    conv7, conv1 = nn.Conv1d(4, 4, 7, dilation=9, padding=27), nn.Conv1d(4, 4, 1)
+    layer = StreamResidual(StreamSequential([StreamConv1d(conv7), Pointwise(nn.Tanh()),
+                                             StreamConv1d(conv1)]), 4)
+    if positions == "tensor":
+        layer = _TensorPositions(layer)
+    x = torch.randn(2, 4, 200)
+    with torch.inference_mode():
+        y = run_layer(layer, x, [1, 5, 40, 27], 1)
+        torch.testing.assert_close(y, x + conv1(torch.tanh(conv7(x))), atol=LAYER_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("window", [1, 3, 9])
