@@ -348,9 +348,10 @@ class StreamResidual(StepLayer):
             y, out = self.block.step(x, at, state, new_state)
             return x + y, out
         kept = next(state).to(x.dtype)
-        if isinstance(at.pos, int):  # eager or traced
-            return self._add_in_place(x, kept, at, state, new_state)
-        # exported: [kept | x] splits into the skip path's samples and the next kept ones (one
+        if isinstance(at.pos, int) and not torch.is_autocast_enabled(x.device.type):
+            return self._add_in_place(x, kept, at, state, new_state)  # eager or traced
+        # exported (or under autocast, where the sum takes the wider of the two types):
+        # [kept | x] splits into the skip path's samples and the next kept ones (one
         # ``Split``: onnxruntime's two ``Slice`` copies cost 4 % more of a 100 ms DAC-16k step
         # with 2 threads, 3 % with 1; 2026-12-03, 77 / 27 interleaved pairs)
         skip, kept = torch.split(torch.cat([kept, x], dim=TIME), [x.shape[TIME], self.delay],
@@ -369,8 +370,6 @@ class StreamResidual(StepLayer):
         n, d = x.shape[TIME], self.delay
         new_state.append(x[..., n - d:] if n >= d else torch.cat([kept[..., n:], x], dim=TIME))
         y, out = self.block.step(x, at, state, new_state)
-        if y.dtype != x.dtype:  # under autocast: the sum in x's type, as offline adds them
-            return torch.cat([kept, x], dim=TIME)[..., :n] + y, out
         if n >= d:
             y[..., :d] += kept
             y[..., d:] += x[..., :n - d]
