@@ -9,6 +9,12 @@ their own inputs keep their weights in cache where they fit; run once each in th
 they read them from memory as a step does. The difference between the two, against the time
 to read those weights alone, is how much of a step's extra cost over offline is that reading.
 
+The offline forward's own speed depends on glibc's ``malloc``: by default it hands the memory of
+large activations back to the system after a forward and the next forward pays page faults to
+touch it again; told to keep freed memory (``mallopt``), later forwards fault no more. The
+table gives the reference in both modes, the second measured after everything else (the setting
+stays for the rest of the process).
+
 Runs the benchmark models of ``bench/stream.py`` (real DAC-16k architecture at RANDOM INIT,
 small denoiser). Layers are timed eagerly (Python between the ops, as in an untraced step);
 the table also gives the traced step that streams run.
@@ -19,7 +25,10 @@ Usage: ``python bench/stream_floor.py [--arch dac16k] [--block-ms 100] [--thread
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime as dt
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +53,13 @@ DEFAULT_ARCH = "dac16k"
 LEAVES = (sl.StreamConv1d, sl.StreamConvTranspose1d, sl.Pointwise, sl.StreamWindowGRN)
 WARMUP = 3  # untimed runs before each timing
 OFFLINE_REPEATS = 3
+# glibc's mallopt parameters (malloc.h) and the values that make it keep freed memory: blocks up
+# to 32 MiB (glibc's ceiling for its own adaptive threshold on 64-bit) come from the heap, and
+# the heap is never trimmed. Faults vanish after two or three forwards (2026-12-04: 290-296 ms
+# per s of audio with 2 threads and 0-444 faults, against 312-371 ms and 126-137 k by default).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_MMAP_THRESHOLD, KEEP_TRIM_THRESHOLD = 32 * 2 ** 20, 2 ** 31 - 1
+KEPT_WARMUP = 3  # forwards after the setting before the timed ones
 BYTES_PER_MB, MB_PER_GB = 1e6, 1e3
 
 
@@ -109,6 +125,28 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return in_order_ms([fn], repeats)[0]
 
 
+def keep_freed_memory() -> bool:
+    """Tell glibc's ``malloc`` to keep freed memory (see the module docstring); False where the
+    C library has no ``mallopt`` or refuses the values."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mallopt = getattr(libc, "mallopt", None)
+    return bool(mallopt and mallopt(M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD)
+                and mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD))
+
+
+def offline_with_faults(engine: Enhancer, x: np.ndarray, warmup: int = 0) -> tuple[float, int]:
+    """The offline forward's ms per s of audio and page faults per forward: medians of
+    :data:`OFFLINE_REPEATS` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        offline_ms_per_s(engine, x)
+    runs = []
+    for _ in range(OFFLINE_REPEATS):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ms = offline_ms_per_s(engine, x)
+        runs.append((ms, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    return float(np.median([r[0] for r in runs])), int(np.median([r[1] for r in runs]))
+
+
 def read_all(tensors: list[Tensor]) -> Callable[[], object]:
     return lambda: [t.sum() for t in tensors]
 
@@ -118,6 +156,9 @@ class Floor:
     threads: int
     block_ms: float
     offline: float  # ms of offline forward per block of audio
+    faults: int  # page faults per offline forward
+    kept: float | None  # the same with glibc keeping freed memory (None: not available)
+    kept_faults: int
     step: float  # eager step p50
     traced: float  # traced step p50 (what streams run)
     in_order: float  # sum of the leaves run once each in the step's order
@@ -152,14 +193,27 @@ def measure(threads: int, block_ms: float, repeats: int, arch: str = DEFAULT_ARC
     stream = StatefulStream.for_engine(engine, block_ms=block_ms)
     stream.push(x[:stream.geometry.lookahead + block])
     traced = median_ms(push(stream.push), repeats)
-    offline = float(np.median([offline_ms_per_s(engine, x) for _ in range(OFFLINE_REPEATS)]))
-    return Floor(threads, block_ms, offline * block_ms / MS_PER_S, step, traced, sum(in_order),
-                 sum(warm), read_bytes / BYTES_PER_MB, sum(reads))
+    offline, faults = offline_with_faults(engine, x)
+    return Floor(threads, block_ms, offline * block_ms / MS_PER_S, faults, None, 0, step, traced,
+                 sum(in_order), sum(warm), read_bytes / BYTES_PER_MB, sum(reads))
+
+
+def add_kept_reference(rows: list[Floor], arch: str = DEFAULT_ARCH) -> None:
+    """Fill each row's offline reference with glibc keeping freed memory. The setting holds for
+    the rest of the process: call this after every other measurement."""
+    if not keep_freed_memory():
+        return
+    for row in rows:
+        torch.set_num_threads(row.threads)
+        codec, model, x = bench_models(arch, row.threads)
+        kept, row.kept_faults = offline_with_faults(Enhancer(codec, model), x, KEPT_WARMUP)
+        row.kept = kept * row.block_ms / MS_PER_S
 
 
 def report(rows: list[Floor], load: tuple[str, str], arch: str = DEFAULT_ARCH) -> str:
     def cell(ms: float, f: Floor) -> str:
-        return f"{ms:.1f} ({ms / f.offline:.2f})"
+        kept = "" if f.kept is None else f" / {ms / f.kept:.2f}"
+        return f"{ms:.1f} ({ms / f.offline:.2f}{kept})"
 
     lines = [
         f"## stateful step against offline, layer by layer (`bench/stream_floor.py`), "
@@ -168,22 +222,26 @@ def report(rows: list[Floor], load: tuple[str, str], arch: str = DEFAULT_ARCH) -
         f"**RANDOM-INIT CODEC** ({arch} architecture, small denoiser; the models of "
         f"`bench/stream.py`). CPU, torch {torch.__version__}, 2 shared cores; load average "
         f"{load[0]} at the start, {load[1]} at the end. Milliseconds per block, "
-        "÷ the offline forward's cost of the block's audio in brackets. Layers: the step's "
+        "÷ the offline forward's cost of the block's audio in brackets: by default / with "
+        "glibc keeping freed memory (no page faults on the activations; measured last). "
+        "Offline: ms per block and page faults per 5 s forward. Layers: the step's "
         "streamed layers (convolutions, pointwise modules, the quantizer) timed eagerly; "
         "*in order*: each run once in the step's order (weights come from memory, as in a "
         "step); *repeated*: each run again and again on its own inputs (weights in cache where "
         "they fit); *read*: summing the tensors each layer reads, in the step's order.",
         "",
-        "| threads | block | offline | step (eager) | step (traced) | layers in order | "
-        "layers repeated | in order − repeated | weights read |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| threads | block | offline (default) | offline (memory kept) | step (eager) | "
+        "step (traced) | layers in order | layers repeated | in order − repeated | "
+        "weights read |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for f in rows:
+        kept = "n/a" if f.kept is None else f"{f.kept:.1f}, {f.kept_faults} faults"
         lines.append(
-            f"| {f.threads} | {f.block_ms:.0f} ms | {f.offline:.1f} | {cell(f.step, f)} | "
-            f"{cell(f.traced, f)} | {cell(f.in_order, f)} | {cell(f.warm, f)} | "
-            f"{f.in_order - f.warm:.1f} | {f.read_mb:.0f} MB in {f.read:.1f} ms "
-            f"({f.read_mb / MB_PER_GB / (f.read / MS_PER_S):.0f} GB/s) |")
+            f"| {f.threads} | {f.block_ms:.0f} ms | {f.offline:.1f}, {f.faults} faults | "
+            f"{kept} | {cell(f.step, f)} | {cell(f.traced, f)} | {cell(f.in_order, f)} | "
+            f"{cell(f.warm, f)} | {f.in_order - f.warm:.1f} | {f.read_mb:.0f} MB in "
+            f"{f.read:.1f} ms ({f.read_mb / MB_PER_GB / (f.read / MS_PER_S):.0f} GB/s) |")
     return "\n".join(lines)
 
 
@@ -198,6 +256,7 @@ def main() -> None:
     start_load = load_average()
     rows = [measure(int(t), args.block_ms, args.repeats, args.arch)
             for t in args.threads.split(",")]
+    add_kept_reference(rows, args.arch)
     publish(report(rows, (start_load, load_average()), args.arch), append=not args.no_append)
 
 
