@@ -55,8 +55,8 @@ WARMUP = 3  # untimed runs before each timing
 OFFLINE_REPEATS = 3
 # glibc's mallopt parameters (malloc.h) and the values that make it keep freed memory: blocks up
 # to 32 MiB (glibc's ceiling for its own adaptive threshold on 64-bit) come from the heap, and
-# the heap is never trimmed. Faults vanish after two or three forwards (2026-12-04: 290-296 ms
-# per s of audio with 2 threads and 0-444 faults, against 312-371 ms and 126-137 k by default).
+# the heap is never trimmed. Faults vanish after two or three forwards (2026-12-04: 290-297 ms
+# per s of audio with 2 threads and 0-443 faults, against 312-371 ms and 126-137 k by default).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_MMAP_THRESHOLD, KEEP_TRIM_THRESHOLD = 32 * 2 ** 20, 2 ** 31 - 1
 KEPT_WARMUP = 3  # forwards after the setting before the timed ones
