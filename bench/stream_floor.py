@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import datetime as dt
 import resource
 import sys
@@ -128,8 +127,7 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 def keep_freed_memory() -> bool:
     """Tell glibc's ``malloc`` to keep freed memory (see the module docstring); False where the
     C library has no ``mallopt`` or refuses the values."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    mallopt = getattr(libc, "mallopt", None)
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's C library
     return bool(mallopt and mallopt(M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD)
                 and mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD))
 
